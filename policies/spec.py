@@ -1,0 +1,490 @@
+"""The GPUPool spec: the one typed source of the CRD schema, the chart's defaults and the validator.
+
+Every field has a default where a safe one exists and a description that the CRD and the docs reuse.
+Field names are snake_case in Python and camelCase on the wire (YAML, the Kubernetes object).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import holidays as holidays_lib
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "KIND",
+    "PLURAL",
+    "Billing",
+    "BillingGranularity",
+    "Budget",
+    "Demand",
+    "Fallback",
+    "GPUCapAction",
+    "FallbackCapAction",
+    "GPUPool",
+    "GPUPoolSpec",
+    "HolidayCalendar",
+    "Holidays",
+    "ObjectMeta",
+    "Override",
+    "OverrideMode",
+    "Schedule",
+    "SecretRef",
+    "Target",
+    "Weekday",
+    "Window",
+    "parse_clock",
+]
+
+API_GROUP = "ebbtide.dev"
+API_VERSION = "v1alpha1"
+KIND = "GPUPool"
+PLURAL = "gpupools"
+
+_CLOCK = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
+_DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def parse_clock(text: str) -> int:
+    """Minutes after local midnight for an "HH:MM" wall-clock time ("24:00" is 1440, the end of the day)."""
+    if not _CLOCK.match(text):
+        raise ValueError(f"{text!r} is not a time of day in 24-hour HH:MM form (00:00 to 24:00)")
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+class _Model(BaseModel):
+    """Strict wire model: camelCase aliases, unknown fields rejected, values frozen once validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class Weekday(StrEnum):
+    """Day of the week, as written in a window (`mon` … `sun`)."""
+
+    MON = "mon"
+    TUE = "tue"
+    WED = "wed"
+    THU = "thu"
+    FRI = "fri"
+    SAT = "sat"
+    SUN = "sun"
+
+    @property
+    def index(self) -> int:
+        """Monday is 0, as in `datetime.weekday()`."""
+        return list(Weekday).index(self)
+
+
+class Target(_Model):
+    """The vLLM Deployment this pool scales."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must be <= maxReplicas"}
+            ]
+        }
+    )
+
+    deployment: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS1123)]
+    """Name of the vLLM Deployment."""
+    namespace: Annotated[str | None, Field(default=None, max_length=63, pattern=_DNS1123)] = None
+    """Namespace of the Deployment; the pool's own namespace when empty."""
+    min_replicas: Annotated[int, Field(ge=0)] = 0
+    """Fewest replicas at any time, inside or outside windows. 0 allows scale to zero."""
+    max_replicas: Annotated[int, Field(ge=0)] = 1
+    """Most replicas at any time; windows may lower this but never raise it."""
+    gpus_per_replica: Annotated[int, Field(ge=1)] = 1
+    """GPUs each replica holds (tensor parallel size); billing multiplies by this."""
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Target:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Window(_Model):
+    """A recurring business-hours window in the schedule's timezone; `end` before `start` crosses midnight."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.start != self.end", "message": "a window's start must differ from its end"},
+                {
+                    "rule": "!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must be <= maxReplicas",
+                },
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(min_length=1, max_length=63)] = "window"
+    """Label used in decisions and events."""
+    days: Annotated[list[Weekday], Field(min_length=1, max_length=7)]
+    """Days on which the window opens (the day of its start, for windows crossing midnight)."""
+    start: Annotated[str, Field(pattern=_CLOCK.pattern)]
+    """Local opening time, HH:MM."""
+    end: Annotated[str, Field(pattern=_CLOCK.pattern)]
+    """Local closing time, HH:MM; earlier than start means the next day; 24:00 is midnight."""
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    """Replicas kept Ready while the window is open (pre-warmed ahead of the opening)."""
+    max_replicas: Annotated[int | None, Field(ge=0)] = None
+    """Cap while the window is open; the pool's maxReplicas when empty."""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        parse_clock(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _unique_days(cls, value: list[Weekday]) -> list[Weekday]:
+        if len(set(value)) != len(value):
+            raise ValueError("days must not repeat a day")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Window:
+        if parse_clock(self.start) % 1440 == parse_clock(self.end) % 1440:
+            raise ValueError(f"window {self.name!r}: start ({self.start}) must differ from end ({self.end})")
+        if self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"window {self.name!r}: minReplicas ({self.min_replicas}) must be <= "
+                f"maxReplicas ({self.max_replicas})"
+            )
+        return self
+
+    @property
+    def start_minute(self) -> int:
+        """Opening time in minutes after local midnight."""
+        return parse_clock(self.start)
+
+    @property
+    def length_minutes(self) -> int:
+        """Length of the window in minutes (1..1439); crosses midnight when start + length > 1440."""
+        return (parse_clock(self.end) - parse_clock(self.start)) % 1440 or 1440
+
+
+class HolidayCalendar(_Model):
+    """A public-holiday calendar from the `holidays` library: a country and optionally a region."""
+
+    country: Annotated[str, Field(min_length=2, max_length=3)]
+    """ISO 3166-1 country code, e.g. DE, US, BR."""
+    subdivision: str | None = None
+    """ISO 3166-2 subdivision within the country, e.g. BY for Bavaria, CA for California."""
+
+    @model_validator(mode="after")
+    def _known(self) -> HolidayCalendar:
+        supported = holidays_lib.list_supported_countries()
+        if self.country.upper() not in supported:
+            raise ValueError(f"country {self.country!r} has no holiday calendar (use an ISO 3166-1 code)")
+        subdivisions = supported[self.country.upper()]
+        if self.subdivision is not None and self.subdivision not in subdivisions:
+            raise ValueError(
+                f"subdivision {self.subdivision!r} is not a region of {self.country.upper()} "
+                f"(known: {', '.join(subdivisions[:12])}{'…' if len(subdivisions) > 12 else ''})"
+            )
+        return self
+
+
+class Holidays(_Model):
+    """Days on which no window opens."""
+
+    dates: list[dt.date] = Field(default_factory=list)
+    """Explicit dates (YYYY-MM-DD) in the schedule's timezone."""
+    calendars: list[HolidayCalendar] = Field(default_factory=list)
+    """Public-holiday calendars; every holiday in any of them closes the windows."""
+
+
+class OverrideMode(StrEnum):
+    """What a one-off override does while it is in force."""
+
+    KEEP_WARM = "keepWarm"
+    OFF = "off"
+
+
+class Override(_Model):
+    """A one-off instruction: keep the pool warm, or keep it off, until a moment."""
+
+    mode: OverrideMode
+    """keepWarm holds at least `replicas` Ready; off holds zero whatever the demand."""
+    until: dt.datetime
+    """End of the override (RFC 3339 with offset)."""
+    start: dt.datetime | None = None
+    """Start of the override; in force immediately when empty."""
+    replicas: Annotated[int, Field(ge=1)] = 1
+    """Replicas held by keepWarm (ignored by off)."""
+
+    @field_validator("until", "start")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-12-24T18:00:00+01:00")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> Override:
+        if self.start is not None and self.start >= self.until:
+            raise ValueError(f"start ({self.start.isoformat()}) must be before until ({self.until.isoformat()})")
+        return self
+
+
+class Schedule(_Model):
+    """Business-hour windows with their timezone, holidays and one-off overrides."""
+
+    timezone: str = "UTC"
+    """IANA timezone of the windows and holiday dates, e.g. Europe/Berlin."""
+    windows: list[Window] = Field(default_factory=list)
+    """Recurring windows; outside all of them the pool may scale to zero."""
+    holidays: Holidays = Field(default_factory=Holidays)
+    """Days on which the windows stay closed."""
+    overrides: list[Override] = Field(default_factory=list)
+    """One-off overrides; `off` wins over `keepWarm` when both are in force."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value not in _zone_names():
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as Europe/Berlin)")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:  # pragma: no cover - listed but unloadable
+            raise ValueError(f"timezone {value!r} cannot be loaded: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _no_conflicting_overlaps(self) -> Schedule:
+        problems = _conflicting_overlaps(self.windows)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The schedule's timezone."""
+        return ZoneInfo(self.timezone)
+
+
+class Demand(_Model):
+    """How queue depth turns into replicas."""
+
+    target_queue_per_replica: Annotated[float, Field(gt=0)] = 8.0
+    """Requests (vLLM num_requests_waiting + num_requests_running) one replica should carry."""
+    target_kv_cache_usage: Annotated[float | None, Field(gt=0, le=1)] = None
+    """Optional KV-cache utilisation target (0-1]; scale up when the average exceeds it."""
+    max_scale_up_step: Annotated[int, Field(ge=1)] = 4
+    """Most replicas added in one decision (mirrors the HPA's default of 4 pods per period)."""
+    scale_down_delay_seconds: Annotated[int, Field(ge=0)] = 300
+    """A scale-down waits until the demand has stayed low this long (HPA stabilisation window: 300 s)."""
+    idle_grace_seconds: Annotated[int, Field(ge=0)] = 600
+    """Outside windows, the pool goes to zero only after this long with an empty queue."""
+    metric_max_age_seconds: Annotated[int, Field(ge=1)] = 90
+    """A metric sample older than this is stale: replicas are held, never scaled down on it."""
+    replica_tokens_per_second: Annotated[float, Field(gt=0)] = 2500.0
+    """Tokens (prompt + generated) one replica serves per second at its target queue; feeds the
+    cost-aware scale-up and the gateway's overflow estimate."""
+
+
+class BillingGranularity(StrEnum):
+    """The unit a provider rounds GPU time up to."""
+
+    SECOND = "second"
+    MINUTE = "minute"
+    HOUR = "hour"
+
+    @property
+    def seconds(self) -> int:
+        """Length of one billing unit in seconds."""
+        return {"second": 1, "minute": 60, "hour": 3600}[self.value]
+
+
+class Billing(_Model):
+    """How the GPU provider bills."""
+
+    gpu_hourly_usd: Annotated[float, Field(ge=0)] = 1.6438
+    """Price of one GPU for one hour (default: the seed's H100 at $1,200 per 730-hour month)."""
+    granularity: BillingGranularity = BillingGranularity.SECOND
+    """Each replica's running time is rounded up to this unit."""
+    minimum_billed_seconds: Annotated[int, Field(ge=0)] = 60
+    """Shortest time billed for one replica start."""
+    release_margin_seconds: Annotated[int, Field(ge=0)] = 120
+    """With coarse billing, a replica whose paid period has more than this left is kept."""
+
+
+class SecretRef(_Model):
+    """A key in a Kubernetes Secret."""
+
+    name: Annotated[str, Field(min_length=1, pattern=_DNS1123)]
+    """Secret name."""
+    key: Annotated[str, Field(min_length=1)] = "api-key"
+    """Key within the Secret."""
+
+
+class Fallback(_Model):
+    """The paid OpenAI-compatible API that takes requests the GPUs cannot serve in time."""
+
+    base_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+    """Base URL, e.g. https://api.openai.com/v1; empty disables overflow (requests queue)."""
+    model: str | None = None
+    """Model name sent to the fallback; the request's own when empty."""
+    api_key_secret_ref: SecretRef | None = None
+    """Secret holding the fallback's API key."""
+    input_usd_per_million: Annotated[float, Field(ge=0)] = 3.0
+    """Price of 1M prompt tokens (default: the seed's mid-tier reference)."""
+    output_usd_per_million: Annotated[float, Field(ge=0)] = 15.0
+    """Price of 1M generated tokens (default: the seed's mid-tier reference)."""
+    max_queue_wait_seconds: Annotated[float, Field(ge=0)] = 2.0
+    """Longest expected queue wait on the GPUs before a request overflows to the fallback."""
+
+
+class GPUCapAction(StrEnum):
+    """What the pool does when today's GPU-hours reach the cap."""
+
+    SCALE_TO_ZERO = "scaleToZero"
+    HOLD = "hold"
+
+
+class FallbackCapAction(StrEnum):
+    """What the gateway does when today's fallback spend reaches the cap."""
+
+    QUEUE = "queue"
+    REJECT = "reject"
+
+
+class Budget(_Model):
+    """Daily caps, counted per day in the schedule's timezone."""
+
+    max_gpu_hours_per_day: Annotated[float | None, Field(gt=0)] = None
+    """GPU-hours (replicas x GPUs x billed hours) allowed per day; no cap when empty."""
+    max_fallback_usd_per_day: Annotated[float | None, Field(gt=0)] = None
+    """Fallback spend allowed per day; no cap when empty."""
+    on_gpu_cap: GPUCapAction = GPUCapAction.SCALE_TO_ZERO
+    """scaleToZero sends everything to the fallback; hold allows no scale-up but keeps what runs."""
+    on_fallback_cap: FallbackCapAction = FallbackCapAction.QUEUE
+    """queue keeps requests on the GPUs (which may then grow past the cost rule); reject answers 429."""
+
+
+class GPUPoolSpec(_Model):
+    """Desired behaviour of one pool of vLLM replicas."""
+
+    target: Target
+    """The Deployment to scale and its limits."""
+    schedule: Schedule = Field(default_factory=Schedule)
+    """Business-hour windows, holidays and overrides."""
+    demand: Demand = Field(default_factory=Demand)
+    """Queue-depth scaling."""
+    cold_start_seconds: Annotated[int, Field(ge=0, le=7200)] = 180
+    """Expected seconds from scale-up to Ready (image pull, weights load, CUDA graphs)."""
+    billing: Billing = Field(default_factory=Billing)
+    """GPU pricing and billing granularity."""
+    fallback: Fallback = Field(default_factory=Fallback)
+    """The paid API for overflow."""
+    budget: Budget = Field(default_factory=Budget)
+    """Daily caps."""
+
+    @model_validator(mode="after")
+    def _windows_within_pool(self) -> GPUPoolSpec:
+        for window in self.schedule.windows:
+            if window.min_replicas > self.target.max_replicas:
+                raise ValueError(
+                    f"window {window.name!r}: minReplicas ({window.min_replicas}) exceeds the pool's "
+                    f"maxReplicas ({self.target.max_replicas})"
+                )
+        return self
+
+
+class ObjectMeta(_Model):
+    """The part of Kubernetes object metadata a pool needs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS1123)]
+    """Pool name."""
+    namespace: Annotated[str, Field(max_length=63, pattern=_DNS1123)] = "default"
+    """Pool namespace."""
+
+
+class GPUPool(_Model):
+    """A GPUPool object as written in YAML or read from the cluster."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(alias="apiVersion")
+    """Must be ebbtide.dev/v1alpha1."""
+    kind: Literal["GPUPool"]
+    """Must be GPUPool."""
+    metadata: ObjectMeta
+    """Name and namespace."""
+    spec: GPUPoolSpec
+    """The pool's desired behaviour."""
+
+    @property
+    def deployment_namespace(self) -> str:
+        """Namespace of the scaled Deployment."""
+        return self.spec.target.namespace or self.metadata.namespace
+
+
+_ZONES: frozenset[str] | None = None
+
+
+def _zone_names() -> frozenset[str]:
+    global _ZONES
+    if _ZONES is None:
+        _ZONES = frozenset(available_timezones())
+    return _ZONES
+
+
+def _week_intervals(window: Window) -> list[tuple[int, int]]:
+    """Minute-of-week intervals [start, end) the window covers, split at the week's end."""
+    out: list[tuple[int, int]] = []
+    for day in window.days:
+        start = day.index * 1440 + window.start_minute
+        end = start + window.length_minutes
+        if end <= 7 * 1440:
+            out.append((start, end))
+        else:
+            out.append((start, 7 * 1440))
+            out.append((0, end - 7 * 1440))
+    return out
+
+
+def _conflicting_overlaps(windows: list[Window]) -> list[str]:
+    """Pairs of windows that overlap in the week with different replica limits (ambiguous intent)."""
+    problems: list[str] = []
+    for i, first in enumerate(windows):
+        for j in range(i + 1, len(windows)):
+            second = windows[j]
+            if (first.min_replicas, first.max_replicas) == (second.min_replicas, second.max_replicas):
+                continue
+            overlap = any(
+                a0 < b1 and b0 < a1 for a0, a1 in _week_intervals(first) for b0, b1 in _week_intervals(second)
+            )
+            if overlap:
+                problems.append(
+                    f"windows[{i}] ({first.name!r}) and windows[{j}] ({second.name!r}) overlap with "
+                    f"different replica limits"
+                )
+    return problems
+
+
+def json_schema_for_docs() -> dict[str, Any]:
+    """The spec's JSON schema by alias (used for the CRD and the docs' tables)."""
+    return GPUPoolSpec.model_json_schema(by_alias=True)

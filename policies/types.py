@@ -1,0 +1,130 @@
+"""Values that flow through a decision: what was observed, what was decided, what is remembered.
+
+All are frozen: a policy returns new values and never mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = ["Decision", "DemandSample", "Limits", "Observation", "PolicyState", "Reason"]
+
+
+class Reason(StrEnum):
+    """Machine-readable reason for a decision; written to logs, Events and the pool's status."""
+
+    STEADY = "steady"
+    QUEUE_HIGH = "queue-high"
+    QUEUE_LOW = "queue-low"
+    KV_CACHE_HIGH = "kv-cache-high"
+    STEP_LIMIT = "step-limit"
+    SCALE_DOWN_DELAY = "scale-down-delay"
+    IDLE_GRACE = "idle-grace"
+    IDLE_TO_ZERO = "idle-to-zero"
+    WINDOW_OPEN = "window-open"
+    WINDOW_MAX = "window-max"
+    POOL_MAX = "pool-max"
+    PREWARM = "prewarm"
+    HOLIDAY = "holiday"
+    OVERRIDE_OFF = "override-off"
+    OVERRIDE_KEEP_WARM = "override-keep-warm"
+    BILLING_HOLD = "billing-hold"
+    COST_OVERFLOW = "cost-overflow"
+    GPU_BUDGET_CAP = "gpu-budget-cap"
+    FALLBACK_BUDGET_CAP = "fallback-budget-cap"
+    NO_DATA_HOLD = "no-data-hold"
+    STALE_DATA_HOLD = "stale-data-hold"
+    STARTUP_HOLD = "startup-hold"
+
+
+@dataclass(frozen=True, slots=True)
+class DemandSample:
+    """One reading of demand: the engines' queue plus what the gateway sent away.
+
+    `waiting` and `running` are vLLM's num_requests_waiting and num_requests_running summed over the
+    pool's ready replicas; `overflow_in_flight` counts requests the gateway is serving at the fallback
+    right now (demand the GPUs would carry if they could). Token rates are offered load (all requests,
+    served anywhere) in tokens per second, or None when unknown.
+    """
+
+    observed_at: dt.datetime
+    waiting: float
+    running: float
+    overflow_in_flight: float = 0.0
+    kv_cache_usage: float | None = None
+    input_tokens_per_second: float | None = None
+    output_tokens_per_second: float | None = None
+
+    @property
+    def queue(self) -> float:
+        """Total concurrent demand in requests."""
+        return self.waiting + self.running + self.overflow_in_flight
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything a policy sees of the world at one moment.
+
+    `demand` is None when there is no usable metric (failed scrape, no endpoint, missing gauge): that is
+    "no data", never zero load. `replica_billing_starts` holds, for each replica that exists now (ready or
+    starting), the moment its GPU billing began; it may be empty when unknown.
+    """
+
+    current_replicas: int
+    ready_replicas: int
+    demand: DemandSample | None
+    replica_billing_starts: tuple[dt.datetime, ...] = ()
+    gpu_hours_today: float = 0.0
+    fallback_usd_today: float = 0.0
+    no_data_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The replica range in force at a moment, and what set its floor."""
+
+    floor: int
+    ceiling: int
+    floor_reason: Reason
+    floor_message: str
+    ceiling_reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the pool should run now, and why.
+
+    The loop applies only valid decisions; an invalid one (no data, stale data) leaves the replicas as
+    they are but its reason is still reported.
+    """
+
+    desired_replicas: int
+    valid: bool
+    reason: Reason
+    message: str
+    limits: Limits
+    details: tuple[tuple[str, float], ...] = ()
+
+    def detail(self, key: str) -> float | None:
+        """A named figure behind the decision (break-even dollars, paid seconds kept, …)."""
+        for name, value in self.details:
+            if name == key:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What a policy remembers between decisions; recoverable from the pool's status after a restart.
+
+    `recommendations` are (time, replicas) pairs within the scale-down delay, used like the HPA's
+    stabilisation window: the pool scales down only to the highest recommendation in that window.
+    `started_at` is when this autoscaler instance began: a fresh one does not scale down before one
+    scale-down delay has passed (as Knative does), so a restart never causes a rash scale-down.
+    """
+
+    started_at: dt.datetime | None = None
+    last_busy_at: dt.datetime | None = None
+    recommendations: tuple[tuple[dt.datetime, int], ...] = field(default=())
