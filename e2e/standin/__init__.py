@@ -1,0 +1,22 @@
+"""A stand-in for a vLLM server on loopback: vLLM's OpenAI-compatible API, its ``/metrics``
+names and labels, and a service model (``max_num_seqs`` running, the rest waiting).
+
+For tests and demos only; it is not part of the shipped controller.
+"""
+
+from e2e.standin.cluster import LOOPBACK, BackgroundCluster, Replica, StandinCluster
+from e2e.standin.config import StandinConfig
+from e2e.standin.engine import Engine, QueueFull, count_tokens
+from e2e.standin.metrics import EngineMetrics
+
+__all__ = [
+    "LOOPBACK",
+    "BackgroundCluster",
+    "Engine",
+    "EngineMetrics",
+    "QueueFull",
+    "Replica",
+    "StandinCluster",
+    "StandinConfig",
+    "count_tokens",
+]
