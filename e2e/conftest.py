@@ -1,0 +1,129 @@
+"""Fixtures for the e2e tests: a real Kubernetes API server, namespaces and fake GPU nodes.
+
+By default a local control plane (etcd, kube-apiserver, controller-manager,
+scheduler, kwok) is started once per session from the binaries that
+``e2e/cluster/ensure.sh`` builds. With ``EBBTIDE_E2E_KUBECONFIG`` set, the tests
+use that cluster instead (e.g. kind, see e2e/kind/README.md) and only kwok is
+started locally, to play the fake GPU nodes. See e2e/cluster/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from e2e.cluster.binaries import bin_dir, find_binaries
+from e2e.cluster.local import LocalCluster, start_kwok
+from e2e.cluster.nodes import create_gpu_node
+
+
+@dataclass(frozen=True)
+class K8sCluster:
+    """What the ``k8s_cluster`` fixture gives a test."""
+
+    kubeconfig: Path
+    """Kubeconfig of a cluster-admin user; pass it to the controller or helm."""
+    api_client: client.ApiClient
+    """Client for ``kubernetes.client.*Api(api_client)``."""
+    external: bool
+    """True when running against ``EBBTIDE_E2E_KUBECONFIG`` rather than the local control plane."""
+    log_dir: Path
+    """Component logs (kwok's only, for an external cluster)."""
+    bin_dir: Path
+    """Where the built binaries are (helm among them when it was built)."""
+
+    def binary(self, name: str) -> Path:
+        """Path of a built binary such as ``helm``; fails the test with the fix if it is missing."""
+        return find_binaries((name,))[name]
+
+
+def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float = 30.0) -> None:
+    # The API server rejects pods in a namespace until the service-account
+    # controller has created its `default` ServiceAccount.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except client.ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
+    """A Kubernetes cluster for the whole session: local control plane, or ``EBBTIDE_E2E_KUBECONFIG``."""
+    external = os.environ.get("EBBTIDE_E2E_KUBECONFIG")
+    if external:
+        kubeconfig = Path(external)
+        log_dir = tmp_path_factory.mktemp("kwok-logs")
+        kwok = find_binaries(("kwok",))["kwok"]
+        popen, _, _ = start_kwok(kwok, kubeconfig, log_dir)
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        try:
+            yield K8sCluster(kubeconfig, api, True, log_dir, bin_dir())
+        finally:
+            api.close()
+            popen.terminate()
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+        return
+
+    cluster = LocalCluster(keep_work_dir=os.environ.get("EBBTIDE_E2E_KEEP") == "1")
+    with cluster:
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        try:
+            yield K8sCluster(cluster.kubeconfig, api, False, cluster.log_dir, bin_dir())
+        finally:
+            api.close()
+            if cluster.keep_work_dir:
+                print(f"\ne2e cluster work directory kept: {cluster.work_dir}")
+
+
+@pytest.fixture
+def namespace(k8s_cluster: K8sCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted afterwards (without waiting)."""
+    core = client.CoreV1Api(k8s_cluster.api_client)
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"ebbtide.dev/e2e": "true"}}})
+    try:
+        _wait_default_service_account(core, name)
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture
+def gpu_node(k8s_cluster: K8sCluster) -> Iterator[Callable[..., client.V1Node]]:
+    """Factory ``gpu_node(name, gpus, **options)`` that creates a Ready fake GPU node.
+
+    Options are those of :func:`e2e.cluster.nodes.gpu_node_manifest`. Nodes are
+    cluster-wide, so the factory deletes the ones it made when the test ends.
+    """
+    made: list[str] = []
+
+    def make(name: str, gpus: int, **options: object) -> client.V1Node:
+        made.append(name)
+        return create_gpu_node(k8s_cluster.api_client, name, gpus, **options)
+
+    yield make
+    core = client.CoreV1Api(k8s_cluster.api_client)
+    for name in made:
+        try:
+            core.delete_node(name)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise

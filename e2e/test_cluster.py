@@ -1,0 +1,266 @@
+"""Acceptance test of the e2e cluster: GPU scheduling, cold starts, scale subresource, CRD validation.
+
+These run against a real kube-apiserver, controller-manager and scheduler; kwok
+plays the kubelet of fake GPU nodes (see e2e/cluster/README.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from e2e.cluster.binaries import k8s_version
+from e2e.cluster.nodes import GPU_RESOURCE, cold_start
+from e2e.conftest import K8sCluster
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_DIR = REPO / "manifests" / "crds"
+GPUPOOL_EXAMPLE = REPO / "examples" / "gpupool.yaml"
+COLD_START_SECONDS = 10.0
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _is_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _unschedulable_message(pod: client.V1Pod) -> str | None:
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return str(c.message)
+    return None
+
+
+def test_version_is_stamped(k8s_cluster: K8sCluster) -> None:
+    """/version reports the real release (Helm's kubeVersion checks depend on it)."""
+    info = client.VersionApi(k8s_cluster.api_client).get_code()
+    assert info.git_version.startswith("v1.")
+    assert "master" not in info.git_version
+    if not k8s_cluster.external:
+        assert info.git_version == k8s_version()
+
+
+def test_gpu_pods_schedule_by_gpu_count_turn_ready_after_cold_start_and_scale_to_zero(
+    k8s_cluster: K8sCluster, namespace: str, gpu_node: Callable[..., client.V1Node]
+) -> None:
+    """3 one-GPU replicas on a 2-GPU node: 2 Ready after the cold start, 1 Pending; scaling to 0 empties."""
+    node = gpu_node(f"gpu-{namespace}"[:63], gpus=2)
+    assert node.status.allocatable[GPU_RESOURCE] == "2"
+
+    apps = client.AppsV1Api(k8s_cluster.api_client)
+    core = client.CoreV1Api(k8s_cluster.api_client)
+    labels = {"app": "vllm"}
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "vllm"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": cold_start(COLD_START_SECONDS)},
+                    "spec": {
+                        # Pin to this test's node: on a shared (kind) cluster other
+                        # nodes may also advertise GPUs.
+                        "nodeSelector": {"kubernetes.io/hostname": node.metadata.name},
+                        "containers": [
+                            {
+                                "name": "vllm",
+                                "image": "vllm/vllm-openai:latest",
+                                "resources": {"limits": {GPU_RESOURCE: "1"}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    )
+    created = time.monotonic()
+
+    def pods() -> list[client.V1Pod]:
+        return list(core.list_namespaced_pod(namespace, label_selector="app=vllm").items)
+
+    def two_bound_one_unschedulable() -> list[client.V1Pod] | None:
+        current = pods()
+        bound = [p for p in current if p.spec.node_name == node.metadata.name]
+        pending = [p for p in current if _unschedulable_message(p)]
+        return current if len(bound) == 2 and len(pending) == 1 else None
+
+    current = _wait_for("2 pods bound to the node and 1 unschedulable", two_bound_one_unschedulable, 20)
+    if time.monotonic() - created < COLD_START_SECONDS - 1:
+        assert not any(_is_ready(p) for p in current), "a pod turned Ready before its cold start ended"
+
+    def two_ready() -> list[client.V1Pod] | None:
+        current = pods()
+        return current if sum(_is_ready(p) for p in current) == 2 else None
+
+    current = _wait_for("2 pods Ready", two_ready, COLD_START_SECONDS + 20)
+    elapsed = time.monotonic() - created
+    assert elapsed >= COLD_START_SECONDS, (
+        f"pods Ready after {elapsed:.1f}s, before the {COLD_START_SECONDS}s delay"
+    )
+    assert len(current) == 3
+    [pending] = [p for p in current if not _is_ready(p)]
+    assert pending.status.phase == "Pending"
+    assert pending.spec.node_name is None
+    message = _unschedulable_message(pending)
+    assert message is not None and f"Insufficient {GPU_RESOURCE}" in message, message
+
+    scale = apps.read_namespaced_deployment_scale("vllm", namespace)
+    assert scale.spec.replicas == 3
+    apps.patch_namespaced_deployment_scale("vllm", namespace, {"spec": {"replicas": 0}})
+    _wait_for("all pods gone after scaling to 0", lambda: not pods(), 30)
+    assert apps.read_namespaced_deployment_scale("vllm", namespace).spec.replicas == 0
+
+
+# -- CRDs -------------------------------------------------------------------------------------------
+
+
+def _crd_documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(CRD_DIR.glob("*.y*ml")):
+        docs.extend(
+            d
+            for d in yaml.safe_load_all(path.read_text())
+            if d and d.get("kind") == "CustomResourceDefinition"
+        )
+    return docs
+
+
+def _apply_crd(ext: client.ApiextensionsV1Api, body: dict[str, Any]) -> None:
+    try:
+        ext.create_custom_resource_definition(body)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+
+def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
+    crd = ext.read_custom_resource_definition(name)
+    return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+
+def _min_max_rule(crd: dict[str, Any], version: str) -> str:
+    """The message the API server gives when the CRD's ``minReplicas <= maxReplicas`` CEL rule fails."""
+    [schema] = [v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version]
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for rule in node.get("x-kubernetes-validations", []):
+                if "minReplicas" in rule.get("rule", "") and "maxReplicas" in rule.get("rule", ""):
+                    found.append(rule)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert found, "the GPUPool CRD has no CEL rule relating minReplicas and maxReplicas"
+    rule = found[0]
+    return str(rule.get("message") or f"failed rule: {rule['rule']}")
+
+
+def _valid_gpupool(name: str) -> dict[str, Any]:
+    if GPUPOOL_EXAMPLE.exists():
+        for doc in yaml.safe_load_all(GPUPOOL_EXAMPLE.read_text()):
+            if doc and doc.get("kind") == "GPUPool":
+                body = copy.deepcopy(doc)
+                body["metadata"] = {"name": name}
+                return body
+    return {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "GPUPool",
+        "metadata": {"name": name},
+        "spec": {"target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 2}},
+    }
+
+
+def test_crds_from_manifests_are_served_and_reject_invalid_objects(
+    k8s_cluster: K8sCluster, namespace: str
+) -> None:
+    """Every CRD in manifests/crds/ is established; GPUPool's schema and CEL rule reject bad bounds."""
+    crds = _crd_documents()
+    assert crds, f"no CustomResourceDefinition in {CRD_DIR}"
+    ext = client.ApiextensionsV1Api(k8s_cluster.api_client)
+    for crd in crds:
+        _apply_crd(ext, crd)
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        _wait_for(f"CRD {name} Established", lambda name=name: _established(ext, name), 30)
+
+    [gpupool] = [
+        c for c in crds if c["spec"]["group"] == "ebbtide.dev" and c["spec"]["names"]["kind"] == "GPUPool"
+    ]
+    plural = gpupool["spec"]["names"]["plural"]
+    [version] = [v["name"] for v in gpupool["spec"]["versions"] if v.get("storage")]
+    custom = client.CustomObjectsApi(k8s_cluster.api_client)
+    namespaced = gpupool["spec"]["scope"] == "Namespaced"
+
+    def create(body: dict[str, Any]) -> Any:
+        if namespaced:
+            return custom.create_namespaced_custom_object("ebbtide.dev", version, namespace, plural, body)
+        return custom.create_cluster_custom_object("ebbtide.dev", version, plural, body)
+
+    # The CRD may take a moment to be served after it is Established.
+    valid = _valid_gpupool(f"pool-{namespace}"[:63])
+    _wait_for("GPUPool to be served", lambda: _try_create(create, valid), 30)
+
+    negative = _valid_gpupool("negative-max")
+    negative["spec"]["target"]["maxReplicas"] = -1
+    negative["spec"]["target"]["minReplicas"] = 0
+    message = _rejection(create, negative)
+    assert "spec.target.maxReplicas" in message, message
+    assert "greater than or equal to 0" in message, message
+
+    inverted = _valid_gpupool("inverted-bounds")
+    inverted["spec"]["target"]["minReplicas"] = 3
+    inverted["spec"]["target"]["maxReplicas"] = 2
+    message = _rejection(create, inverted)
+    assert _min_max_rule(gpupool, version) in message, message
+
+
+def _try_create(create: Callable[[dict[str, Any]], Any], body: dict[str, Any]) -> bool:
+    try:
+        create(body)
+    except client.ApiException as e:
+        if e.status == 404:  # not served yet
+            return False
+        raise AssertionError(f"a valid GPUPool was rejected: {e.body}") from e
+    return True
+
+
+def _rejection(create: Callable[[dict[str, Any]], Any], body: dict[str, Any]) -> str:
+    with pytest.raises(client.ApiException) as info:
+        create(body)
+    assert info.value.status == 422, info.value.body
+    return str(info.value.body)
