@@ -94,7 +94,5 @@ class ControlLoop:
             except Exception as exc:
                 error = f"scale to {decision.desired_replicas} failed: {exc}"
                 log.error("%s/%s: %s", pool.namespace, pool.name, error)
-        self.ports.recorder.record(
-            pool, decision, applied=applied, previous=observation.current_replicas, now=now
-        )
+        self.ports.recorder.record(pool, decision, applied=applied, previous=observation.current_replicas, now=now)
         return Outcome(decision=decision, state=new_state, applied=applied, error=error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ApiPrice", "api_cost_usd", "breakeven_tokens", "blended_usd_per_million", "usd_per_million_tokens"]
+__all__ = ["ApiPrice", "api_cost_usd", "blended_usd_per_million", "breakeven_tokens", "usd_per_million_tokens"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,14 @@ __all__ = [
     "Budget",
     "Demand",
     "Fallback",
-    "GPUCapAction",
     "FallbackCapAction",
+    "GPUCapAction",
     "GPUPool",
     "GPUPoolSpec",
+    "GPUPoolStatus",
     "HolidayCalendar",
     "Holidays",
+    "LastDecision",
     "ObjectMeta",
     "Override",
     "OverrideMode",
@@ -84,7 +86,7 @@ class Weekday(StrEnum):
     SUN = "sun"
 
     @property
-    def index(self) -> int:
+    def number(self) -> int:
         """Monday is 0, as in `datetime.weekday()`."""
         return list(Weekday).index(self)
 
@@ -114,9 +116,7 @@ class Target(_Model):
     @model_validator(mode="after")
     def _min_le_max(self) -> Target:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
-            )
+            raise ValueError(f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})")
         return self
 
 
@@ -139,9 +139,9 @@ class Window(_Model):
     """Label used in decisions and events."""
     days: Annotated[list[Weekday], Field(min_length=1, max_length=7)]
     """Days on which the window opens (the day of its start, for windows crossing midnight)."""
-    start: Annotated[str, Field(pattern=_CLOCK.pattern)]
+    start: Annotated[str, Field(max_length=5, pattern=_CLOCK.pattern)]
     """Local opening time, HH:MM."""
-    end: Annotated[str, Field(pattern=_CLOCK.pattern)]
+    end: Annotated[str, Field(max_length=5, pattern=_CLOCK.pattern)]
     """Local closing time, HH:MM; earlier than start means the next day; 24:00 is midnight."""
     min_replicas: Annotated[int, Field(ge=0)] = 1
     """Replicas kept Ready while the window is open (pre-warmed ahead of the opening)."""
@@ -167,8 +167,7 @@ class Window(_Model):
             raise ValueError(f"window {self.name!r}: start ({self.start}) must differ from end ({self.end})")
         if self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(
-                f"window {self.name!r}: minReplicas ({self.min_replicas}) must be <= "
-                f"maxReplicas ({self.max_replicas})"
+                f"window {self.name!r}: minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
             )
         return self
 
@@ -188,7 +187,7 @@ class HolidayCalendar(_Model):
 
     country: Annotated[str, Field(min_length=2, max_length=3)]
     """ISO 3166-1 country code, e.g. DE, US, BR."""
-    subdivision: str | None = None
+    subdivision: Annotated[str | None, Field(max_length=10)] = None
     """ISO 3166-2 subdivision within the country, e.g. BY for Bavaria, CA for California."""
 
     @model_validator(mode="after")
@@ -208,9 +207,9 @@ class HolidayCalendar(_Model):
 class Holidays(_Model):
     """Days on which no window opens."""
 
-    dates: list[dt.date] = Field(default_factory=list)
+    dates: list[dt.date] = Field(default_factory=list, max_length=400)
     """Explicit dates (YYYY-MM-DD) in the schedule's timezone."""
-    calendars: list[HolidayCalendar] = Field(default_factory=list)
+    calendars: list[HolidayCalendar] = Field(default_factory=list, max_length=16)
     """Public-holiday calendars; every holiday in any of them closes the windows."""
 
 
@@ -252,11 +251,11 @@ class Schedule(_Model):
 
     timezone: str = "UTC"
     """IANA timezone of the windows and holiday dates, e.g. Europe/Berlin."""
-    windows: list[Window] = Field(default_factory=list)
+    windows: list[Window] = Field(default_factory=list, max_length=32)
     """Recurring windows; outside all of them the pool may scale to zero."""
     holidays: Holidays = Field(default_factory=Holidays)
     """Days on which the windows stay closed."""
-    overrides: list[Override] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list, max_length=32)
     """One-off overrides; `off` wins over `keepWarm` when both are in force."""
 
     @field_validator("timezone")
@@ -332,18 +331,18 @@ class Billing(_Model):
 class SecretRef(_Model):
     """A key in a Kubernetes Secret."""
 
-    name: Annotated[str, Field(min_length=1, pattern=_DNS1123)]
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS1123)]
     """Secret name."""
-    key: Annotated[str, Field(min_length=1)] = "api-key"
+    key: Annotated[str, Field(min_length=1, max_length=253)] = "api-key"
     """Key within the Secret."""
 
 
 class Fallback(_Model):
     """The paid OpenAI-compatible API that takes requests the GPUs cannot serve in time."""
 
-    base_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+    base_url: Annotated[str | None, Field(max_length=2048, pattern=r"^https?://")] = None
     """Base URL, e.g. https://api.openai.com/v1; empty disables overflow (requests queue)."""
-    model: str | None = None
+    model: Annotated[str | None, Field(max_length=256)] = None
     """Model name sent to the fallback; the request's own when empty."""
     api_key_secret_ref: SecretRef | None = None
     """Secret holding the fallback's API key."""
@@ -442,6 +441,44 @@ class GPUPool(_Model):
         return self.spec.target.namespace or self.metadata.namespace
 
 
+class LastDecision(_Model):
+    """The most recent decision, as shown in the pool's status."""
+
+    reason: str
+    """Machine-readable reason (queue-high, prewarm, billing-hold, no-data-hold, …)."""
+    message: str
+    """One-line explanation."""
+    valid: bool
+    """False when the decision only held replicas for lack of data."""
+    desired_replicas: int
+    """Replicas the decision asked for."""
+    time: dt.datetime
+    """When it was taken."""
+
+
+class GPUPoolStatus(_Model):
+    """Observed state of a pool, written by the controller."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    """The spec generation the controller last acted on."""
+    current_replicas: int | None = None
+    """The Deployment's desired replicas as last seen."""
+    ready_replicas: int | None = None
+    """Ready replicas as last seen."""
+    desired_replicas: int | None = None
+    """What the last decision asked for."""
+    last_decision: LastDecision | None = None
+    """The last decision and its reason."""
+    last_scale_time: dt.datetime | None = None
+    """When the controller last changed the replicas (restores the scale-down delay after a restart)."""
+    gpu_hours_today: float | None = None
+    """Billed GPU-hours of the current local day."""
+    fallback_usd_today: float | None = None
+    """Fallback spend of the current local day."""
+
+
 _ZONES: frozenset[str] | None = None
 
 
@@ -456,7 +493,7 @@ def _week_intervals(window: Window) -> list[tuple[int, int]]:
     """Minute-of-week intervals [start, end) the window covers, split at the week's end."""
     out: list[tuple[int, int]] = []
     for day in window.days:
-        start = day.index * 1440 + window.start_minute
+        start = day.number * 1440 + window.start_minute
         end = start + window.length_minutes
         if end <= 7 * 1440:
             out.append((start, end))

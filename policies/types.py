@@ -16,6 +16,7 @@ class Reason(StrEnum):
     """Machine-readable reason for a decision; written to logs, Events and the pool's status."""
 
     STEADY = "steady"
+    POOL_MIN = "pool-min"
     QUEUE_HIGH = "queue-high"
     QUEUE_LOW = "queue-low"
     KV_CACHE_HIGH = "kv-cache-high"

@@ -1,0 +1,329 @@
+"""Ebbtide's scaling policy: a pure function of (spec, observation, state, now).
+
+The order of the rules is the order of their authority:
+1. an `off` override, then a GPU-budget cap with scaleToZero, set zero outright;
+2. the schedule sets a floor (open window, pre-warm ahead of an opening, keepWarm override) and a ceiling;
+3. without fresh data the replicas are held (a missing metric is never zero load);
+4. with data, the queue sets a demand; growth is step-limited and only bought where a GPU costs less
+   than the API spend it would absorb; shrinking waits out the scale-down delay, the idle grace and any
+   GPU time already paid for;
+5. the floor and ceiling clamp the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, replace
+
+from policies.billing import paid_until
+from policies.schedules import active_override, next_opening, open_spans
+from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
+from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
+
+__all__ = ["CostCheck", "decide", "replica_worth_starting", "schedule_limits"]
+
+# How far ahead pre-warm looks beyond the cold start; openings further away cannot matter now.
+_PREWARM_SLACK = dt.timedelta(seconds=1)
+
+
+def _fmt_local(moment: dt.datetime, spec: GPUPoolSpec) -> str:
+    return moment.astimezone(spec.schedule.zone).strftime("%a %H:%M %Z")
+
+
+def schedule_limits(spec: GPUPoolSpec, now: dt.datetime) -> Limits:
+    """The replica floor and ceiling the schedule imposes at `now`, with the reason for the floor."""
+    target = spec.target
+    floor, ceiling = target.min_replicas, target.max_replicas
+    floor_reason, floor_message = Reason.POOL_MIN, f"pool minimum {floor}"
+    ceiling_reason = Reason.POOL_MAX
+
+    override = active_override(spec.schedule, now)
+    if override is not None and override.mode is OverrideMode.OFF:
+        return Limits(0, 0, Reason.OVERRIDE_OFF, f"off until {override.until.isoformat()}", Reason.OVERRIDE_OFF)
+
+    spans = open_spans(spec.schedule, now)
+    if spans:
+        window_floor = max(s.window.min_replicas for s in spans)
+        caps = [s.window.max_replicas for s in spans if s.window.max_replicas is not None]
+        if caps and min(caps) < ceiling:
+            ceiling, ceiling_reason = min(caps), Reason.WINDOW_MAX
+        if window_floor > floor:
+            span = max(spans, key=lambda s: s.window.min_replicas)
+            floor, floor_reason = window_floor, Reason.WINDOW_OPEN
+            floor_message = (
+                f"window {span.window.name!r} open until {_fmt_local(span.closes, spec)}, minimum {window_floor}"
+            )
+    else:
+        lead = dt.timedelta(seconds=spec.cold_start_seconds)
+        upcoming = next_opening(spec.schedule, now, lead + _PREWARM_SLACK) if lead > dt.timedelta(0) else None
+        if upcoming is not None and upcoming.opens - now <= lead and upcoming.window.min_replicas > floor:
+            floor, floor_reason = upcoming.window.min_replicas, Reason.PREWARM
+            seconds = (upcoming.opens - now).total_seconds()
+            floor_message = (
+                f"window {upcoming.window.name!r} opens {_fmt_local(upcoming.opens, spec)} in {seconds:.0f} s; "
+                f"cold start {spec.cold_start_seconds} s, pre-warming {floor}"
+            )
+        elif spec.schedule.windows and (spec.schedule.holidays.dates or spec.schedule.holidays.calendars):
+            closed_by_holiday = open_spans(spec.schedule, now, include_holidays=True)
+            if closed_by_holiday:
+                floor_message = (
+                    f"window {closed_by_holiday[0].window.name!r} closed for a holiday; pool minimum {floor}"
+                )
+                floor_reason = Reason.HOLIDAY
+
+    if override is not None and override.mode is OverrideMode.KEEP_WARM and override.replicas > floor:
+        floor = override.replicas
+        floor_reason = Reason.OVERRIDE_KEEP_WARM
+        floor_message = f"keepWarm {override.replicas} until {override.until.isoformat()}"
+    floor = min(floor, target.max_replicas)
+    ceiling = max(ceiling, floor)
+    return Limits(floor, ceiling, floor_reason, floor_message, ceiling_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class CostCheck:
+    """The break-even comparison for starting one more replica."""
+
+    worth_it: bool
+    absorbed_tokens_per_second: float
+    api_usd: float
+    gpu_usd: float
+    horizon_seconds: float
+
+
+def replica_worth_starting(spec: GPUPoolSpec, demand: DemandSample, replicas_before: int) -> CostCheck | None:
+    """Would replica number `replicas_before + 1` cost less than the API spend it absorbs?
+
+    The new replica absorbs the share of the offered tokens that the queue places beyond the existing
+    replicas (at most one replica's target queue, and at most its token throughput). It is committed
+    for at least the billing horizon (the billing unit, the minimum billed time, or one cold start plus
+    the scale-down delay, whichever is longest) but serves only after its cold start. None when the
+    offered token rate is unknown (the check cannot be made).
+    """
+    if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
+        return None
+    offered_in = max(demand.input_tokens_per_second, 0.0)
+    offered_out = max(demand.output_tokens_per_second, 0.0)
+    offered = offered_in + offered_out
+    # The queue says how much demand lies beyond the existing replicas (it is measured, where a token
+    # capacity is only configured); the token rate prices that share.
+    per_replica = spec.demand.target_queue_per_replica
+    queue = demand.queue
+    share = min(max(queue - replicas_before * per_replica, 0.0), per_replica) / queue if queue > 0 else 0.0
+    absorbed = min(offered * share, spec.demand.replica_tokens_per_second)
+    usd_per_token = 0.0
+    if offered > 0:
+        usd_per_token = (
+            (offered_in * spec.fallback.input_usd_per_million + offered_out * spec.fallback.output_usd_per_million)
+            / offered
+            / 1e6
+        )
+    horizon = float(
+        max(
+            spec.billing.granularity.seconds,
+            spec.billing.minimum_billed_seconds,
+            spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
+        )
+    )
+    serving = max(horizon - spec.cold_start_seconds, 0.0)
+    api_usd = absorbed * usd_per_token * serving
+    gpu_usd = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica * horizon / 3600.0
+    return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
+
+
+def _hold(spec: GPUPoolSpec, obs: Observation, limits: Limits, reason: Reason, why: str) -> Decision:
+    """No usable data: keep what runs; only the schedule may move the replicas."""
+    held = min(max(obs.current_replicas, limits.floor), limits.ceiling)
+    if held > obs.current_replicas:
+        return Decision(held, True, limits.floor_reason, f"{limits.floor_message} ({why})", limits)
+    if held < obs.current_replicas:
+        return Decision(held, True, limits.ceiling_reason, f"ceiling {limits.ceiling} ({why})", limits)
+    return Decision(held, False, reason, f"holding {held} replicas: {why}", limits)
+
+
+def decide(spec: GPUPoolSpec, obs: Observation, state: PolicyState, now: dt.datetime) -> tuple[Decision, PolicyState]:
+    """Decide how many replicas the pool should run at `now`; see the module docstring for the rules."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if state.started_at is None:
+        state = replace(state, started_at=now)
+    limits = schedule_limits(spec, now)
+
+    if limits.floor_reason is Reason.OVERRIDE_OFF:
+        return Decision(0, True, Reason.OVERRIDE_OFF, limits.floor_message, limits), state
+
+    gpu_cap = spec.budget.max_gpu_hours_per_day
+    gpu_capped = gpu_cap is not None and obs.gpu_hours_today >= gpu_cap
+    if gpu_capped and spec.budget.on_gpu_cap is GPUCapAction.SCALE_TO_ZERO:
+        message = (
+            f"{obs.gpu_hours_today:.2f} GPU-hours today reached the cap of {gpu_cap:g}; all traffic to the fallback"
+        )
+        return Decision(0, True, Reason.GPU_BUDGET_CAP, message, limits), state
+
+    demand = obs.demand
+    if demand is None:
+        why = obs.no_data_reason or "no metrics"
+        return _hold(spec, obs, limits, Reason.NO_DATA_HOLD, why), state
+    age = (now - demand.observed_at).total_seconds()
+    if age > spec.demand.metric_max_age_seconds:
+        why = f"metrics are {age:.0f} s old (limit {spec.demand.metric_max_age_seconds} s)"
+        return _hold(spec, obs, limits, Reason.STALE_DATA_HOLD, why), state
+
+    return _decide_on_demand(spec, obs, demand, state, now, limits, gpu_capped)
+
+
+def _decide_on_demand(
+    spec: GPUPoolSpec,
+    obs: Observation,
+    demand: DemandSample,
+    state: PolicyState,
+    now: dt.datetime,
+    limits: Limits,
+    gpu_capped: bool,
+) -> tuple[Decision, PolicyState]:
+    current = obs.current_replicas
+    queue = demand.queue
+    per_replica = spec.demand.target_queue_per_replica
+    # ceil with a tolerance so 16.0000001 / 8 is 2, not 3.
+    wanted = max(math.ceil(queue / per_replica - 1e-9), 0)
+    reason = Reason.QUEUE_HIGH if wanted > current else Reason.QUEUE_LOW if wanted < current else Reason.STEADY
+    message = f"queue {queue:g} at {per_replica:g} per replica wants {wanted}"
+    details: list[tuple[str, float]] = [("queue", queue), ("wanted", float(wanted))]
+
+    kv_target = spec.demand.target_kv_cache_usage
+    if kv_target is not None and demand.kv_cache_usage is not None and obs.ready_replicas > 0:
+        kv_wanted = math.ceil(obs.ready_replicas * demand.kv_cache_usage / kv_target - 1e-9)
+        if kv_wanted > wanted:
+            wanted = kv_wanted
+            reason = Reason.KV_CACHE_HIGH if wanted > current else reason
+            message = f"KV cache {demand.kv_cache_usage:.0%} over target {kv_target:.0%} wants {wanted}"
+
+    desired = wanted
+    fallback_capped = (
+        spec.budget.max_fallback_usd_per_day is not None
+        and obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
+    )
+    fallback_open = spec.fallback.base_url is not None and not fallback_capped
+
+    # Growth: only replicas that pay for themselves against the fallback, and a bounded step at a time.
+    if desired > max(current, limits.floor) and fallback_open:
+        base = max(current, limits.floor)
+        affordable = base
+        last_check: CostCheck | None = None
+        while affordable < desired:
+            check = replica_worth_starting(spec, demand, affordable)
+            if check is None:
+                affordable = desired
+                break
+            last_check = check
+            if not check.worth_it:
+                break
+            affordable += 1
+        if affordable < desired and last_check is not None:
+            reason = Reason.COST_OVERFLOW
+            message = (
+                f"{message}; replica {affordable + 1} would absorb {last_check.absorbed_tokens_per_second:.0f} tok/s "
+                f"= ${last_check.api_usd:.2f} of API spend over its {last_check.horizon_seconds:.0f} s billed "
+                f"horizon vs ${last_check.gpu_usd:.2f} of GPU; staying at {affordable}, the fallback serves the rest"
+            )
+            details += [("api_usd", last_check.api_usd), ("gpu_usd", last_check.gpu_usd)]
+            desired = affordable
+    elif desired > current and fallback_capped:
+        reason = Reason.FALLBACK_BUDGET_CAP
+        message = f"{message}; fallback spend ${obs.fallback_usd_today:.2f} reached today's cap, GPUs serve all"
+    step = spec.demand.max_scale_up_step
+    if desired > current + step:
+        desired = current + step
+        reason = Reason.STEP_LIMIT
+        message = f"{message}; step limit {step}"
+
+    last_busy = now if queue > 0 else state.last_busy_at
+    window = dt.timedelta(seconds=spec.demand.scale_down_delay_seconds)
+    recommendations = (*tuple(r for r in state.recommendations if now - r[0] < window), (now, desired))
+    new_state = replace(state, last_busy_at=last_busy, recommendations=recommendations)
+
+    if desired < current:
+        desired, reason, message = _shrink(spec, obs, state, now, desired, reason, message, details, gpu_capped)
+
+    if desired < limits.floor:
+        desired, reason, message = limits.floor, limits.floor_reason, f"{limits.floor_message}; {message}"
+    if desired > limits.ceiling:
+        desired = limits.ceiling
+        reason = limits.ceiling_reason
+        message = f"{message}; capped at {limits.ceiling} ({limits.ceiling_reason.value})"
+    if gpu_capped and desired > current:
+        desired, reason = current, Reason.GPU_BUDGET_CAP
+        message = f"{message}; GPU-hours today ({obs.gpu_hours_today:.2f}) reached the cap, no scale-up"
+    message = f"{current} → {desired}: {message}" if desired != current else f"{desired} replicas: {message}"
+    return Decision(desired, True, reason, message, limits, tuple(details)), new_state
+
+
+def _shrink(
+    spec: GPUPoolSpec,
+    obs: Observation,
+    state: PolicyState,
+    now: dt.datetime,
+    desired: int,
+    reason: Reason,
+    message: str,
+    details: list[tuple[str, float]],
+    gpu_capped: bool,
+) -> tuple[int, Reason, str]:
+    """Apply the brakes on a scale-down: startup hold, scale-down delay, idle grace, paid GPU time."""
+    current = obs.current_replicas
+    delay = spec.demand.scale_down_delay_seconds
+    if state.started_at is not None and (now - state.started_at).total_seconds() < delay:
+        return current, Reason.STARTUP_HOLD, f"{message}; autoscaler started under {delay} s ago, not scaling down"
+
+    # Like the HPA's stabilisation window: go down only to the highest recommendation of the delay.
+    window = dt.timedelta(seconds=delay)
+    recent = [r for t, r in state.recommendations if now - t < window]
+    stabilised = min(max([desired, *recent]), current)
+    if stabilised > desired:
+        desired, reason = stabilised, Reason.SCALE_DOWN_DELAY
+        message = f"{message}; demand was higher within the last {delay} s, holding {desired}"
+
+    if desired == 0 and state.last_busy_at is not None:
+        idle = (now - state.last_busy_at).total_seconds()
+        if idle < spec.demand.idle_grace_seconds:
+            desired, reason = 1, Reason.IDLE_GRACE
+            message = f"{message}; idle {idle:.0f} s of {spec.demand.idle_grace_seconds} s grace, keeping 1"
+        else:
+            reason, message = Reason.IDLE_TO_ZERO, f"{message}; idle {idle:.0f} s, scaling to zero"
+
+    if desired < current and not gpu_capped:
+        desired, reason, message = _billing_hold(spec, obs, now, desired, reason, message, details)
+    return desired, reason, message
+
+
+def _billing_hold(
+    spec: GPUPoolSpec,
+    obs: Observation,
+    now: dt.datetime,
+    desired: int,
+    reason: Reason,
+    message: str,
+    details: list[tuple[str, float]],
+) -> tuple[int, Reason, str]:
+    """Keep replicas whose current billed period is already paid until shortly before it ends."""
+    current = obs.current_replicas
+    margin = spec.billing.release_margin_seconds
+    remaining = sorted(
+        max((paid_until(s, now, spec.billing) - now).total_seconds(), 0.0) for s in obs.replica_billing_starts
+    )
+    # Replicas whose start is unknown are treated as releasable: holding them could cost without limit.
+    unknown = max(current - len(remaining), 0)
+    releasable = unknown + sum(1 for r in remaining if r <= margin)
+    to_remove = current - desired
+    if releasable >= to_remove:
+        return desired, reason, message
+    kept = to_remove - releasable
+    paid_kept = sum(sorted(r for r in remaining if r > margin)[:kept])
+    details.append(("paid_seconds_kept", paid_kept))
+    desired += kept
+    return (
+        desired,
+        Reason.BILLING_HOLD,
+        f"{message}; keeping {kept} replica(s) whose billed period is paid: {paid_kept / 60:.0f} paid minutes left",
+    )
