@@ -24,8 +24,7 @@ ENGINE_KEY = web.AppKey("engine", Engine)
 
 # vLLM's QueueOverflowError message (vllm/exceptions.py).
 _BUSY = (
-    "The engine is currently busy and cannot accept new requests. "
-    "Please try again later or on a different instance."
+    "The engine is currently busy and cannot accept new requests. Please try again later or on a different instance."
 )
 # Chat prompts carry template tokens around each message's content.
 _CHAT_TOKENS_PER_MESSAGE = 4
@@ -38,9 +37,7 @@ class _ApiError(Exception):
         self.param = param
 
 
-def _error(
-    status: HTTPStatus, message: str, param: str | None = None, err_type: str | None = None
-) -> web.Response:
+def _error(status: HTTPStatus, message: str, param: str | None = None, err_type: str | None = None) -> web.Response:
     kind = err_type or {
         HTTPStatus.BAD_REQUEST: "BadRequestError",
         HTTPStatus.NOT_FOUND: "NotFoundError",
@@ -103,8 +100,7 @@ async def _serve(request: web.Request, *, chat: bool) -> web.StreamResponse:
             if not isinstance(messages, list) or not messages:
                 raise _ApiError(HTTPStatus.BAD_REQUEST, "messages must be a non-empty list", "messages")
             prompt_tokens = sum(
-                count_tokens(str(m.get("content", "")) if isinstance(m, dict) else str(m))
-                + _CHAT_TOKENS_PER_MESSAGE
+                count_tokens(str(m.get("content", "")) if isinstance(m, dict) else str(m)) + _CHAT_TOKENS_PER_MESSAGE
                 for m in messages
             )
             max_tokens = _max_tokens(body, "max_completion_tokens", "max_tokens")

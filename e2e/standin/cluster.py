@@ -42,11 +42,9 @@ class Replica:
 
 
 async def _listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE_SECONDS
-    )
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=_SHUTDOWN_GRACE_SECONDS)
+    site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except BaseException:
@@ -91,9 +89,9 @@ class StandinCluster:
         return bound
 
     async def remove_replica(self, port: int) -> None:
-        """Stop a replica: it stops listening and its in-flight requests are dropped."""
+        """Stop a replica like a terminated pod: it stops listening at once, requests in flight
+        get a short grace period to finish, and those still running then are dropped."""
         replica = self.replicas.pop(port)
-        replica.engine.resume()  # let paused requests finish within the grace period
         await replica.runner.cleanup()
 
     def pause(self) -> None:
@@ -126,9 +124,7 @@ class StandinCluster:
             self._control = None
 
     async def _list(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"ports": self.ports, "paused": any(r.engine.paused for r in self.replicas.values())}
-        )
+        return web.json_response({"ports": self.ports, "paused": any(r.engine.paused for r in self.replicas.values())})
 
     async def _add(self, request: web.Request) -> web.Response:
         port = 0
@@ -163,9 +159,7 @@ class BackgroundCluster:
     Use as ``with BackgroundCluster(config, replicas=2) as cluster: ...``.
     """
 
-    def __init__(
-        self, config: StandinConfig | None = None, *, replicas: int = 1, control: bool = False
-    ) -> None:
+    def __init__(self, config: StandinConfig | None = None, *, replicas: int = 1, control: bool = False) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="standin-vllm", daemon=True)
         self._initial = replicas

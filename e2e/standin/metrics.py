@@ -63,9 +63,7 @@ class EngineMetrics:
             "Number of admission attempts rejected by a queue limit, by reason.",
             ["model_name", "reason"], registry=reg,
         )  # fmt: skip
-        self.admission_rejections = {
-            reason: rejections.labels(model_name, reason) for reason in ADMISSION_REASONS
-        }
+        self.admission_rejections = {reason: rejections.labels(model_name, reason) for reason in ADMISSION_REASONS}
         self.time_to_first_token = Histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
             labels, registry=reg, buckets=_TTFT_BUCKETS,
