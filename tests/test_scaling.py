@@ -1,0 +1,294 @@
+"""Behaviour of the Ebbtide policy at fixed moments: each case names the rule it pins down."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from policies.scaling import decide, replica_worth_starting
+from policies.spec import GPUPoolSpec
+from policies.types import DemandSample, Observation, PolicyState, Reason
+
+UTC = dt.UTC
+# Tuesday 2026-12-01, Berlin is UTC+1: the 08:00–18:00 window is 07:00–17:00 UTC.
+TUE_NOON = dt.datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+TUE_NIGHT = dt.datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
+
+
+def make_spec(**overrides: Any) -> GPUPoolSpec:
+    base: dict[str, Any] = {
+        "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 8},
+        "schedule": {
+            "timezone": "Europe/Berlin",
+            "windows": [
+                {
+                    "name": "office",
+                    "days": ["mon", "tue", "wed", "thu", "fri"],
+                    "start": "08:00",
+                    "end": "18:00",
+                    "minReplicas": 1,
+                }
+            ],
+        },
+        "demand": {
+            "targetQueuePerReplica": 8,
+            "maxScaleUpStep": 2,
+            "scaleDownDelaySeconds": 300,
+            "idleGraceSeconds": 600,
+        },
+        "coldStartSeconds": 180,
+        "fallback": {"baseUrl": "https://api.example.com/v1"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return GPUPoolSpec.model_validate(base)
+
+
+def sample(
+    now: dt.datetime, queue: float, *, age: float = 0.0, tokens: tuple[float, float] | None = None
+) -> DemandSample:
+    return DemandSample(
+        observed_at=now - dt.timedelta(seconds=age),
+        waiting=queue,
+        running=0.0,
+        input_tokens_per_second=None if tokens is None else tokens[0],
+        output_tokens_per_second=None if tokens is None else tokens[1],
+    )
+
+
+def obs(current: int, demand: DemandSample | None, *, starts: tuple[dt.datetime, ...] = (), **kw: Any) -> Observation:
+    return Observation(
+        current_replicas=current, ready_replicas=current, demand=demand, replica_billing_starts=starts, **kw
+    )
+
+
+OLD_STATE = PolicyState(started_at=TUE_NOON - dt.timedelta(hours=5))
+
+
+@pytest.mark.parametrize(
+    ("current", "queue", "want", "reason"),
+    [
+        (1, 0, 1, Reason.WINDOW_OPEN),  # idle inside a window: the window's minimum holds
+        (1, 8, 1, Reason.STEADY),
+        (1, 9, 2, Reason.QUEUE_HIGH),  # ceil(9 / 8) = 2
+        (2, 24, 3, Reason.QUEUE_HIGH),
+        (1, 40, 3, Reason.STEP_LIMIT),  # wants 5, at most 2 added per decision
+        (4, 200, 6, Reason.STEP_LIMIT),
+        (7, 200, 8, Reason.POOL_MAX),  # wants 25, pool max 8
+    ],
+)
+def test_queue_sets_replicas_inside_window(current: int, queue: float, want: int, reason: Reason) -> None:
+    decision, _ = decide(make_spec(), obs(current, sample(TUE_NOON, queue)), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason, decision.valid) == (want, reason, True)
+
+
+def test_prewarm_starts_one_cold_start_before_the_window() -> None:
+    spec = make_spec()
+    opening = dt.datetime(2026, 12, 1, 7, 0, tzinfo=UTC)  # 08:00 Berlin
+    early, _ = decide(spec, obs(0, sample(opening, 0)), OLD_STATE, opening - dt.timedelta(seconds=181))
+    on_time, _ = decide(spec, obs(0, sample(opening, 0)), OLD_STATE, opening - dt.timedelta(seconds=180))
+    assert (early.desired_replicas, early.reason) == (0, Reason.STEADY)
+    assert (on_time.desired_replicas, on_time.reason) == (1, Reason.PREWARM)
+    assert "pre-warming 1" in on_time.message
+
+
+def test_scale_down_waits_for_the_delay_then_follows_demand() -> None:
+    spec = make_spec()
+    state = OLD_STATE
+    t = TUE_NOON
+    decision, state = decide(spec, obs(4, sample(t, 32)), state, t)
+    assert decision.desired_replicas == 4
+    held = []
+    for step in range(1, 12):  # demand drops to one replica's worth; 30 s steps
+        now = t + dt.timedelta(seconds=30 * step)
+        decision, state = decide(spec, obs(4, sample(now, 8)), state, now)
+        held.append((step * 30, decision.desired_replicas, decision.reason))
+    assert all(d == 4 and r is Reason.SCALE_DOWN_DELAY for s, d, r in held if s < 300)
+    assert all(d == 1 and r is Reason.QUEUE_LOW for s, d, r in held if s >= 300)
+
+
+def test_idle_outside_window_goes_to_zero_after_grace() -> None:
+    spec = make_spec()
+    state = OLD_STATE
+    t = TUE_NIGHT
+    _, state = decide(spec, obs(1, sample(t, 3)), state, t)
+    seen = {}
+    for seconds in (60, 310, 590, 600, 660):
+        now = t + dt.timedelta(seconds=seconds)
+        decision, state = decide(spec, obs(1, sample(now, 0)), state, now)
+        seen[seconds] = (decision.desired_replicas, decision.reason)
+    assert seen[60] == (1, Reason.SCALE_DOWN_DELAY)
+    assert seen[310] == (1, Reason.IDLE_GRACE)
+    assert seen[590] == (1, Reason.IDLE_GRACE)
+    assert seen[600] == (0, Reason.IDLE_TO_ZERO)
+
+
+def test_no_data_holds_and_is_invalid() -> None:
+    decision, state = decide(
+        make_spec(), obs(3, None, no_data_reason="scrape failed: connection refused"), OLD_STATE, TUE_NIGHT
+    )
+    assert (decision.desired_replicas, decision.valid, decision.reason) == (3, False, Reason.NO_DATA_HOLD)
+    assert "connection refused" in decision.message
+    assert state == OLD_STATE  # nothing learnt from nothing
+
+
+def test_stale_data_holds_even_if_it_says_zero() -> None:
+    spec = make_spec()
+    decision, _ = decide(spec, obs(3, sample(TUE_NIGHT, 0, age=91)), OLD_STATE, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.valid, decision.reason) == (3, False, Reason.STALE_DATA_HOLD)
+    fresh, _ = decide(spec, obs(3, sample(TUE_NIGHT, 0, age=90)), OLD_STATE, TUE_NIGHT)
+    assert fresh.valid
+
+
+def test_no_data_still_lets_the_window_floor_scale_up() -> None:
+    decision, _ = decide(make_spec(), obs(0, None), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.valid, decision.reason) == (1, True, Reason.WINDOW_OPEN)
+
+
+def test_fresh_autoscaler_does_not_scale_down() -> None:
+    decision, _ = decide(make_spec(), obs(5, sample(TUE_NIGHT, 0)), PolicyState(), TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (5, Reason.STARTUP_HOLD)
+
+
+@pytest.mark.parametrize(
+    ("minutes_running", "want", "reason"),
+    [
+        (10, 2, Reason.BILLING_HOLD),  # 50 paid minutes left: keep
+        (57, 2, Reason.BILLING_HOLD),  # 3 minutes left, margin is 2 minutes: still keep
+        (58, 0, Reason.IDLE_TO_ZERO),  # exactly the 2-minute margin left: release
+        (59.5, 0, Reason.IDLE_TO_ZERO),
+        (61, 2, Reason.BILLING_HOLD),  # a new hour has begun and is billed: keep it
+    ],
+)
+def test_hourly_billing_keeps_paid_replicas_until_the_hour_ends(
+    minutes_running: float, want: int, reason: Reason
+) -> None:
+    spec = make_spec(billing={"granularity": "hour", "releaseMarginSeconds": 120})
+    now = TUE_NIGHT
+    started = now - dt.timedelta(minutes=minutes_running)
+    state = replace(OLD_STATE, last_busy_at=now - dt.timedelta(hours=1))
+    decision, _ = decide(spec, obs(2, sample(now, 0), starts=(started, started)), state, now)
+    assert (decision.desired_replicas, decision.reason) == (want, reason)
+    if reason is Reason.BILLING_HOLD:
+        assert "paid minutes left" in decision.message
+        assert decision.detail("paid_seconds_kept") is not None
+
+
+def test_billing_hold_releases_only_replicas_near_their_period_end() -> None:
+    spec = make_spec(billing={"granularity": "hour"})
+    now = TUE_NIGHT
+    starts = (now - dt.timedelta(minutes=59), now - dt.timedelta(minutes=20), now - dt.timedelta(minutes=5))
+    state = replace(OLD_STATE, last_busy_at=now - dt.timedelta(hours=1))
+    decision, _ = decide(spec, obs(3, sample(now, 0), starts=starts), state, now)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.BILLING_HOLD)
+
+
+def test_per_second_billing_never_holds() -> None:
+    spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
+    now = TUE_NIGHT
+    starts = (now - dt.timedelta(minutes=30),)
+    state = replace(OLD_STATE, last_busy_at=now - dt.timedelta(hours=1))
+    decision, _ = decide(spec, obs(1, sample(now, 0), starts=starts), state, now)
+    assert decision.desired_replicas == 0
+
+
+def test_cost_aware_scale_up_overflows_small_demand_outside_windows() -> None:
+    # 4 queued requests offering 100 tok/s in, 10 tok/s out: $0.00045/s of mid-tier API spend.
+    # One replica costs $1.6438/h; over its 480 s horizon ($0.22) it would absorb only $0.135.
+    spec = make_spec()
+    decision, _ = decide(spec, obs(0, sample(TUE_NIGHT, 4, tokens=(100, 10))), OLD_STATE, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (0, Reason.COST_OVERFLOW)
+    assert decision.detail("gpu_usd") == pytest.approx(1.6438 * 480 / 3600)
+    assert decision.detail("api_usd") == pytest.approx((100 * 3 + 10 * 15) / 1e6 * 300)
+
+
+def test_cost_aware_scale_up_starts_a_gpu_when_demand_pays_for_it() -> None:
+    spec = make_spec()
+    decision, _ = decide(spec, obs(0, sample(TUE_NIGHT, 6, tokens=(2000, 300))), OLD_STATE, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (1, Reason.QUEUE_HIGH)
+
+
+def test_cost_check_prices_only_the_share_beyond_existing_replicas() -> None:
+    spec = make_spec()
+    demand = sample(TUE_NOON, 12, tokens=(1200, 0))
+    second = replica_worth_starting(spec, demand, 1)
+    assert second is not None
+    assert second.absorbed_tokens_per_second == pytest.approx(1200 * 4 / 12)
+    assert replica_worth_starting(spec, sample(TUE_NOON, 12), 1) is None  # token rate unknown
+
+
+def test_window_minimum_holds_even_when_not_worth_it() -> None:
+    decision, _ = decide(make_spec(), obs(0, sample(TUE_NOON, 0, tokens=(0, 0))), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (1, Reason.WINDOW_OPEN)
+
+
+def test_gpu_budget_cap_scale_to_zero_beats_the_window() -> None:
+    spec = make_spec(budget={"maxGpuHoursPerDay": 10, "onGpuCap": "scaleToZero"})
+    decision, _ = decide(spec, obs(3, sample(TUE_NOON, 40), gpu_hours_today=10.0), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (0, Reason.GPU_BUDGET_CAP)
+
+
+def test_gpu_budget_cap_hold_allows_no_scale_up() -> None:
+    spec = make_spec(budget={"maxGpuHoursPerDay": 10, "onGpuCap": "hold"})
+    decision, _ = decide(spec, obs(2, sample(TUE_NOON, 80), gpu_hours_today=12.0), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.GPU_BUDGET_CAP)
+
+
+def test_fallback_budget_cap_lets_gpus_grow_past_the_cost_rule() -> None:
+    spec = make_spec(budget={"maxFallbackUsdPerDay": 50})
+    small = sample(TUE_NIGHT, 4, tokens=(100, 10))
+    capped, _ = decide(spec, obs(0, small, fallback_usd_today=50.0), OLD_STATE, TUE_NIGHT)
+    assert (capped.desired_replicas, capped.reason) == (1, Reason.FALLBACK_BUDGET_CAP)
+
+
+def test_override_off_wins_over_window_and_demand() -> None:
+    spec = make_spec(
+        schedule={
+            "timezone": "Europe/Berlin",
+            "windows": make_spec().schedule.windows,
+            "overrides": [{"mode": "off", "until": "2026-12-02T00:00:00+01:00"}],
+        }
+    )
+    decision, _ = decide(spec, obs(2, sample(TUE_NOON, 50)), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (0, Reason.OVERRIDE_OFF)
+
+
+def test_override_keep_warm_holds_replicas_at_night() -> None:
+    spec = make_spec(
+        schedule={
+            "timezone": "Europe/Berlin",
+            "overrides": [{"mode": "keepWarm", "replicas": 2, "until": "2026-12-02T06:00:00Z"}],
+        }
+    )
+    state = replace(OLD_STATE, last_busy_at=TUE_NIGHT - dt.timedelta(hours=2))
+    decision, _ = decide(spec, obs(2, sample(TUE_NIGHT, 0)), state, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.OVERRIDE_KEEP_WARM)
+
+
+def test_kv_cache_target_scales_up() -> None:
+    spec = make_spec(demand={"targetKvCacheUsage": 0.5})
+    demand = DemandSample(observed_at=TUE_NOON, waiting=0, running=4, kv_cache_usage=0.9)
+    decision, _ = decide(spec, obs(2, demand), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (4, Reason.KV_CACHE_HIGH)
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        decide(make_spec(), obs(0, None), PolicyState(), dt.datetime(2026, 12, 1, 12, 0))
+
+
+def test_inputs_are_not_mutated_and_state_is_new() -> None:
+    spec = make_spec()
+    before = spec.model_dump()
+    state = OLD_STATE
+    observation = obs(1, sample(TUE_NOON, 30))
+    _, new_state = decide(spec, observation, state, TUE_NOON)
+    assert spec.model_dump() == before
+    assert state == OLD_STATE and new_state is not state
+    assert new_state.recommendations[-1] == (TUE_NOON, 3)
