@@ -21,7 +21,7 @@ from policies.schedules import active_override, next_opening, open_spans
 from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
 from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
 
-__all__ = ["CostCheck", "decide", "replica_worth_starting", "schedule_limits"]
+__all__ = ["CostCheck", "decide", "replica_worth", "schedule_limits"]
 
 # How far ahead pre-warm looks beyond the cold start; openings further away cannot matter now.
 _PREWARM_SLACK = dt.timedelta(seconds=1)
@@ -92,26 +92,28 @@ class CostCheck:
     horizon_seconds: float
 
 
-def replica_worth_starting(spec: GPUPoolSpec, demand: DemandSample, replicas_before: int) -> CostCheck | None:
-    """Would replica number `replicas_before + 1` cost less than the API spend it absorbs?
+def replica_worth(
+    spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, wanted: int, running: bool
+) -> CostCheck | None:
+    """Does replica number `replicas_before + 1` cost less than the API spend it absorbs?
 
-    The new replica absorbs the share of the offered tokens that the queue places beyond the existing
-    replicas (at most one replica's target queue, and at most its token throughput). It is committed
-    for at least the billing horizon (the billing unit, the minimum billed time, or one cold start plus
-    the scale-down delay, whichever is longest) but serves only after its cold start. None when the
-    offered token rate is unknown (the check cannot be made).
+    The offered token rate is spread over the replicas the queue wants, each absorbing at most its
+    configured throughput (`replicaTokensPerSecond`); the queue is measured where the throughput is only
+    configured, so when the queue wants more replicas than the throughput suggests, each absorbs less.
+    A replica that is not running yet is committed for at least the billing horizon (the billing unit,
+    the minimum billed time, or one cold start plus the scale-down delay, whichever is longest) but serves
+    only after its cold start. A running replica's start is sunk: it is worth keeping while the API spend
+    it absorbs per hour exceeds its hourly price. None when the offered token rate is unknown.
     """
     if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
         return None
     offered_in = max(demand.input_tokens_per_second, 0.0)
     offered_out = max(demand.output_tokens_per_second, 0.0)
     offered = offered_in + offered_out
-    # The queue says how much demand lies beyond the existing replicas (it is measured, where a token
-    # capacity is only configured); the token rate prices that share.
-    per_replica = spec.demand.target_queue_per_replica
-    queue = demand.queue
-    share = min(max(queue - replicas_before * per_replica, 0.0), per_replica) / queue if queue > 0 else 0.0
-    absorbed = min(offered * share, spec.demand.replica_tokens_per_second)
+    capacity = spec.demand.replica_tokens_per_second
+    if wanted > 0:
+        capacity = min(capacity, offered / wanted)
+    absorbed = min(max(offered - replicas_before * capacity, 0.0), capacity)
     usd_per_token = 0.0
     if offered > 0:
         usd_per_token = (
@@ -119,17 +121,33 @@ def replica_worth_starting(spec: GPUPoolSpec, demand: DemandSample, replicas_bef
             / offered
             / 1e6
         )
-    horizon = float(
-        max(
-            spec.billing.granularity.seconds,
-            spec.billing.minimum_billed_seconds,
-            spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
+    if running:
+        horizon, serving = 3600.0, 3600.0
+    else:
+        horizon = float(
+            max(
+                spec.billing.granularity.seconds,
+                spec.billing.minimum_billed_seconds,
+                spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
+            )
         )
-    )
-    serving = max(horizon - spec.cold_start_seconds, 0.0)
+        serving = max(horizon - spec.cold_start_seconds, 0.0)
     api_usd = absorbed * usd_per_token * serving
     gpu_usd = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica * horizon / 3600.0
     return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
+
+
+def _cost_limit(spec: GPUPoolSpec, demand: DemandSample, wanted: int, current: int) -> tuple[int, CostCheck | None]:
+    """How many of the `wanted` replicas pay for themselves, and the first check that failed (if any)."""
+    replicas = 0
+    while replicas < wanted:
+        check = replica_worth(spec, demand, replicas, wanted=wanted, running=replicas < current)
+        if check is None:
+            return wanted, None
+        if not check.worth_it:
+            return replicas, check
+        replicas += 1
+    return wanted, None
 
 
 def _hold(spec: GPUPoolSpec, obs: Observation, limits: Limits, reason: Reason, why: str) -> Decision:
@@ -206,29 +224,21 @@ def _decide_on_demand(
     )
     fallback_open = spec.fallback.base_url is not None and not fallback_capped
 
-    # Growth: only replicas that pay for themselves against the fallback, and a bounded step at a time.
-    if desired > max(current, limits.floor) and fallback_open:
-        base = max(current, limits.floor)
-        affordable = base
-        last_check: CostCheck | None = None
-        while affordable < desired:
-            check = replica_worth_starting(spec, demand, affordable)
-            if check is None:
-                affordable = desired
-                break
-            last_check = check
-            if not check.worth_it:
-                break
-            affordable += 1
-        if affordable < desired and last_check is not None:
-            reason = Reason.COST_OVERFLOW
+    # Only replicas that pay for themselves against the fallback; the window floor still holds below.
+    cost_limited = False
+    if desired > 0 and fallback_open:
+        affordable, check = _cost_limit(spec, demand, desired, current)
+        if affordable < desired and check is not None:
+            cost_limited = True
+            verb = "keeping" if affordable < current else "staying at"
             message = (
-                f"{message}; replica {affordable + 1} would absorb {last_check.absorbed_tokens_per_second:.0f} tok/s "
-                f"= ${last_check.api_usd:.2f} of API spend over its {last_check.horizon_seconds:.0f} s billed "
-                f"horizon vs ${last_check.gpu_usd:.2f} of GPU; staying at {affordable}, the fallback serves the rest"
+                f"{message}; replica {affordable + 1} would absorb {check.absorbed_tokens_per_second:.0f} tok/s "
+                f"= ${check.api_usd:.2f} of API spend over {check.horizon_seconds:.0f} s vs ${check.gpu_usd:.2f} "
+                f"of GPU; {verb} {affordable}, the fallback serves the rest"
             )
-            details += [("api_usd", last_check.api_usd), ("gpu_usd", last_check.gpu_usd)]
+            details += [("api_usd", check.api_usd), ("gpu_usd", check.gpu_usd)]
             desired = affordable
+            reason = Reason.COST_OVERFLOW
     elif desired > current and fallback_capped:
         reason = Reason.FALLBACK_BUDGET_CAP
         message = f"{message}; fallback spend ${obs.fallback_usd_today:.2f} reached today's cap, GPUs serve all"
@@ -244,7 +254,9 @@ def _decide_on_demand(
     new_state = replace(state, last_busy_at=last_busy, recommendations=recommendations)
 
     if desired < current:
-        desired, reason, message = _shrink(spec, obs, state, now, desired, reason, message, details, gpu_capped)
+        desired, reason, message = _shrink(
+            spec, obs, state, now, desired, reason, message, details, gpu_capped, cost_limited
+        )
 
     if desired < limits.floor:
         desired, reason, message = limits.floor, limits.floor_reason, f"{limits.floor_message}; {message}"
@@ -269,6 +281,7 @@ def _shrink(
     message: str,
     details: list[tuple[str, float]],
     gpu_capped: bool,
+    cost_limited: bool,
 ) -> tuple[int, Reason, str]:
     """Apply the brakes on a scale-down: startup hold, scale-down delay, idle grace, paid GPU time."""
     current = obs.current_replicas
@@ -284,7 +297,8 @@ def _shrink(
         desired, reason = stabilised, Reason.SCALE_DOWN_DELAY
         message = f"{message}; demand was higher within the last {delay} s, holding {desired}"
 
-    if desired == 0 and state.last_busy_at is not None:
+    # The idle grace is for an empty queue; demand that is too small to pay for a GPU goes to the fallback.
+    if desired == 0 and state.last_busy_at is not None and not cost_limited:
         idle = (now - state.last_busy_at).total_seconds()
         if idle < spec.demand.idle_grace_seconds:
             desired, reason = 1, Reason.IDLE_GRACE

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policies.scaling import decide, replica_worth_starting
+from policies.scaling import decide, replica_worth
 from policies.spec import GPUPoolSpec
 from policies.types import DemandSample, Observation, PolicyState, Reason
 
@@ -214,13 +214,35 @@ def test_cost_aware_scale_up_starts_a_gpu_when_demand_pays_for_it() -> None:
     assert (decision.desired_replicas, decision.reason) == (1, Reason.QUEUE_HIGH)
 
 
-def test_cost_check_prices_only_the_share_beyond_existing_replicas() -> None:
+def test_cost_check_spreads_offered_tokens_over_the_wanted_replicas() -> None:
     spec = make_spec()
     demand = sample(TUE_NOON, 12, tokens=(1200, 0))
-    second = replica_worth_starting(spec, demand, 1)
+    # The queue wants 2 replicas; 1200 tok/s is under one replica's 2500, so the queue wins: 600 each.
+    second = replica_worth(spec, demand, 1, wanted=2, running=False)
     assert second is not None
-    assert second.absorbed_tokens_per_second == pytest.approx(1200 * 4 / 12)
-    assert replica_worth_starting(spec, sample(TUE_NOON, 12), 1) is None  # token rate unknown
+    assert second.absorbed_tokens_per_second == pytest.approx(600)
+    # With the throughput as the limit, the third of three replicas absorbs what two cannot.
+    busy = replica_worth(spec, sample(TUE_NOON, 24, tokens=(6000, 0)), 2, wanted=3, running=False)
+    assert busy is not None and busy.absorbed_tokens_per_second == pytest.approx(2000)
+    assert replica_worth(spec, sample(TUE_NOON, 12), 1, wanted=2, running=False) is None  # token rate unknown
+
+
+def test_running_replica_is_released_when_demand_no_longer_pays_for_it() -> None:
+    # 50 tok/s in, 5 out at mid-tier prices is $0.81/h of API spend: less than the GPU's $1.64/h.
+    spec = make_spec()
+    state = replace(OLD_STATE, recommendations=())
+    decision, _ = decide(spec, obs(1, sample(TUE_NIGHT, 1, tokens=(50, 5))), state, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (0, Reason.COST_OVERFLOW)
+    assert "keeping 0" in decision.message
+    # ...but not inside a window: the window's minimum holds.
+    inside, _ = decide(spec, obs(1, sample(TUE_NOON, 1, tokens=(50, 5))), state, TUE_NOON)
+    assert inside.desired_replicas == 1
+
+
+def test_running_replica_is_kept_while_it_pays() -> None:
+    spec = make_spec()
+    decision, _ = decide(spec, obs(1, sample(TUE_NIGHT, 1, tokens=(200, 20))), OLD_STATE, TUE_NIGHT)
+    assert decision.desired_replicas == 1
 
 
 def test_window_minimum_holds_even_when_not_worth_it() -> None:
