@@ -1,0 +1,390 @@
+"""The serving model: how a pool of vLLM replicas and a fallback API turn arrivals into first tokens.
+
+Capacity. Each request costs a Ready replica `work = prompt / prefill_tps + output / decode_tps`
+seconds of its full throughput (continuous batching shares a replica between many sequences; the
+shares add up to this much busy time). The pool is one fluid FIFO server working at `ready` such
+seconds per second: a request's queue wait is the time until all work that arrived before it has been
+done, its time to first token is that wait plus its own prefill (`prompt / prefill_tps`). The running
+batch (`num_requests_running`) holds a request from its start until its last token
+(`prompt / prefill_tps + output / sequence_tps`), at most `max_num_seqs` per replica; the rest count
+as waiting. This is exact in throughput and, at moderate load, a little pessimistic on waits (a real
+scheduler interleaves a new prefill with running decodes instead of finishing them first).
+
+Routing follows `policies.overflow.route_request`: a request whose expected wait (work ahead over the
+pool's ready throughput) exceeds `fallback.max_queue_wait_seconds`, or that finds no Ready replica, goes
+to the fallback when it is open; otherwise it queues (or is rejected, if the pool says so).
+
+The loop over requests is plain Python over one control tick's arrivals at a time; everything else is
+vectorised. Start times are recovered exactly, even when the number of Ready replicas changes while a
+request waits, by recording the served-work curve V(t) (piecewise linear) and inverting it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.sim.workload import Workload
+from policies.cost import ApiPrice, api_cost_usd
+from policies.overflow import Route, route_request
+
+__all__ = ["DemandReading", "FallbackModel", "PoolEngine", "ReplicaModel", "RouteCode", "Routing"]
+
+FloatArray = npt.NDArray[np.float64]
+
+# Defaults for an 8B model (Llama-3.1-8B class, BF16) on one H100-80GB with vLLM >= 0.6, rounded
+# down from published benchmarks (no measurement of ours): the vLLM team's "vLLM v0.6.0: 2.7x
+# Throughput Improvement and 5x Latency Reduction" (blog.vllm.ai/2024/09/05/perf-update.html, Llama 3
+# 8B on 1xH100, ShareGPT; TPOT in the low tens of milliseconds at 32 QPS) and Lambda's
+# LambdaLabsML/vllm-benchmark report (H100-80GB-SXM, Llama 3.1 8B, thousands of output tokens/s at
+# high concurrency). Prefill of an 8B model runs compute-bound at roughly 10-20k tokens/s on an H100;
+# we take the low end. `max_num_seqs` is vLLM's default batch limit (256).
+DEFAULT_PREFILL_TPS = 10_000.0
+DEFAULT_DECODE_TPS = 2_500.0
+DEFAULT_SEQUENCE_TPS = 60.0
+DEFAULT_MAX_NUM_SEQS = 256
+
+# Times are offsets (s) from the simulation start; the workload's arrivals are never negative.
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaModel:
+    """What one Ready replica can do."""
+
+    prefill_tokens_per_second: float = DEFAULT_PREFILL_TPS
+    """Prompt tokens per second when the replica does nothing else."""
+    decode_tokens_per_second: float = DEFAULT_DECODE_TPS
+    """Generated tokens per second over the whole running batch, at saturation."""
+    sequence_tokens_per_second: float = DEFAULT_SEQUENCE_TPS
+    """Generated tokens per second of one sequence in a loaded batch (1 / time per output token)."""
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    """Largest running batch (vLLM's --max-num-seqs)."""
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_tokens_per_second", "decode_tokens_per_second", "sequence_tokens_per_second"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+
+    @property
+    def effective_decode_tps(self) -> float:
+        """Batch decode throughput, limited by the batch size times one sequence's speed."""
+        return min(self.decode_tokens_per_second, self.max_num_seqs * self.sequence_tokens_per_second)
+
+    def work_seconds(self, input_tokens: npt.NDArray[np.int64], output_tokens: npt.NDArray[np.int64]) -> FloatArray:
+        """Replica-seconds of full throughput each request needs."""
+        return input_tokens / self.prefill_tokens_per_second + output_tokens / self.effective_decode_tps
+
+    @classmethod
+    def unlimited(cls) -> ReplicaModel:
+        """A replica with (for all practical purposes) infinite capacity, for tests and what-ifs."""
+        return cls(1e18, 1e18, 1e18, 1 << 30)
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackModel:
+    """The simulated fallback API."""
+
+    ttft_seconds: float = 0.8
+    """Time to first token at the fallback (a mid-tier API's typical latency)."""
+    tokens_per_second: float = 80.0
+    """Streaming speed of one response at the fallback, for its in-flight count."""
+
+
+class Routing(StrEnum):
+    """How a policy's gateway routes requests."""
+
+    OVERFLOW = "overflow"
+    """Ebbtide: route_request decides, fallback open when the pool has one and its budget allows."""
+    QUEUE = "queue"
+    """No fallback: every request queues on the GPUs."""
+    FALLBACK = "fallback"
+    """Every request goes to the fallback."""
+
+
+class RouteCode:
+    """Per-request outcome codes in the engine's int8 route array."""
+
+    PENDING = 0
+    GPU = 1
+    FALLBACK = 2
+    REJECT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class DemandReading:
+    """What the engines and the gateway would report at one moment."""
+
+    waiting: float
+    running: float
+    overflow_in_flight: float
+    input_tokens_per_second: float
+    output_tokens_per_second: float
+
+
+class PoolEngine:
+    """Serves one workload under a changing number of Ready replicas; see the module docstring."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        replica: ReplicaModel,
+        fallback: FallbackModel,
+        *,
+        routing: Routing,
+        max_wait_seconds: float,
+        price: ApiPrice,
+        rate_window_seconds: float = 60.0,
+    ) -> None:
+        self.workload = workload
+        self.replica = replica
+        self.fallback = fallback
+        self.routing = routing
+        self.max_wait_seconds = max_wait_seconds
+        self.price = price
+        self.rate_window_seconds = rate_window_seconds
+        n = len(workload)
+        self.work = replica.work_seconds(workload.input_tokens, workload.output_tokens)
+        self.prefill = workload.input_tokens / replica.prefill_tokens_per_second
+        self.route = np.zeros(n, dtype=np.int8)
+        self.ttft = np.full(n, np.inf, dtype=np.float64)
+        self.fallback_open = routing is not Routing.QUEUE
+        self.reject_when_closed = False
+        self.fallback_usd_day = 0.0
+        self._next = 0
+        self._t = 0.0
+        self._ready = 0
+        self._backlog = 0.0
+        self._served = 0.0
+        # The served-work curve since the last sample: breakpoints (time, served work).
+        self._bt: list[float] = [0.0]
+        self._bv: list[float] = [0.0]
+        # GPU requests not yet started: indices and work positions, in arrival (= FIFO) order.
+        self._pending_idx: list[npt.NDArray[np.int64]] = []
+        self._pending_pos: list[FloatArray] = []
+        self._running: deque[FloatArray] = deque()
+        self._overflowing: deque[FloatArray] = deque()
+
+    @property
+    def now(self) -> float:
+        """Time (s from start) up to which arrivals have been served."""
+        return self._t
+
+    @property
+    def ready(self) -> int:
+        """Ready replicas serving right now."""
+        return self._ready
+
+    def set_ready(self, ready: int) -> None:
+        """Change the number of Ready replicas at the current time."""
+        if ready != self._ready:
+            self._bt.append(self._t)
+            self._bv.append(self._served)
+            self._ready = ready
+
+    def run_until(self, t_end: float) -> None:
+        """Route and enqueue every arrival before `t_end`, and serve up to `t_end`."""
+        if t_end < self._t:
+            raise ValueError(f"time runs forward only ({t_end} < {self._t})")
+        arrival = self.workload.arrival_s
+        lo = self._next
+        hi = int(np.searchsorted(arrival, t_end, side="left"))
+        if hi > lo:
+            self._serve_arrivals(lo, hi)
+            self._next = hi
+        self._drain_to(t_end)
+
+    def _drain_to(self, t: float) -> None:
+        if self._backlog > 0.0 and self._ready > 0:
+            done = self._ready * (t - self._t)
+            if done >= self._backlog:
+                self._bt.append(self._t + self._backlog / self._ready)
+                self._served += self._backlog
+                self._bv.append(self._served)
+                self._backlog = 0.0
+            else:
+                self._backlog -= done
+                self._served += done
+        self._t = t
+
+    def _serve_arrivals(self, lo: int, hi: int) -> None:
+        """The per-request loop: drain, route, enqueue (plain Python over one tick's arrivals)."""
+        times = self.workload.arrival_s[lo:hi].tolist()
+        works = self.work[lo:hi].tolist()
+        codes = [RouteCode.GPU] * len(times)
+        positions: list[float] = []
+        gpu_idx: list[int] = []
+        bt, bv = self._bt, self._bv
+        ready, backlog, served, t_last = self._ready, self._backlog, self._served, self._t
+        routing = self.routing
+        limit = self.max_wait_seconds
+        open_ = self.fallback_open
+        capped = self._cap_tracking()
+        usd_in = self.price.input_usd_per_million / 1e6
+        usd_out = self.price.output_usd_per_million / 1e6
+        inputs = self.workload.input_tokens
+        outputs = self.workload.output_tokens
+        for k, t in enumerate(times):
+            if backlog > 0.0 and ready > 0:
+                done = ready * (t - t_last)
+                if done >= backlog:
+                    bt.append(t_last + backlog / ready)
+                    served += backlog
+                    bv.append(served)
+                    backlog = 0.0
+                else:
+                    backlog -= done
+                    served += done
+            t_last = t
+            if routing is Routing.FALLBACK:
+                code = RouteCode.FALLBACK
+            elif routing is Routing.QUEUE:
+                code = RouteCode.GPU
+            elif ready > 0 and backlog <= limit * ready:
+                # route_request sends a request within the wait limit to the GPUs whatever else holds.
+                code = RouteCode.GPU
+            else:
+                # Expressed in work: `backlog` replica-seconds ahead at one replica-second per second each.
+                decision = route_request(
+                    waiting=backlog,
+                    ready_replicas=ready,
+                    replica_requests_per_second=1.0,
+                    max_wait_seconds=limit,
+                    fallback_open=open_,
+                    reject_when_closed=self.reject_when_closed,
+                )
+                code = {Route.GPU: RouteCode.GPU, Route.FALLBACK: RouteCode.FALLBACK}.get(
+                    decision.route, RouteCode.REJECT
+                )
+            if code == RouteCode.GPU:
+                if backlog == 0.0:
+                    bt.append(t)
+                    bv.append(served)
+                positions.append(served + backlog)
+                gpu_idx.append(lo + k)
+                backlog += works[k]
+            else:
+                codes[k] = code
+                if code == RouteCode.FALLBACK and capped:
+                    i = lo + k
+                    self.fallback_usd_day += float(inputs[i]) * usd_in + float(outputs[i]) * usd_out
+                    if self.fallback_usd_day >= self._fallback_cap:
+                        open_ = False
+        self.fallback_open = open_ if routing is Routing.OVERFLOW else self.fallback_open
+        self._ready, self._backlog, self._served, self._t = ready, backlog, served, t_last
+        self.route[lo:hi] = codes
+        if gpu_idx:
+            self._pending_idx.append(np.asarray(gpu_idx, dtype=np.int64))
+            self._pending_pos.append(np.asarray(positions, dtype=np.float64))
+        fb = np.flatnonzero(self.route[lo:hi] == RouteCode.FALLBACK) + lo
+        if fb.size:
+            self.ttft[fb] = self.fallback.ttft_seconds
+            ends = (
+                self.workload.arrival_s[fb]
+                + self.fallback.ttft_seconds
+                + self.workload.output_tokens[fb] / self.fallback.tokens_per_second
+            )
+            self._overflowing.append(ends)
+
+    _fallback_cap: float = math.inf
+
+    def set_fallback_cap(self, usd_per_day: float | None, reject: bool) -> None:
+        """Close the fallback once a day's spend reaches `usd_per_day` (then queue, or reject)."""
+        self._fallback_cap = math.inf if usd_per_day is None else usd_per_day
+        self.reject_when_closed = reject
+
+    def new_day(self) -> None:
+        """Reset the day's fallback spend (the runner calls this at local midnight)."""
+        self.fallback_usd_day = 0.0
+        if self.routing is Routing.OVERFLOW and self._fallback_cap < math.inf:
+            self.fallback_open = True
+
+    def _cap_tracking(self) -> bool:
+        return self.routing is Routing.OVERFLOW and self._fallback_cap < math.inf
+
+    def sample(self) -> DemandReading:
+        """Settle start times up to now and read waiting, running, overflow and offered token rates."""
+        now = self._t
+        self._settle_started(now)
+        pending = sum(int(p.size) for p in self._pending_pos)
+        running = 0
+        while self._running and float(self._running[0].max(initial=-1.0)) <= now:
+            self._running.popleft()
+        for chunk in self._running:
+            running += int(np.count_nonzero(chunk > now))
+        while self._overflowing and float(self._overflowing[0].max(initial=-1.0)) <= now:
+            self._overflowing.popleft()
+        overflow = sum(int(np.count_nonzero(chunk > now)) for chunk in self._overflowing)
+        batch_limit = self._ready * self.replica.max_num_seqs
+        excess = max(running - batch_limit, 0)
+        arrival = self.workload.arrival_s
+        lo = int(np.searchsorted(arrival, now - self.rate_window_seconds, side="left"))
+        hi = self._next
+        window = self.rate_window_seconds
+        return DemandReading(
+            waiting=float(pending + excess),
+            running=float(running - excess),
+            overflow_in_flight=float(overflow),
+            input_tokens_per_second=float(self.workload.input_tokens[lo:hi].sum()) / window,
+            output_tokens_per_second=float(self.workload.output_tokens[lo:hi].sum()) / window,
+        )
+
+    def _settle_started(self, now: float) -> None:
+        """Give every GPU request that has started by `now` its start time, TTFT and finish time."""
+        self._bt.append(now)
+        self._bv.append(self._served)
+        if self._pending_pos:
+            positions = np.concatenate(self._pending_pos)
+            indices = np.concatenate(self._pending_idx)
+            k = int(np.searchsorted(positions, self._served + _EPS, side="right"))
+            if k:
+                started = indices[:k]
+                start = self._invert(positions[:k])
+                start = np.maximum(start, self.workload.arrival_s[started])
+                self.ttft[started] = start - self.workload.arrival_s[started] + self.prefill[started]
+                finish = (
+                    start
+                    + self.prefill[started]
+                    + self.workload.output_tokens[started] / self.replica.sequence_tokens_per_second
+                )
+                self._running.append(finish)
+            self._pending_pos = [positions[k:]] if k < positions.size else []
+            self._pending_idx = [indices[k:]] if k < indices.size else []
+        # Only the curve after this moment can matter to requests not yet started.
+        self._bt = [now]
+        self._bv = [self._served]
+
+    def _invert(self, positions: FloatArray) -> FloatArray:
+        """First time the served-work curve reaches each position (positions sorted)."""
+        times = np.asarray(self._bt, dtype=np.float64)
+        values = np.asarray(self._bv, dtype=np.float64)
+        j = np.clip(np.searchsorted(values, positions, side="left"), 1, values.size - 1)
+        v0, v1 = values[j - 1], values[j]
+        t0, t1 = times[j - 1], times[j]
+        span = v1 - v0
+        frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
+        return np.where(positions <= values[0], times[0], t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0))
+
+    def finish(self, horizon: float) -> None:
+        """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
+        self.run_until(max(horizon, self._t))
+        if self._backlog > 0.0 and self._ready > 0:
+            self._drain_to(self._t + self._backlog / self._ready + 1e-6)
+        self._settle_started(self._t)
+
+    def fallback_tokens(self) -> tuple[int, int]:
+        """Prompt and generated tokens sent to the fallback."""
+        mask = self.route == RouteCode.FALLBACK
+        return int(self.workload.input_tokens[mask].sum()), int(self.workload.output_tokens[mask].sum())
+
+    def fallback_cost_usd(self) -> float:
+        """What the fallback billed for everything sent to it."""
+        tokens_in, tokens_out = self.fallback_tokens()
+        return api_cost_usd(tokens_in, tokens_out, self.price)

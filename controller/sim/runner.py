@@ -1,0 +1,293 @@
+"""Runs a workload through the controller's own loop with simulated ports, once per policy.
+
+The runner moves a manual clock in control ticks. Between ticks the serving model routes and serves
+the arrivals, switching its Ready replicas exactly when a replica finishes its cold start; at each tick
+`ControlLoop.reconcile` (the step the daemon runs) observes the simulated world, asks the policy and
+scales the simulated Deployment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from controller.loop import ControlLoop, Policy, Ports
+from controller.ports import PoolRef
+from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode
+from controller.sim.engine import Routing as EngineRouting
+from controller.sim.workload import Workload
+from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, SimMetrics
+from policies.baselines import BASELINES, Routing, Sizing, baseline
+from policies.cost import ApiPrice
+from policies.lower_bound import lower_bound
+from policies.spec import GPUPoolSpec
+from policies.types import PolicyState
+
+__all__ = [
+    "EBBTIDE",
+    "POLICY_NAMES",
+    "PolicyRun",
+    "RunSettings",
+    "lower_bound_run",
+    "run_policy",
+    "sizing_for",
+]
+
+EBBTIDE = "ebbtide"
+POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES))
+"""Report order: Ebbtide first, then the registry's baselines (sorted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How the simulated world behaves, beyond the pool's own spec."""
+
+    replica: ReplicaModel = field(default_factory=ReplicaModel)
+    fallback: FallbackModel = field(default_factory=FallbackModel)
+    tick_seconds: float = 15.0
+    """Control-loop period in simulated time."""
+    gpu_cap: int | None = None
+    """GPUs available to the pool; replicas beyond stay Pending (None: unlimited)."""
+    initial_replicas: int = 0
+    """Replicas running (and Ready) when the simulation starts."""
+    scrape_fail_every: int = 0
+    """Every n-th metrics read fails (0: never), to see the no-data handling at work."""
+    slo_ttft_seconds: float = 2.0
+
+
+@dataclass(slots=True)
+class PolicyRun:
+    """One policy's outcome on one workload."""
+
+    name: str
+    requests: int
+    fallback_requests: int
+    rejected_requests: int
+    gpu_hours: float
+    gpu_usd: float
+    fallback_input_tokens: int
+    fallback_output_tokens: int
+    fallback_usd: float
+    scale_events: int | None
+    ttft: np.ndarray | None
+    slo_ttft_seconds: float
+    total_tokens: int
+    log: DecisionLog | None = None
+    timeline: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def total_usd(self) -> float:
+        """GPU plus fallback spend."""
+        return self.gpu_usd + self.fallback_usd
+
+    @property
+    def usd_per_million_tokens(self) -> float:
+        """Effective price of 1M tokens served."""
+        return self.total_usd / self.total_tokens * 1e6 if self.total_tokens else math.inf
+
+    def ttft_percentile(self, q: float) -> float | None:
+        """TTFT percentile in seconds (None without per-request latencies)."""
+        if self.ttft is None or self.ttft.size == 0:
+            return None
+        return float(np.percentile(self.ttft, q))
+
+    @property
+    def slo_attainment(self) -> float | None:
+        """Share of requests whose first token came within the SLO."""
+        if self.ttft is None or self.ttft.size == 0:
+            return None
+        return float(np.count_nonzero(self.ttft <= self.slo_ttft_seconds)) / self.ttft.size
+
+
+def sizing_for(workload: Workload, replica: ReplicaModel) -> Sizing:
+    """The busiest hour's work per second (for sizing always_on) and the replica's throughput."""
+    work = replica.work_seconds(workload.input_tokens, workload.output_tokens)
+    hours = math.ceil(workload.duration_s / 3600.0) or 1
+    per_hour = np.bincount((workload.arrival_s // 3600).astype(np.int64), weights=work, minlength=hours)
+    span = min(3600.0, max(workload.duration_s, 1.0))
+    return Sizing(
+        peak_hour_work=float(per_hour.max()) / span if per_hour.size else 0.0,
+        prefill_tokens_per_second=replica.prefill_tokens_per_second,
+        decode_tokens_per_second=replica.effective_decode_tps,
+    )
+
+
+def _ebbtide_policy() -> Policy:
+    from policies.scaling import decide
+
+    return decide
+
+
+def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, EngineRouting]:
+    """The policy function and gateway routing for a name in POLICY_NAMES (not lower_bound)."""
+    if name == EBBTIDE:
+        return _ebbtide_policy(), EngineRouting.OVERFLOW
+    entry = baseline(name)
+    if entry.build is None:
+        raise ValueError(f"{name} is an offline bound, not a policy to run")
+    routing = {
+        Routing.OVERFLOW: EngineRouting.OVERFLOW,
+        Routing.QUEUE: EngineRouting.QUEUE,
+        Routing.FALLBACK: EngineRouting.FALLBACK,
+    }[entry.routing]
+    return entry.build(spec, sizing), routing
+
+
+def _ticks(duration: float, step: float) -> Iterable[float]:
+    count = math.floor(duration / step) + 1
+    return (i * step for i in range(count))
+
+
+def run_policy(
+    name: str,
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    *,
+    policy: Policy | None = None,
+    routing: EngineRouting | None = None,
+    progress: bool | None = None,
+    pool: PoolRef | None = None,
+) -> PolicyRun:
+    """Simulate one policy (by name, or the given function and routing) over the workload."""
+    if policy is None or routing is None:
+        policy, routing = policy_for(name, spec, sizing_for(workload, settings.replica))
+    pool = pool or PoolRef("sim", "default", spec.target.deployment, spec.target.namespace or "default")
+    price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
+    clock = SimClock(workload.start)
+    cluster = SimCluster(clock, spec, gpu_cap=settings.gpu_cap)
+    if routing is EngineRouting.OVERFLOW and spec.fallback.base_url is None:
+        routing = EngineRouting.QUEUE  # the pool has no fallback to overflow to
+    engine = PoolEngine(
+        workload,
+        settings.replica,
+        settings.fallback,
+        routing=routing,
+        max_wait_seconds=spec.fallback.max_queue_wait_seconds,
+        price=price,
+    )
+    if routing is EngineRouting.OVERFLOW:
+        engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
+    metrics = SimMetrics(engine, clock, fail_every=settings.scrape_fail_every)
+    ledger = SimLedger(cluster, engine, spec)
+    log = DecisionLog(name)
+    loop = ControlLoop(Ports(clock, cluster, metrics, ledger, log), policy)
+    if settings.initial_replicas:
+        cluster.scale(pool, settings.initial_replicas)
+        for pod in cluster.pods:
+            pod.ready_at = 0.0
+        cluster.scale_events = 0
+        engine.set_ready(cluster.ready_count(0.0))
+    state = PolicyState()
+    step = settings.tick_seconds
+    steps = math.floor(workload.duration_s / step) + 1
+    show = sys.stderr.isatty() if progress is None else progress
+    day = ledger.day_start(clock.now())
+    times = np.empty(steps)
+    ready_series = np.empty(steps, dtype=np.int64)
+    desired_series = np.empty(steps, dtype=np.int64)
+    previous = 0.0
+    for i, t in enumerate(
+        tqdm(_ticks(workload.duration_s, step), total=steps, desc=name, disable=not show, unit="tick", leave=False)
+    ):
+        for ready_at in cluster.ready_times_between(previous, t):
+            engine.run_until(ready_at)
+            clock.offset = ready_at
+            engine.set_ready(cluster.ready_count(ready_at))
+        engine.run_until(t)
+        clock.offset = t
+        engine.set_ready(cluster.ready_count(t))
+        today = ledger.day_start(clock.now())
+        if today != day:
+            day = today
+            engine.new_day()
+        outcome = loop.reconcile(pool, spec, state)
+        state = outcome.state
+        engine.set_ready(cluster.ready_count(t))
+        times[i] = t
+        ready_series[i] = engine.ready
+        desired_series[i] = len(cluster.pods)
+        previous = t
+    engine.finish(workload.duration_s)
+    gpu_hours, gpu_usd = ledger.gpu_bill(workload.duration_s)
+    fb_in, fb_out = engine.fallback_tokens()
+    return PolicyRun(
+        name=name,
+        requests=len(workload),
+        fallback_requests=int(np.count_nonzero(engine.route == RouteCode.FALLBACK)),
+        rejected_requests=int(np.count_nonzero(engine.route == RouteCode.REJECT)),
+        gpu_hours=gpu_hours,
+        gpu_usd=gpu_usd,
+        fallback_input_tokens=fb_in,
+        fallback_output_tokens=fb_out,
+        fallback_usd=engine.fallback_cost_usd(),
+        scale_events=cluster.scale_events,
+        ttft=engine.ttft,
+        slo_ttft_seconds=settings.slo_ttft_seconds,
+        total_tokens=workload.total_tokens,
+        log=log,
+        timeline={"t": times, "ready": ready_series, "replicas": desired_series},
+    )
+
+
+def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
+    """The offline lower bound as a report row (no latencies, no scale events)."""
+    bound = lower_bound(
+        workload.arrival_s,
+        workload.input_tokens,
+        workload.output_tokens,
+        settings.replica.work_seconds(workload.input_tokens, workload.output_tokens),
+        period_seconds=float(spec.billing.granularity.seconds),
+        replica_usd_per_hour=spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica,
+        gpus_per_replica=spec.target.gpus_per_replica,
+        price=ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million),
+    )
+    return PolicyRun(
+        name="lower_bound",
+        requests=len(workload),
+        fallback_requests=round(bound.fallback_requests),
+        rejected_requests=0,
+        gpu_hours=bound.gpu_hours,
+        gpu_usd=bound.gpu_usd,
+        fallback_input_tokens=0,
+        fallback_output_tokens=0,
+        fallback_usd=bound.fallback_usd,
+        scale_events=None,
+        ttft=None,
+        slo_ttft_seconds=settings.slo_ttft_seconds,
+        total_tokens=workload.total_tokens,
+    )
+
+
+def run_all(
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    names: Iterable[str] = POLICY_NAMES,
+    *,
+    progress: bool | None = None,
+    on_done: Callable[[PolicyRun], None] | None = None,
+) -> dict[str, PolicyRun]:
+    """Every named policy (and the lower bound) on the same workload, in report order."""
+    out: dict[str, PolicyRun] = {}
+    for name in names:
+        run = (
+            lower_bound_run(workload, spec, settings)
+            if name == "lower_bound"
+            else run_policy(name, workload, spec, settings, progress=progress)
+        )
+        out[name] = run
+        if on_done is not None:
+            on_done(run)
+    return out
+
+
+def now_utc() -> dt.datetime:
+    """Wall-clock time (for report metadata only; never inside the simulation)."""
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,251 @@
+"""The simulated world behind the control loop's ports: clock, cluster, metrics, ledger, recorder.
+
+The cluster starts replicas that become Ready after the cold start, bills each from the moment it is
+scheduled onto a GPU, and can be given a cap on available GPUs (replicas beyond it stay Pending and
+unbilled until a GPU frees). Scale-downs remove Pending replicas first, then starting ones, then the
+newest Ready ones, as a Deployment's ReplicaSet does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from controller.ports import NoData, PoolRef, ReplicaStatus, Usage
+from controller.sim.engine import PoolEngine
+from policies.billing import gpu_cost_usd
+from policies.spec import GPUPoolSpec
+from policies.types import Decision, DemandSample
+
+__all__ = ["DecisionLog", "Pod", "SimClock", "SimCluster", "SimLedger", "SimMetrics"]
+
+
+class SimClock:
+    """A manual clock the runner moves forward."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        if start.tzinfo is None:
+            raise ValueError("the simulation start must be timezone-aware")
+        self.start = start
+        self.offset = 0.0
+
+    def now(self) -> dt.datetime:
+        """The current simulated moment."""
+        return self.start + dt.timedelta(seconds=self.offset)
+
+    def at(self, offset: float) -> dt.datetime:
+        """The moment `offset` seconds after the start."""
+        return self.start + dt.timedelta(seconds=offset)
+
+
+@dataclass(slots=True)
+class Pod:
+    """One replica: scheduled (billed) from `scheduled_at`, Ready from `ready_at`, gone at `removed_at`."""
+
+    created_at: float
+    scheduled_at: float | None = None
+    ready_at: float | None = None
+    removed_at: float | None = None
+
+
+class SimCluster:
+    """A Deployment whose replicas take `cold_start` seconds to become Ready, on at most `gpu_cap` GPUs."""
+
+    def __init__(self, clock: SimClock, spec: GPUPoolSpec, *, gpu_cap: int | None = None) -> None:
+        self.clock = clock
+        self.cold_start = float(spec.cold_start_seconds)
+        self.gpus_per_replica = spec.target.gpus_per_replica
+        self.gpu_cap = gpu_cap
+        self.pods: list[Pod] = []
+        self.finished: list[Pod] = []
+        self.scale_events = 0
+
+    @property
+    def live(self) -> list[Pod]:
+        """Pods that exist now (pending, starting or ready)."""
+        return self.pods
+
+    def replicas(self, pool: PoolRef) -> ReplicaStatus:
+        """Current and ready replicas with their billing starts."""
+        now = self.clock.offset
+        ready = sum(1 for p in self.pods if p.ready_at is not None and p.ready_at <= now)
+        starts = tuple(self.clock.at(p.scheduled_at) for p in self.pods if p.scheduled_at is not None)
+        return ReplicaStatus(current=len(self.pods), ready=ready, billing_starts=starts)
+
+    def ready_count(self, at: float) -> int:
+        """Replicas Ready at `at`."""
+        return sum(1 for p in self.pods if p.ready_at is not None and p.ready_at <= at)
+
+    def ready_times_between(self, after: float, until: float) -> list[float]:
+        """Moments in (after, until] at which a replica becomes Ready, sorted."""
+        return sorted(p.ready_at for p in self.pods if p.ready_at is not None and after < p.ready_at <= until)
+
+    def scale(self, pool: PoolRef, replicas: int) -> None:
+        """Set the desired replicas now."""
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        now = self.clock.offset
+        if replicas == len(self.pods):
+            return
+        self.scale_events += 1
+        while len(self.pods) < replicas:
+            self.pods.append(Pod(created_at=now))
+        if len(self.pods) > replicas:
+            # Pending first, then not yet Ready (latest first), then the newest Ready.
+            def victim_order(p: Pod) -> tuple[int, float]:
+                if p.scheduled_at is None:
+                    return (0, -p.created_at)
+                if p.ready_at is None or p.ready_at > now:
+                    return (1, -p.created_at)
+                return (2, -p.created_at)
+
+            doomed = sorted(self.pods, key=victim_order)[: len(self.pods) - replicas]
+            for pod in doomed:
+                pod.removed_at = now
+                if pod.scheduled_at is not None:
+                    self.finished.append(pod)
+            ids = {id(p) for p in doomed}
+            self.pods = [p for p in self.pods if id(p) not in ids]
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        """Put Pending pods on free GPUs; each starts its cold start when scheduled."""
+        running = sum(1 for p in self.pods if p.scheduled_at is not None)
+        for pod in self.pods:
+            if pod.scheduled_at is not None:
+                continue
+            if self.gpu_cap is not None and (running + 1) * self.gpus_per_replica > self.gpu_cap:
+                break
+            pod.scheduled_at = now
+            pod.ready_at = now + self.cold_start
+            running += 1
+
+    def lifetimes(self, until: float) -> list[tuple[float, float]]:
+        """(billing start, end) of every pod that held a GPU, open ones ending at `until`."""
+        out = [(p.scheduled_at, p.removed_at) for p in self.finished if p.scheduled_at is not None]
+        out += [(p.scheduled_at, until) for p in self.pods if p.scheduled_at is not None]
+        return [(s, e) for s, e in out if s is not None and e is not None]
+
+
+class SimMetrics:
+    """Demand as the engines and the gateway would report it, read from the serving model."""
+
+    def __init__(self, engine: PoolEngine, clock: SimClock, *, fail_every: int = 0) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.fail_every = fail_every
+        self.reads = 0
+
+    def sample(self, pool: PoolRef, now: dt.datetime) -> DemandSample | NoData:
+        """The latest reading; every `fail_every`-th read fails (0: never) to exercise no-data handling."""
+        self.reads += 1
+        reading = self.engine.sample()
+        if self.fail_every and self.reads % self.fail_every == 0:
+            return NoData("simulated scrape failure")
+        return DemandSample(
+            observed_at=now,
+            waiting=reading.waiting,
+            running=reading.running,
+            overflow_in_flight=reading.overflow_in_flight,
+            input_tokens_per_second=reading.input_tokens_per_second,
+            output_tokens_per_second=reading.output_tokens_per_second,
+        )
+
+
+class SimLedger:
+    """Today's GPU-hours (replica time within the local day) and fallback spend."""
+
+    def __init__(self, cluster: SimCluster, engine: PoolEngine, spec: GPUPoolSpec) -> None:
+        self.cluster = cluster
+        self.engine = engine
+        self.zone = ZoneInfo(spec.schedule.timezone)
+        self.spec = spec
+        self._since = -math.inf
+        self._closed_seconds = 0.0
+        self._seen = 0
+        self._day_cache: tuple[dt.date, dt.datetime] | None = None
+
+    def day_start(self, now: dt.datetime) -> dt.datetime:
+        """Local midnight of the day containing `now`."""
+        local = now.astimezone(self.zone)
+        cached = self._day_cache
+        if cached is not None and cached[0] == local.date():
+            return cached[1]
+        # Midnight as a real instant: fold-aware via UTC round trip (a DST change never falls at 00:00 in
+        # the zones that matter here, but the result stays aware either way).
+        midnight = dt.datetime.combine(local.date(), dt.time(0), tzinfo=self.zone)
+        self._day_cache = (local.date(), midnight)
+        return midnight
+
+    def usage_today(self, pool: PoolRef, now: dt.datetime) -> Usage:
+        """GPU-hours of replica time since local midnight, and the fallback spend of the day."""
+        clock = self.cluster.clock
+        since = (self.day_start(now) - clock.start).total_seconds()
+        until = clock.offset
+        if since != self._since:
+            self._since, self._closed_seconds = since, 0.0
+        # Pods that ended since the last call add their time within today once; live pods are summed anew.
+        finished = self.cluster.finished
+        for pod in finished[self._seen :]:
+            if pod.scheduled_at is not None and pod.removed_at is not None:
+                self._closed_seconds += max(min(pod.removed_at, until) - max(pod.scheduled_at, since), 0.0)
+        self._seen = len(finished)
+        live = sum(
+            max(until - max(p.scheduled_at, since), 0.0) for p in self.cluster.pods if p.scheduled_at is not None
+        )
+        hours = (self._closed_seconds + live) / 3600.0 * self.cluster.gpus_per_replica
+        return Usage(hours, self.engine.fallback_usd_day)
+
+    def gpu_bill(self, until: float) -> tuple[float, float]:
+        """Billed GPU-hours and dollars of the whole run, with the provider's granularity and minimum."""
+        return gpu_cost_usd(self.cluster.lifetimes(until), self.spec.billing, self.spec.target.gpus_per_replica)
+
+
+@dataclass(slots=True)
+class DecisionLog:
+    """Collects decisions as JSON-ready lines: one line whenever the decision changes or is applied."""
+
+    policy: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    _last: tuple[Any, ...] = ()
+
+    def record(self, pool: PoolRef, decision: Decision, *, applied: bool, previous: int, now: dt.datetime) -> None:
+        """Count the reason; keep a line when the desired replicas, reason or validity change, or it applied."""
+        self.reasons[decision.reason.value] = self.reasons.get(decision.reason.value, 0) + 1
+        key = (decision.desired_replicas, decision.reason, decision.valid, previous)
+        if not applied and key == self._last:
+            return
+        self._last = key
+        self.lines.append(
+            {
+                "time": now.isoformat(),
+                "policy": self.policy,
+                "pool": f"{pool.namespace}/{pool.name}",
+                "previous": previous,
+                "desired": decision.desired_replicas,
+                "valid": decision.valid,
+                "applied": applied,
+                "reason": decision.reason.value,
+                "message": decision.message,
+                **(
+                    {"details": {k: v if math.isfinite(v) else None for k, v in decision.details}}
+                    if decision.details
+                    else {}
+                ),
+            }
+        )
+
+    def json_lines(self) -> str:
+        """The log as JSON lines."""
+        return "".join(json.dumps(line, sort_keys=True, allow_nan=False, default=_finite) + "\n" for line in self.lines)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
