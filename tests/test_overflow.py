@@ -1,0 +1,121 @@
+"""route_request and expected_wait_seconds: where one request goes given the pool's queue and throughput."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from policies.overflow import Route, RouteDecision, expected_wait_seconds, route_request
+
+INF = math.inf
+
+
+@pytest.mark.parametrize(
+    ("waiting", "ready", "rps", "expected"),
+    [
+        pytest.param(10, 4, 2.5, 1.0, id="10-waiting-over-4x2.5-per-s"),
+        pytest.param(0, 1, 1.0, 0.0, id="empty-queue-no-wait"),
+        pytest.param(1, 3, 0.5, 1 / 1.5, id="fractional"),
+        pytest.param(7.5, 1, 3.0, 2.5, id="fractional-queue"),
+        pytest.param(-5, 2, 1.0, 0.0, id="negative-queue-counts-as-empty"),
+        pytest.param(3, 0, 1.0, INF, id="no-ready-replica-waits-forever"),
+        pytest.param(0, 0, 1.0, INF, id="no-ready-replica-even-with-empty-queue"),
+        pytest.param(3, -1, 1.0, INF, id="negative-ready-replicas"),
+        pytest.param(3, 2, 0.0, INF, id="zero-throughput"),
+        pytest.param(3, 2, -1.0, INF, id="negative-throughput"),
+    ],
+)
+def test_expected_wait_seconds(waiting: float, ready: int, rps: float, expected: float) -> None:
+    assert expected_wait_seconds(waiting, ready, rps) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("waiting", "ready", "rps", "max_wait", "fallback_open", "reject", "expected"),
+    [
+        # Scaled to zero or still starting: nothing can serve, so the wait is unbounded.
+        pytest.param(0, 0, 2.0, 2.0, True, False, RouteDecision(Route.FALLBACK, "cold", INF), id="cold-to-fallback"),
+        pytest.param(
+            5, 0, 2.0, 2.0, True, True, RouteDecision(Route.FALLBACK, "cold", INF), id="cold-reject-flag-moot"
+        ),
+        pytest.param(
+            0, 0, 2.0, 2.0, False, False, RouteDecision(Route.GPU, "cold-fallback-closed", INF), id="cold-closed-queues"
+        ),
+        pytest.param(
+            0,
+            0,
+            2.0,
+            2.0,
+            False,
+            True,
+            RouteDecision(Route.REJECT, "cold-fallback-closed", INF),
+            id="cold-closed-reject",
+        ),
+        # 2 ready replicas at 1.5 req/s each finish 3 requests per second.
+        pytest.param(3, 2, 1.5, 2.0, True, False, RouteDecision(Route.GPU, "within-wait", 1.0), id="wait-under-limit"),
+        pytest.param(
+            6, 2, 1.5, 2.0, True, False, RouteDecision(Route.GPU, "within-wait", 2.0), id="wait-at-limit-stays"
+        ),
+        pytest.param(
+            7,
+            2,
+            1.5,
+            2.0,
+            True,
+            False,
+            RouteDecision(Route.FALLBACK, "saturated", 7 / 3),
+            id="wait-over-limit-overflows",
+        ),
+        pytest.param(
+            7, 2, 1.5, 2.0, False, False, RouteDecision(Route.GPU, "saturated-fallback-closed", 7 / 3), id="over-closed"
+        ),
+        pytest.param(
+            7,
+            2,
+            1.5,
+            2.0,
+            False,
+            True,
+            RouteDecision(Route.REJECT, "saturated-fallback-closed", 7 / 3),
+            id="over-reject",
+        ),
+        pytest.param(
+            3, 2, 1.5, 2.0, False, True, RouteDecision(Route.GPU, "within-wait", 1.0), id="under-limit-closed-still-gpu"
+        ),
+        pytest.param(
+            0, 1, 1.0, 0.0, True, False, RouteDecision(Route.GPU, "within-wait", 0.0), id="zero-limit-empty-q"
+        ),
+        pytest.param(
+            1, 1, 1.0, 0.0, True, False, RouteDecision(Route.FALLBACK, "saturated", 1.0), id="zero-limit-any-queue"
+        ),
+        pytest.param(
+            0, 3, 0.0, 2.0, True, False, RouteDecision(Route.FALLBACK, "saturated", INF), id="ready-but-no-throughput"
+        ),
+    ],
+)
+def test_route_request(
+    waiting: float,
+    ready: int,
+    rps: float,
+    max_wait: float,
+    fallback_open: bool,
+    reject: bool,
+    expected: RouteDecision,
+) -> None:
+    decision = route_request(
+        waiting=waiting,
+        ready_replicas=ready,
+        replica_requests_per_second=rps,
+        max_wait_seconds=max_wait,
+        fallback_open=fallback_open,
+        reject_when_closed=reject,
+    )
+    assert (decision.route, decision.reason) == (expected.route, expected.reason)
+    assert decision.expected_wait_seconds == pytest.approx(expected.expected_wait_seconds)
+
+
+def test_reject_defaults_to_off() -> None:
+    decision = route_request(
+        waiting=100, ready_replicas=1, replica_requests_per_second=1.0, max_wait_seconds=2.0, fallback_open=False
+    )
+    assert decision.route is Route.GPU
