@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 
 from policies.billing import paid_until
-from policies.schedules import active_override, next_opening, open_spans
+from policies.schedules import active_override, open_spans, window_spans
 from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
 from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
 
@@ -54,23 +54,27 @@ def schedule_limits(spec: GPUPoolSpec, now: dt.datetime) -> Limits:
             floor_message = (
                 f"window {span.window.name!r} open until {_fmt_local(span.closes, spec)}, minimum {window_floor}"
             )
-    else:
-        lead = dt.timedelta(seconds=spec.cold_start_seconds)
-        upcoming = next_opening(spec.schedule, now, lead + _PREWARM_SLACK) if lead > dt.timedelta(0) else None
-        if upcoming is not None and upcoming.opens - now <= lead and upcoming.window.min_replicas > floor:
-            floor, floor_reason = upcoming.window.min_replicas, Reason.PREWARM
-            seconds = (upcoming.opens - now).total_seconds()
-            floor_message = (
-                f"window {upcoming.window.name!r} opens {_fmt_local(upcoming.opens, spec)} in {seconds:.0f} s; "
-                f"cold start {spec.cold_start_seconds} s, pre-warming {floor}"
-            )
-        elif spec.schedule.windows and (spec.schedule.holidays.dates or spec.schedule.holidays.calendars):
-            closed_by_holiday = open_spans(spec.schedule, now, include_holidays=True)
-            if closed_by_holiday:
+    elif spec.schedule.windows and (spec.schedule.holidays.dates or spec.schedule.holidays.calendars):
+        closed_by_holiday = open_spans(spec.schedule, now, include_holidays=True)
+        if closed_by_holiday:
+            floor_message = f"window {closed_by_holiday[0].window.name!r} closed for a holiday; pool minimum {floor}"
+            floor_reason = Reason.HOLIDAY
+
+    # Pre-warm for every opening within one cold start, also while another window is open (back to back).
+    lead = dt.timedelta(seconds=spec.cold_start_seconds)
+    if lead > dt.timedelta(0):
+        upcoming = [
+            s for s in window_spans(spec.schedule, now, now + lead + _PREWARM_SLACK) if now < s.opens <= now + lead
+        ]
+        if upcoming:
+            first = max(upcoming, key=lambda s: (s.window.min_replicas, -s.opens.timestamp()))
+            if first.window.min_replicas > floor:
+                floor, floor_reason = first.window.min_replicas, Reason.PREWARM
+                seconds = (first.opens - now).total_seconds()
                 floor_message = (
-                    f"window {closed_by_holiday[0].window.name!r} closed for a holiday; pool minimum {floor}"
+                    f"window {first.window.name!r} opens {_fmt_local(first.opens, spec)} in {seconds:.0f} s; "
+                    f"cold start {spec.cold_start_seconds} s, pre-warming {floor}"
                 )
-                floor_reason = Reason.HOLIDAY
 
     if override is not None and override.mode is OverrideMode.KEEP_WARM and override.replicas > floor:
         floor = override.replicas
@@ -258,15 +262,17 @@ def _decide_on_demand(
             spec, obs, state, now, desired, reason, message, details, gpu_capped, cost_limited
         )
 
+    # With onGpuCap: hold, nothing grows on demand; the schedule's floor still holds (use scaleToZero to
+    # let the cap win over windows).
+    if gpu_capped and desired > current:
+        desired, reason = current, Reason.GPU_BUDGET_CAP
+        message = f"{message}; GPU-hours today ({obs.gpu_hours_today:.2f}) reached the cap, no scale-up"
     if desired < limits.floor:
         desired, reason, message = limits.floor, limits.floor_reason, f"{limits.floor_message}; {message}"
     if desired > limits.ceiling:
         desired = limits.ceiling
         reason = limits.ceiling_reason
         message = f"{message}; capped at {limits.ceiling} ({limits.ceiling_reason.value})"
-    if gpu_capped and desired > current:
-        desired, reason = current, Reason.GPU_BUDGET_CAP
-        message = f"{message}; GPU-hours today ({obs.gpu_hours_today:.2f}) reached the cap, no scale-up"
     message = f"{current} → {desired}: {message}" if desired != current else f"{desired} replicas: {message}"
     return Decision(desired, True, reason, message, limits, tuple(details)), new_state
 

@@ -2,8 +2,8 @@
 
 Local times are turned into absolute moments with zoneinfo, then compared in UTC: Python compares two
 datetimes that share a tzinfo by wall clock, which is wrong across a DST change. A window that opens at a
-local time skipped by a spring-forward change opens when the clocks jump (02:30 → 03:30 in Berlin); a
-time repeated by a fall-back change means its first occurrence.
+local time skipped by a spring-forward change opens that long after the jump (02:30 becomes 03:30
+summer time in Berlin); a time repeated by a fall-back change means its first occurrence.
 """
 
 from __future__ import annotations

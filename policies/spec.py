@@ -139,10 +139,11 @@ class Window(_Model):
     """Label used in decisions and events."""
     days: Annotated[list[Weekday], Field(min_length=1, max_length=7)]
     """Days on which the window opens (the day of its start, for windows crossing midnight)."""
-    start: Annotated[str, Field(max_length=5, pattern=_CLOCK.pattern)]
-    """Local opening time, HH:MM."""
+    start: Annotated[str, Field(max_length=5, pattern=r"^(?:[01]\d|2[0-3]):[0-5]\d$")]
+    """Local opening time, HH:MM (00:00 to 23:59)."""
     end: Annotated[str, Field(max_length=5, pattern=_CLOCK.pattern)]
-    """Local closing time, HH:MM; earlier than start means the next day; 24:00 is midnight."""
+    """Local closing time, HH:MM; earlier than start means the next day; 24:00 is midnight (00:00-24:00 is
+    the whole day)."""
     min_replicas: Annotated[int, Field(ge=0)] = 1
     """Replicas kept Ready while the window is open (pre-warmed ahead of the opening)."""
     max_replicas: Annotated[int | None, Field(ge=0)] = None
@@ -163,7 +164,7 @@ class Window(_Model):
 
     @model_validator(mode="after")
     def _shape(self) -> Window:
-        if parse_clock(self.start) % 1440 == parse_clock(self.end) % 1440:
+        if parse_clock(self.start) == parse_clock(self.end):
             raise ValueError(f"window {self.name!r}: start ({self.start}) must differ from end ({self.end})")
         if self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(
