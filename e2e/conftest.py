@@ -11,39 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
-from e2e.cluster.binaries import bin_dir, find_binaries
+from e2e.cluster import K8sCluster
+from e2e.cluster.binaries import BinariesMissingError, bin_dir, find_binaries
 from e2e.cluster.local import LocalCluster, start_kwok
 from e2e.cluster.nodes import create_gpu_node
-
-
-@dataclass(frozen=True)
-class K8sCluster:
-    """What the ``k8s_cluster`` fixture gives a test."""
-
-    kubeconfig: Path
-    """Kubeconfig of a cluster-admin user; pass it to the controller or helm."""
-    api_client: client.ApiClient
-    """Client for ``kubernetes.client.*Api(api_client)``."""
-    external: bool
-    """True when running against ``EBBTIDE_E2E_KUBECONFIG`` rather than the local control plane."""
-    log_dir: Path
-    """Component logs (kwok's only, for an external cluster)."""
-    bin_dir: Path
-    """Where the built binaries are (helm among them when it was built)."""
-
-    def binary(self, name: str) -> Path:
-        """Path of a built binary such as ``helm``; fails the test with the fix if it is missing."""
-        return find_binaries((name,))[name]
 
 
 def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float = 30.0) -> None:
@@ -60,6 +41,17 @@ def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeou
         time.sleep(0.1)
 
 
+def _kwok_for_external_cluster() -> Path:
+    """kwok from the build cache, else one on PATH (users of kind may have installed it)."""
+    try:
+        return find_binaries(("kwok",))["kwok"]
+    except BinariesMissingError:
+        on_path = shutil.which("kwok")
+        if on_path is None:
+            raise
+        return Path(on_path)
+
+
 @pytest.fixture(scope="session")
 def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster]:
     """A Kubernetes cluster for the whole session: local control plane, or ``EBBTIDE_E2E_KUBECONFIG``."""
@@ -67,7 +59,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster
     if external:
         kubeconfig = Path(external)
         log_dir = tmp_path_factory.mktemp("kwok-logs")
-        kwok = find_binaries(("kwok",))["kwok"]
+        kwok = _kwok_for_external_cluster()
         popen, _, _ = start_kwok(kwok, kubeconfig, log_dir)
         api = config.new_client_from_config(config_file=str(kubeconfig))
         try:

@@ -52,6 +52,7 @@ flock 9 # two concurrent runs would otherwise build the same binary twice
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ebbtide-k8s-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/out"
 
 # Module directory of MODULE@VERSION in the module cache, downloading it if needed.
 module_dir() {
@@ -81,11 +82,13 @@ timed_go() {
 }
 
 is_current() { # binary version
-  [[ $force == 0 && -x "$bin_dir/$1" && -f "$bin_dir/$1.version" \
+  [[ $force == 0 && -f "$bin_dir/$1" && -x "$bin_dir/$1" && -f "$bin_dir/$1.version" \
      && "$(cat "$bin_dir/$1.version")" == "$2" ]]
 }
 
 install_binary() { # name version built-file
+  [[ -f "$3" && -x "$3" ]] || die "the build of $1 left no executable at $3"
+  rm -rf "${bin_dir:?}/$1"
   mv -f "$3" "$bin_dir/$1"
   echo "$2" >"$bin_dir/$1.version"
   log "built $1 $2 -> $bin_dir/$1"
@@ -148,8 +151,8 @@ build_k8s() { # name
   is_current "$1" "$K8S_VERSION" && return
   k8s_wrapper
   log "building $1 $K8S_VERSION (cold: several minutes)"
-  (cd "$k8s_mod" && timed_go "$1" build -ldflags "$(k8s_ldflags)" -o "$work/$1" "k8s.io/kubernetes/cmd/$1")
-  install_binary "$1" "$K8S_VERSION" "$work/$1"
+  (cd "$k8s_mod" && timed_go "$1" build -ldflags "$(k8s_ldflags)" -o "$work/out/$1" "k8s.io/kubernetes/cmd/$1")
+  install_binary "$1" "$K8S_VERSION" "$work/out/$1"
 }
 
 # --- etcd -------------------------------------------------------------------
@@ -175,8 +178,8 @@ build_etcd() {
      2>&1 | grep -v '^go: downloading' >&2 || true)
   grep -q "go.etcd.io/etcd/server/v3 $v" "$mod/go.mod" || die "could not resolve go.etcd.io/etcd/server/v3@$v"
   (cd "$mod" && timed_go etcd build -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$v" \
-     -o "$work/etcd" go.etcd.io/etcd/server/v3)
-  install_binary etcd "$v" "$work/etcd"
+     -o "$work/out/etcd" go.etcd.io/etcd/server/v3)
+  install_binary etcd "$v" "$work/out/etcd"
 }
 
 # --- kwok and helm ----------------------------------------------------------

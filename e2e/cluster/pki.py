@@ -94,9 +94,7 @@ def _signed_cert(directory: Path, name: str, subject: str, extensions: str) -> N
 def make_pki(directory: Path) -> Pki:
     """Create a CA, the API server's serving cert, an admin client cert and a service-account key pair."""
     if shutil.which("openssl") is None:
-        raise RuntimeError(
-            "openssl is needed to create the e2e cluster's certificates (apt-get install openssl)"
-        )
+        raise RuntimeError("openssl is needed to create the e2e cluster's certificates (apt-get install openssl)")
     directory.mkdir(parents=True, exist_ok=True)
     _key(directory / "ca.key")
     _openssl(
@@ -118,9 +116,7 @@ def make_pki(directory: Path) -> Pki:
         "ca.crt",
         cwd=directory,
     )
-    alt_names = ",".join(
-        [f"IP:127.0.0.1,IP:{KUBERNETES_SERVICE_IP}"] + [f"DNS:{n}" for n in _API_SERVER_DNS_NAMES]
-    )
+    alt_names = ",".join([f"IP:127.0.0.1,IP:{KUBERNETES_SERVICE_IP}"] + [f"DNS:{n}" for n in _API_SERVER_DNS_NAMES])
     _signed_cert(
         directory,
         "apiserver",
@@ -134,8 +130,7 @@ def make_pki(directory: Path) -> Pki:
         directory,
         "admin",
         "/O=system:masters/CN=ebbtide-e2e-admin",
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=clientAuth\n",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )
     _key(directory / "sa.key")
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
