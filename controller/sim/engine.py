@@ -33,7 +33,19 @@ from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
 from policies.overflow import Route, route_request
 
-__all__ = ["DemandReading", "FallbackModel", "PoolEngine", "ReplicaModel", "RouteCode", "Routing"]
+__all__ = [
+    "DEFAULT_DECODE_TPS",
+    "DEFAULT_FALLBACK_TTFT",
+    "DEFAULT_MAX_NUM_SEQS",
+    "DEFAULT_PREFILL_TPS",
+    "DEFAULT_SEQUENCE_TPS",
+    "DemandReading",
+    "FallbackModel",
+    "PoolEngine",
+    "ReplicaModel",
+    "RouteCode",
+    "Routing",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -48,6 +60,8 @@ DEFAULT_PREFILL_TPS = 10_000.0
 DEFAULT_DECODE_TPS = 2_500.0
 DEFAULT_SEQUENCE_TPS = 60.0
 DEFAULT_MAX_NUM_SEQS = 256
+# A mid-tier API's typical time to first token.
+DEFAULT_FALLBACK_TTFT = 0.8
 
 # Times are offsets (s) from the simulation start; the workload's arrivals are never negative.
 _EPS = 1e-9
@@ -92,8 +106,8 @@ class ReplicaModel:
 class FallbackModel:
     """The simulated fallback API."""
 
-    ttft_seconds: float = 0.8
-    """Time to first token at the fallback (a mid-tier API's typical latency)."""
+    ttft_seconds: float = DEFAULT_FALLBACK_TTFT
+    """Time to first token at the fallback."""
     tokens_per_second: float = 80.0
     """Streaming speed of one response at the fallback, for its in-flight count."""
 
@@ -343,7 +357,13 @@ class PoolEngine:
         if self._pending_pos:
             positions = np.concatenate(self._pending_pos)
             indices = np.concatenate(self._pending_idx)
-            k = int(np.searchsorted(positions, self._served + _EPS, side="right"))
+            # Work the pool has passed has started; with nothing Ready the head of the queue has not.
+            if self._backlog <= 0.0:
+                k = int(positions.size)
+            elif self._ready > 0:
+                k = int(np.searchsorted(positions, self._served + _EPS, side="right"))
+            else:
+                k = int(np.searchsorted(positions, self._served * (1.0 - 1e-15), side="left"))
             if k:
                 started = indices[:k]
                 start = self._invert(positions[:k])
@@ -362,15 +382,22 @@ class PoolEngine:
         self._bv = [self._served]
 
     def _invert(self, positions: FloatArray) -> FloatArray:
-        """First time the served-work curve reaches each position (positions sorted)."""
+        """When service of each position began: the last moment the served-work curve was at or below it.
+
+        Taking the last moment (not the first) matters where the curve is flat while work waits (no
+        Ready replica): service begins where the curve starts to rise again.
+        """
         times = np.asarray(self._bt, dtype=np.float64)
         values = np.asarray(self._bv, dtype=np.float64)
-        j = np.clip(np.searchsorted(values, positions, side="left"), 1, values.size - 1)
+        j = np.searchsorted(values, positions, side="right")
+        beyond = j >= values.size
+        j = np.clip(j, 1, values.size - 1)
         v0, v1 = values[j - 1], values[j]
         t0, t1 = times[j - 1], times[j]
         span = v1 - v0
         frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
-        return np.where(positions <= values[0], times[0], t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0))
+        start = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
+        return np.where(beyond, times[-1], start)
 
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""

@@ -79,6 +79,8 @@ class PolicyRun:
     slo_ttft_seconds: float
     total_tokens: int
     log: DecisionLog | None = None
+    route: np.ndarray | None = None
+    """Per-request route codes (engine.RouteCode), for cost over time."""
     timeline: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -232,6 +234,7 @@ def run_policy(
         slo_ttft_seconds=settings.slo_ttft_seconds,
         total_tokens=workload.total_tokens,
         log=log,
+        route=engine.route,
         timeline={"t": times, "ready": ready_series, "replicas": desired_series},
     )
 

@@ -1,0 +1,195 @@
+"""The simulator end to end: the serving model's arithmetic, exact API bills, SLO under ideal GPUs,
+and reproducible JSON. Every run goes through controller.loop.ControlLoop with simulated ports."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.sim import cli
+from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode, Routing
+from controller.sim.runner import RunSettings, run_policy
+from controller.sim.traces import read_trace
+from controller.sim.workload import Workload, build_week, load_profile
+from policies.cost import ApiPrice, api_cost_usd
+from policies.overflow import Route, route_request
+from policies.spec import GPUPoolSpec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces"
+MONDAY = dt.datetime(2024, 5, 13, tzinfo=dt.UTC)
+PRICE = ApiPrice(3.0, 15.0)
+
+
+def _spec(**overrides: Any) -> GPUPoolSpec:
+    raw: dict[str, Any] = {
+        "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 4},
+        "schedule": {
+            "timezone": "Europe/Berlin",
+            "windows": [
+                {
+                    "name": "office",
+                    "days": ["mon", "tue", "wed", "thu", "fri"],
+                    "start": "08:00",
+                    "end": "19:00",
+                    "minReplicas": 1,
+                }
+            ],
+        },
+        "coldStartSeconds": 180,
+        "fallback": {"baseUrl": "https://api.example.com/v1", "inputUsdPerMillion": 3, "outputUsdPerMillion": 15},
+    }
+    raw.update(overrides)
+    return GPUPoolSpec.model_validate(raw)
+
+
+def _workload(arrivals: list[float], inputs: list[int], outputs: list[int], duration: float) -> Workload:
+    return Workload(
+        arrival_s=np.asarray(arrivals, dtype=np.float64),
+        input_tokens=np.asarray(inputs, dtype=np.int64),
+        output_tokens=np.asarray(outputs, dtype=np.int64),
+        start=MONDAY,
+        duration_s=duration,
+    )
+
+
+def _week(days: int, peak_rps: float, seed: int) -> Workload:
+    trace = read_trace(EXAMPLES / "azure_code_2023.csv")
+    profile = load_profile(EXAMPLES / "azure2024_diurnal.json", "code")
+    return build_week(trace, profile, days=days, start=MONDAY, peak_rps=peak_rps, seed=seed)
+
+
+# The serving model, by hand.
+
+
+def test_fifo_wait_is_the_work_ahead() -> None:
+    # One replica at 1,000 prompt tokens/s: three 1,000-token prompts at t=0 take 1 s each.
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([0.0, 0.0, 0.0], [1000, 1000, 1000], [0, 0, 0], 10.0)
+    engine = PoolEngine(wl, replica, FallbackModel(), routing=Routing.QUEUE, max_wait_seconds=2.0, price=PRICE)
+    engine.set_ready(1)
+    engine.run_until(10.0)
+    engine.sample()
+    # Waits 0, 1, 2 s plus the 1 s prefill each.
+    assert engine.ttft.tolist() == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_a_request_waits_for_the_cold_start_and_speeds_up_with_more_replicas() -> None:
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([1.0, 1.0, 1.0, 1.0], [2000, 2000, 2000, 2000], [0, 0, 0, 0], 30.0)
+    engine = PoolEngine(wl, replica, FallbackModel(), routing=Routing.QUEUE, max_wait_seconds=2.0, price=PRICE)
+    engine.run_until(10.0)  # nothing Ready yet: all four queue
+    assert engine.sample().waiting == 4
+    engine.set_ready(2)  # two replicas Ready at t=10: 8 s of work drains at 2 s/s
+    engine.run_until(30.0)
+    engine.sample()
+    # Starts at 10, 11, 12, 13 (fluid FIFO at 2 replica-seconds per second), plus 2 s prefill.
+    assert engine.ttft.tolist() == pytest.approx([11.0, 12.0, 13.0, 14.0])
+
+
+def test_routing_matches_route_request() -> None:
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([0.0] * 6, [1000] * 6, [0] * 6, 10.0)
+    engine = PoolEngine(wl, replica, FallbackModel(), routing=Routing.OVERFLOW, max_wait_seconds=2.0, price=PRICE)
+    engine.set_ready(1)
+    engine.run_until(1.0)
+    # Expected waits on arrival: 0, 1, 2, 3, 3, 3 s (fallback requests add no work).
+    expected = []
+    backlog = 0.0
+    for _ in range(6):
+        decision = route_request(
+            waiting=backlog, ready_replicas=1, replica_requests_per_second=1.0, max_wait_seconds=2.0, fallback_open=True
+        )
+        expected.append(RouteCode.GPU if decision.route is Route.GPU else RouteCode.FALLBACK)
+        backlog += 1.0 if decision.route is Route.GPU else 0.0
+    assert engine.route.tolist() == expected == [1, 1, 1, 2, 2, 2]
+
+
+# The four properties the issue names.
+
+
+def test_api_only_cost_is_the_tokens_times_the_prices_exactly() -> None:
+    workload = _week(days=1, peak_rps=2.0, seed=11)
+    spec = _spec(
+        fallback={"baseUrl": "https://api.example.com/v1", "inputUsdPerMillion": 2.5, "outputUsdPerMillion": 10}
+    )
+    run = run_policy("api_only", workload, spec, RunSettings(tick_seconds=30.0), progress=False)
+    tokens_in = int(workload.input_tokens.sum())
+    tokens_out = int(workload.output_tokens.sum())
+    assert run.fallback_usd == (tokens_in * 2.5 + tokens_out * 10.0) / 1e6
+    assert run.total_usd == api_cost_usd(tokens_in, tokens_out, ApiPrice(2.5, 10.0))
+    assert run.gpu_usd == 0.0
+    assert run.fallback_requests == len(workload)
+
+
+# keda is not among them by design: it scales to zero without a fallback, so a request arriving at
+# zero replicas waits for the next poll (up to 30 s) even with no cold start.
+@pytest.mark.parametrize("name", ["ebbtide", "always_on", "hpa"])
+def test_zero_cold_start_and_infinite_capacity_meet_the_slo_for_every_request(name: str) -> None:
+    workload = _week(days=1, peak_rps=3.0, seed=5)
+    spec = _spec(coldStartSeconds=0)
+    settings = RunSettings(replica=ReplicaModel.unlimited(), tick_seconds=15.0, initial_replicas=1)
+    run = run_policy(name, workload, spec, settings, progress=False)
+    assert run.ttft is not None
+    assert run.slo_attainment == 1.0, f"{name}: worst TTFT {run.ttft.max():.3f} s"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ebbtide")
+    cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["simulate", *argv])
+
+
+def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = []
+    for attempt in range(2):
+        path = tmp_path / f"run{attempt}.json"
+        argv = [
+            "--days",
+            "1",
+            "--peak-rps",
+            "1.5",
+            "--seed",
+            "42",
+            "--tick",
+            "30",
+            "--no-progress",
+            "--json",
+            str(path),
+        ]
+        assert cli.run(_parse(argv)) == 0
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1]
+    document = json.loads(outputs[0])
+    assert list(document["policies"]) == ["ebbtide", "always_on", "api_only", "hpa", "keda", "lower_bound"]
+    for figures in document["policies"].values():
+        for key in (
+            "total_usd",
+            "gpu_usd",
+            "fallback_usd",
+            "gpu_hours",
+            "requests",
+            "fallback_requests",
+            "slo_attainment",
+            "ttft_p50_s",
+            "ttft_p95_s",
+            "ttft_p99_s",
+            "scale_events",
+        ):
+            assert key in figures
+    assert document["inputs"]["seed"] == 42
+    table = capsys.readouterr().out
+    assert table.index("ebbtide") < table.index("always_on")
+
+
+def test_a_gpu_cap_keeps_replicas_pending_and_unbilled() -> None:
+    workload = _week(days=1, peak_rps=20.0, seed=2)
+    spec = _spec()
+    capped = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0, gpu_cap=1), progress=False)
+    assert capped.timeline["ready"].max() == 1
+    assert capped.gpu_hours <= 24.0 + 1e-9
