@@ -110,6 +110,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     world.add_argument("--decode-tps", type=_positive, default=DEFAULT_DECODE_TPS)
     world.add_argument("--sequence-tps", type=_positive, default=DEFAULT_SEQUENCE_TPS)
     world.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
+    world.add_argument(
+        "--scrape-fail-every",
+        type=int,
+        default=0,
+        help="every n-th metrics read fails (0: never), to see no-data holds",
+    )
     world.add_argument("--fallback-ttft", type=float, default=DEFAULT_FALLBACK_TTFT, help="fallback latency, s")
 
     out = p.add_argument_group("results")
@@ -161,6 +167,7 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
         fallback=FallbackModel(ttft_seconds=max(args.fallback_ttft, 0.0)),
         tick_seconds=args.tick,
         gpu_cap=args.gpu_cap,
+        scrape_fail_every=max(args.scrape_fail_every, 0),
         slo_ttft_seconds=args.slo_ttft,
     )
 
@@ -175,6 +182,7 @@ def _inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings)
         "slo_ttft_s": settings.slo_ttft_seconds,
         "tick_s": settings.tick_seconds,
         "gpu_cap": settings.gpu_cap,
+        "scrape_fail_every": settings.scrape_fail_every,
         "replica": {
             "prefill_tokens_per_second": settings.replica.prefill_tokens_per_second,
             "decode_tokens_per_second": settings.replica.decode_tokens_per_second,
@@ -195,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ebbtide simulate: error: {exc}", file=sys.stderr)
         return 2
     names = list(dict.fromkeys(args.policy)) if args.policy else list(POLICY_NAMES)
+    if "lower_bound" not in names:
+        names.append("lower_bound")  # cheap, and every row's cost is read against it
     names.sort(key=POLICY_NAMES.index)
     tokens = workload.total_tokens
     days = workload.duration_s / 86400
