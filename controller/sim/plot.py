@@ -17,6 +17,16 @@ from policies.spec import GPUPoolSpec
 
 __all__ = ["plot_runs"]
 
+# One colour per policy in both panels.
+_COLOURS = {
+    "ebbtide": "tab:blue",
+    "always_on": "tab:orange",
+    "api_only": "tab:green",
+    "hpa": "tab:red",
+    "keda": "tab:purple",
+    "lower_bound": "black",
+}
+
 
 def _cumulative_cost(run: PolicyRun, workload: Workload, spec: GPUPoolSpec, grid: np.ndarray) -> np.ndarray:
     """Spend up to each grid time: replica time at the hourly price (unrounded) plus fallback bills."""
@@ -73,7 +83,13 @@ def plot_runs(path: Path, workload: Workload, spec: GPUPoolSpec, runs: Mapping[s
     for name, run in reversed(list(runs.items())):
         if "t" in run.timeline and name != "api_only":
             replicas_axis.step(
-                run.timeline["t"] / 3600.0, run.timeline["ready"], where="post", linewidth=1.0, label=f"{name} ready"
+                run.timeline["t"] / 3600.0,
+                run.timeline["ready"],
+                where="post",
+                linewidth=1.6 if name == "ebbtide" else 0.8,
+                alpha=1.0 if name == "ebbtide" else 0.6,
+                color=_COLOURS.get(name),
+                label=f"{name} ready",
             )
     replicas_axis.set_ylabel("Ready replicas")
     handles = top.get_legend_handles_labels()
@@ -86,7 +102,9 @@ def plot_runs(path: Path, workload: Workload, spec: GPUPoolSpec, runs: Mapping[s
         if name == "lower_bound":
             bottom.axhline(run.total_usd, color="black", linestyle=":", linewidth=1.0, label="lower_bound (total)")
             continue
-        bottom.plot(cost_grid / 3600.0, _cumulative_cost(run, workload, spec, cost_grid), label=name)
+        bottom.plot(
+            cost_grid / 3600.0, _cumulative_cost(run, workload, spec, cost_grid), label=name, color=_COLOURS.get(name)
+        )
     bottom.set_ylabel("cumulative cost ($)")
     bottom.set_xlabel("hours since start")
     bottom.set_xlim(0, hours)
