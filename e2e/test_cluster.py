@@ -17,7 +17,16 @@ import pytest
 import yaml
 from kubernetes import client
 
-from e2e.cluster import GPU_RESOURCE, K8sCluster, cold_start, k8s_version
+from e2e.cluster import (
+    COLD_START_ANNOTATION,
+    GPU_RESOURCE,
+    BinariesMissingError,
+    K8sCluster,
+    cold_start,
+    find_binaries,
+    k8s_version,
+)
+from e2e.cluster.binaries import CLUSTER_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -259,3 +268,29 @@ def _rejection(create: Callable[[dict[str, Any]], Any], body: dict[str, Any]) ->
     assert info.value.status == 422, info.value.body
     # The Status message, decoded: the raw body escapes "<" as \u003c.
     return str(json.loads(info.value.body)["message"])
+
+
+# -- harness checks that need no cluster ---------------------------------------------------------
+
+
+def test_missing_binaries_fail_with_the_command_that_builds_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without binaries the fixtures must fail, naming the fix, rather than skip (a skip reads as a pass)."""
+    monkeypatch.setenv("EBBTIDE_K8S_BIN_DIR", str(tmp_path))
+    with pytest.raises(BinariesMissingError, match=r"kube-apiserver.*e2e/cluster/ensure\.sh"):
+        find_binaries()
+
+
+def test_kwok_stages_cover_the_whole_pod_lifecycle_without_random_delays() -> None:
+    """Any pod Stage replaces all of kwok's defaults, so ours must include ready and delete."""
+    stages = [d for d in yaml.safe_load_all((CLUSTER_DIR / "kwok-stages.yaml").read_text()) if d]
+    names = {s["metadata"]["name"] for s in stages}
+    assert {"node-initialize", "pod-create", "pod-ready", "pod-delete"} <= names
+    for stage in stages:
+        if stage["spec"]["resourceRef"]["kind"] == "Pod":
+            delay = stage["spec"]["delay"]
+            assert delay["durationMilliseconds"] == 0, stage["metadata"]["name"]
+            assert "jitterDurationMilliseconds" not in delay, stage["metadata"]["name"]
+    [ready] = [s for s in stages if s["metadata"]["name"] == "pod-ready"]
+    assert COLD_START_ANNOTATION in ready["spec"]["delay"]["durationFrom"]["expressionFrom"]

@@ -36,15 +36,14 @@ for arg in "$@"; do
 done
 [[ ${#wanted[@]} -gt 0 ]] || wanted=("${all_binaries[@]}")
 
+# The official Go tarball installs to /usr/local/go; a non-login shell (CI) may lack it on PATH.
+command -v go >/dev/null || [[ ! -x /usr/local/go/bin/go ]] || export PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || die "Go is not installed (need Go >= 1.26 to build Kubernetes $K8S_VERSION)"
 
 # Static binaries; the upstream release builds strip symbols the same way (-s -w),
 # which also makes linking noticeably faster on two cores.
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
-# The wrapper modules below are throw-away; never let them go looking for a
-# checksum database entry of their own.
-export GONOSUMDB="ebbtide.local/*"
 
 mkdir -p "$bin_dir"
 exec 9>"$bin_dir/.build.lock"
@@ -215,12 +214,19 @@ build_helm() {
      -X $pkg/pkg/chartutil.k8sVersionMajor=1 -X $pkg/pkg/chartutil.k8sVersionMinor=$kminor"
 }
 
-for b in "${wanted[@]}"; do
-  case "$b" in
-    kube-apiserver|kube-controller-manager|kube-scheduler) build_k8s "$b" ;;
-    etcd) build_etcd ;;
-    kwok) build_kwok ;;
-    helm) build_helm ;;
-  esac
-done
-echo "$bin_dir"
+# Everything runs from this one function, read whole before it starts, so that
+# editing or updating this file during a long build cannot derail the run.
+main() {
+  local b
+  for b in "${wanted[@]}"; do
+    case "$b" in
+      kube-apiserver|kube-controller-manager|kube-scheduler) build_k8s "$b" ;;
+      etcd) build_etcd ;;
+      kwok) build_kwok ;;
+      helm) build_helm ;;
+    esac
+  done
+  echo "$bin_dir"
+}
+main
+exit
