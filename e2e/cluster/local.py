@@ -107,6 +107,8 @@ class LocalCluster:
     work_dir: Path | None = None
     keep_work_dir: bool = False
     startup_timeout: float = 90.0
+    with_kwok: bool = True
+    """Start kwok too; without it nodes and pods get no status (nothing turns Ready)."""
     _procs: list[_Process] = field(default_factory=list, init=False, repr=False)
     _owns_work_dir: bool = field(default=False, init=False, repr=False)
     _pki: Pki | None = field(default=None, init=False, repr=False)
@@ -308,13 +310,13 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        popen, log, kwok_port = start_kwok(bins["kwok"], self.kubeconfig, self.log_dir)
-        kwok = _Process("kwok", popen, log)
-        self._procs.append(kwok)
-
         self._wait(kcm, "/healthz", lambda: self._get_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure))
         self._wait(scheduler, "/healthz", lambda: self._get_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure))
-        self._wait(kwok, "/healthz", lambda: self._get_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
+        if self.with_kwok:
+            popen, log, kwok_port = start_kwok(bins["kwok"], self.kubeconfig, self.log_dir)
+            kwok = _Process("kwok", popen, log)
+            self._procs.append(kwok)
+            self._wait(kwok, "/healthz", lambda: self._get_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
         # Pods can only be created once the service-account controller has made
         # the namespace's `default` ServiceAccount: wait for the first one.
         self._wait(
