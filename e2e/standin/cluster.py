@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -194,7 +194,7 @@ class BackgroundCluster:
     @property
     def ports(self) -> list[int]:
         """Ports of the live replicas."""
-        return self._call(_value(self.cluster.ports))
+        return self._call(_run(lambda: self.cluster.ports))
 
     @property
     def control_port(self) -> int | None:
@@ -222,7 +222,7 @@ class BackgroundCluster:
         self._call(_run(self.cluster.resume))
 
     def engine(self, port: int) -> Engine:
-        """The engine behind one replica (read its counts through :meth:`call`)."""
+        """The engine behind one replica; read it only while no request is in flight."""
         return self.cluster.replicas[port].engine
 
     def close(self) -> None:
@@ -234,9 +234,6 @@ class BackgroundCluster:
         self._loop.close()
 
 
-async def _value(value: _T) -> _T:
-    return value
-
-
-async def _run(action: Any) -> None:
-    action()
+async def _run(action: Callable[[], _T]) -> _T:
+    """Run a plain callable on the cluster's loop (asyncio objects are not thread-safe)."""
+    return action()
