@@ -133,12 +133,13 @@ k8s_wrapper() {
 
 # -ldflags as upstream's hack/lib/version.sh writes them; without them
 # /version reports v0.0.0-master and version checks (e.g. Helm's) fail.
+# Like upstream's build from a source tarball, no git commit is stamped:
+# the module proxy's copy has none.
 k8s_ldflags() {
-  local v="${K8S_VERSION#v}" flags="-s -w" key val
+  local v="${K8S_VERSION#v}" flags="-s -w" key val kv
   local major="${v%%.*}" rest="${v#*.}"
   local minor="${rest%%.*}"
   for kv in "gitVersion=$K8S_VERSION" "gitMajor=$major" "gitMinor=$minor" \
-            "gitTreeState=clean" "gitCommit=$K8S_VERSION" \
             "buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; do
     key="${kv%%=*}"; val="${kv#*=}"
     flags+=" -X k8s.io/client-go/pkg/version.$key=$val -X k8s.io/component-base/version.$key=$val"
