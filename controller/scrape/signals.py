@@ -58,13 +58,9 @@ VLLM_SIGNALS: Mapping[Signal, SignalSource] = MappingProxyType(
             ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"), Aggregation.MEAN, required=False
         ),
         Signal.PROMPT_TOKENS: SignalSource(("vllm:prompt_tokens_total",), Aggregation.SUM, required=False),
-        Signal.GENERATION_TOKENS: SignalSource(
-            ("vllm:generation_tokens_total",), Aggregation.SUM, required=False
-        ),
+        Signal.GENERATION_TOKENS: SignalSource(("vllm:generation_tokens_total",), Aggregation.SUM, required=False),
         # Labelled by finished_reason (stop, length, abort, error, repetition); summed over all.
-        Signal.REQUEST_SUCCESS: SignalSource(
-            ("vllm:request_success_total",), Aggregation.SUM, required=False
-        ),
+        Signal.REQUEST_SUCCESS: SignalSource(("vllm:request_success_total",), Aggregation.SUM, required=False),
         # Frontend admission control (--max-num-queued-reqs and friends, vLLM 0.32+); labelled
         # by model_name and reason only, without an engine label.
         Signal.ADMISSION_REJECTIONS: SignalSource(
