@@ -17,6 +17,7 @@ __all__ = ["main"]
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.breakeven",
     "controller.dayplan",
+    "controller.sim.cli",
 )
 
 

@@ -96,46 +96,57 @@ class CostCheck:
     horizon_seconds: float
 
 
+def _usd_per_token(spec: GPUPoolSpec, demand: DemandSample) -> tuple[float, float]:
+    """(offered tokens per second, fallback dollars per token at the offered input/output mix)."""
+    offered_in = max(demand.input_tokens_per_second or 0.0, 0.0)
+    offered_out = max(demand.output_tokens_per_second or 0.0, 0.0)
+    offered = offered_in + offered_out
+    if offered <= 0:
+        return 0.0, (spec.fallback.input_usd_per_million + spec.fallback.output_usd_per_million) / 2e6
+    usd = offered_in * spec.fallback.input_usd_per_million + offered_out * spec.fallback.output_usd_per_million
+    return offered, usd / offered / 1e6
+
+
 def replica_worth(
-    spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, wanted: int, running: bool
+    spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, wanted: int, current: int
 ) -> CostCheck | None:
     """Does replica number `replicas_before + 1` cost less than the API spend it absorbs?
 
-    The offered token rate is spread over the replicas the queue wants, each absorbing at most its
-    configured throughput (`replicaTokensPerSecond`); the queue is measured where the throughput is only
-    configured, so when the queue wants more replicas than the throughput suggests, each absorbs less.
-    A replica that is not running yet is committed for at least the billing horizon (the billing unit,
-    the minimum billed time, or one cold start plus the scale-down delay, whichever is longest) but serves
-    only after its cold start. A running replica's start is sunk: it is worth keeping while the API spend
-    it absorbs per hour exceeds its hourly price. None when the offered token rate is unknown.
+    A running replica (`replicas_before < current`) carries an equal share of the offered tokens with
+    the replicas before it; its start is sunk, so it is worth keeping while that share, priced at the
+    fallback, exceeds its hourly price. A new replica absorbs the offered tokens beyond the replicas
+    before it (the rate spread over the replicas the queue wants, at most `replicaTokensPerSecond` each),
+    or the tokens the gateway is overflowing, whichever is more; it is committed for at least the
+    billing horizon (the billing unit, the minimum billed time, or one cold start plus the scale-down
+    delay, whichever is longest) but serves only after its cold start. None when the offered token rate
+    is unknown.
     """
     if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
         return None
-    offered_in = max(demand.input_tokens_per_second, 0.0)
-    offered_out = max(demand.output_tokens_per_second, 0.0)
-    offered = offered_in + offered_out
+    offered, usd_per_token = _usd_per_token(spec, demand)
     capacity = spec.demand.replica_tokens_per_second
-    if wanted > 0:
-        capacity = min(capacity, offered / wanted)
-    absorbed = min(max(offered - replicas_before * capacity, 0.0), capacity)
-    usd_per_token = 0.0
-    if offered > 0:
-        usd_per_token = (
-            (offered_in * spec.fallback.input_usd_per_million + offered_out * spec.fallback.output_usd_per_million)
-            / offered
-            / 1e6
+    gpu_hourly = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica
+    if replicas_before < current:
+        absorbed = min(offered / (replicas_before + 1), capacity)
+        api_usd = absorbed * usd_per_token * 3600.0
+        return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0)
+    spread = min(capacity, offered / wanted) if wanted > 0 else capacity
+    absorbed = min(max(offered - replicas_before * spread, 0.0), spread)
+    overflow = max(demand.overflow_tokens_per_second or 0.0, 0.0)
+    absorbed = max(absorbed, min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity))
+    return _start_check(spec, absorbed, usd_per_token)
+
+
+def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> CostCheck:
+    """A new replica absorbing `absorbed` tok/s after its cold start, against its billed horizon."""
+    horizon = float(
+        max(
+            spec.billing.granularity.seconds,
+            spec.billing.minimum_billed_seconds,
+            spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
         )
-    if running:
-        horizon, serving = 3600.0, 3600.0
-    else:
-        horizon = float(
-            max(
-                spec.billing.granularity.seconds,
-                spec.billing.minimum_billed_seconds,
-                spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
-            )
-        )
-        serving = max(horizon - spec.cold_start_seconds, 0.0)
+    )
+    serving = max(horizon - spec.cold_start_seconds, 0.0)
     api_usd = absorbed * usd_per_token * serving
     gpu_usd = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica * horizon / 3600.0
     return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
@@ -145,7 +156,7 @@ def _cost_limit(spec: GPUPoolSpec, demand: DemandSample, wanted: int, current: i
     """How many of the `wanted` replicas pay for themselves, and the first check that failed (if any)."""
     replicas = 0
     while replicas < wanted:
-        check = replica_worth(spec, demand, replicas, wanted=wanted, running=replicas < current)
+        check = replica_worth(spec, demand, replicas, wanted=wanted, current=current)
         if check is None:
             return wanted, None
         if not check.worth_it:
@@ -192,7 +203,35 @@ def decide(spec: GPUPoolSpec, obs: Observation, state: PolicyState, now: dt.date
         why = f"metrics are {age:.0f} s old (limit {spec.demand.metric_max_age_seconds} s)"
         return _hold(spec, obs, limits, Reason.STALE_DATA_HOLD, why), state
 
+    demand, state = _smooth_rates(spec, demand, state, now)
     return _decide_on_demand(spec, obs, demand, state, now, limits, gpu_capped)
+
+
+def _smooth_rates(
+    spec: GPUPoolSpec, demand: DemandSample, state: PolicyState, now: dt.datetime
+) -> tuple[DemandSample, PolicyState]:
+    """Exponentially weighted token rates; the queue gauges stay as sampled."""
+    if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
+        return demand, state
+    raw = (demand.input_tokens_per_second, demand.output_tokens_per_second, demand.overflow_tokens_per_second or 0.0)
+    tau = spec.demand.rate_smoothing_seconds
+    if state.rates is None or state.rates_at is None or tau == 0:
+        smoothed = raw
+    else:
+        elapsed = max((now - state.rates_at).total_seconds(), 0.0)
+        weight = 1.0 - math.exp(-elapsed / tau)
+        smoothed = (
+            state.rates[0] + weight * (raw[0] - state.rates[0]),
+            state.rates[1] + weight * (raw[1] - state.rates[1]),
+            state.rates[2] + weight * (raw[2] - state.rates[2]),
+        )
+    smoothed_demand = replace(
+        demand,
+        input_tokens_per_second=smoothed[0],
+        output_tokens_per_second=smoothed[1],
+        overflow_tokens_per_second=smoothed[2] if demand.overflow_tokens_per_second is not None else None,
+    )
+    return smoothed_demand, replace(state, rates=smoothed, rates_at=now)
 
 
 def _decide_on_demand(
@@ -221,12 +260,43 @@ def _decide_on_demand(
             reason = Reason.KV_CACHE_HIGH if wanted > current else reason
             message = f"KV cache {demand.kv_cache_usage:.0%} over target {kv_target:.0%} wants {wanted}"
 
-    desired = wanted
+    # The offered token rate counts every request, also those the gateway sent away: a queue sampled on
+    # the GPUs alone cannot see demand that overflowed.
+    if demand.input_tokens_per_second is not None and demand.output_tokens_per_second is not None:
+        offered = demand.input_tokens_per_second + demand.output_tokens_per_second
+        capacity = spec.demand.replica_tokens_per_second
+        token_wanted = max(math.ceil(offered / capacity - 1e-9), 0)
+        details.append(("offered_tokens_per_second", offered))
+        if token_wanted > wanted:
+            wanted = token_wanted
+            reason = Reason.TOKENS_HIGH if wanted > current else reason
+            message = f"offered {offered:.0f} tok/s at {capacity:g} per replica wants {wanted}"
+
     fallback_capped = (
         spec.budget.max_fallback_usd_per_day is not None
         and obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
     )
     fallback_open = spec.fallback.base_url is not None and not fallback_capped
+
+    # Bursts the averages miss show up as overflow: one more replica when the API spend it would take
+    # over pays for it.
+    overflow = demand.overflow_tokens_per_second or 0.0
+    # Only with every replica Ready: one still starting will take over part of the overflow. A new
+    # replica is credited with half the overflow: bursts are uneven, and what one more replica absorbs
+    # of them shrinks with every replica added.
+    overflow_pays = False
+    if overflow > 0 and fallback_open and current > 0 and obs.ready_replicas >= current:
+        _, usd_per_token = _usd_per_token(spec, demand)
+        burst = _start_check(spec, 0.5 * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token)
+        overflow_pays = burst.worth_it
+        if overflow_pays and wanted <= current:
+            wanted = current + 1
+            reason = Reason.OVERFLOW_PAYS
+            message = (
+                f"overflowing {overflow:.0f} tok/s: half of it is ${burst.api_usd:.2f} of API spend over "
+                f"{burst.horizon_seconds:.0f} s vs ${burst.gpu_usd:.2f} of GPU: adding a replica"
+            )
+    desired = wanted
 
     # Only replicas that pay for themselves against the fallback; the window floor still holds below.
     cost_limited = False
@@ -256,6 +326,8 @@ def _decide_on_demand(
     window = dt.timedelta(seconds=spec.demand.scale_down_delay_seconds)
     recommendations = (*tuple(r for r in state.recommendations if now - r[0] < window), (now, desired))
     new_state = replace(state, last_busy_at=last_busy, recommendations=recommendations)
+    if overflow_pays:
+        new_state = replace(new_state, overflow_at=now, overflow_replicas=current)
 
     if desired < current:
         desired, reason, message = _shrink(
@@ -302,6 +374,15 @@ def _shrink(
     if stabilised > desired:
         desired, reason = stabilised, Reason.SCALE_DOWN_DELAY
         message = f"{message}; demand was higher within the last {delay} s, holding {desired}"
+
+    # Replicas added for bursts stay between bursts: the averages cannot see them, the overflow did.
+    memory = spec.demand.overflow_memory_seconds
+    if state.overflow_at is not None and not cost_limited and (now - state.overflow_at).total_seconds() < memory:
+        held = min(state.overflow_replicas, current)
+        if held > desired:
+            ago = (now - state.overflow_at).total_seconds()
+            desired, reason = held, Reason.BURST_HOLD
+            message = f"{message}; the gateway overflowed {ago:.0f} s ago with {held} Ready, holding {held}"
 
     # The idle grace is for an empty queue; demand that is too small to pay for a GPU goes to the fallback.
     if desired == 0 and state.last_busy_at is not None and not cost_limited:

@@ -18,10 +18,13 @@ class Reason(StrEnum):
     STEADY = "steady"
     POOL_MIN = "pool-min"
     QUEUE_HIGH = "queue-high"
+    TOKENS_HIGH = "tokens-high"
+    OVERFLOW_PAYS = "overflow-pays"
     QUEUE_LOW = "queue-low"
     KV_CACHE_HIGH = "kv-cache-high"
     STEP_LIMIT = "step-limit"
     SCALE_DOWN_DELAY = "scale-down-delay"
+    BURST_HOLD = "burst-hold"
     IDLE_GRACE = "idle-grace"
     IDLE_TO_ZERO = "idle-to-zero"
     WINDOW_OPEN = "window-open"
@@ -47,7 +50,9 @@ class DemandSample:
     `waiting` and `running` are vLLM's num_requests_waiting and num_requests_running summed over the
     pool's ready replicas; `overflow_in_flight` counts requests the gateway is serving at the fallback
     right now (demand the GPUs would carry if they could). Token rates are offered load (all requests,
-    served anywhere) in tokens per second, or None when unknown.
+    served anywhere) in tokens per second, and `overflow_tokens_per_second` the part of it the gateway
+    sent to the fallback, both averaged over the metrics window (counters, so no burst is missed the way
+    a sampled gauge misses it); None when unknown.
     """
 
     observed_at: dt.datetime
@@ -57,6 +62,7 @@ class DemandSample:
     kv_cache_usage: float | None = None
     input_tokens_per_second: float | None = None
     output_tokens_per_second: float | None = None
+    overflow_tokens_per_second: float | None = None
 
     @property
     def queue(self) -> float:
@@ -124,8 +130,17 @@ class PolicyState:
     stabilisation window: the pool scales down only to the highest recommendation in that window.
     `started_at` is when this autoscaler instance began: a fresh one does not scale down before one
     scale-down delay has passed (as Knative does), so a restart never causes a rash scale-down.
+    `overflow_at` and `overflow_replicas` remember when the gateway last overflowed enough to pay for
+    another replica although every replica was Ready, and how many there were: the pool keeps that many
+    for the overflow memory.
+    `rates` are the offered input, offered output and overflow token rates smoothed over the rate
+    smoothing time (as of `rates_at`): money is decided on sustained demand, not on one burst.
     """
 
     started_at: dt.datetime | None = None
     last_busy_at: dt.datetime | None = None
     recommendations: tuple[tuple[dt.datetime, int], ...] = field(default=())
+    overflow_at: dt.datetime | None = None
+    overflow_replicas: int = 0
+    rates: tuple[float, float, float] | None = None
+    rates_at: dt.datetime | None = None

@@ -217,14 +217,60 @@ def test_cost_aware_scale_up_starts_a_gpu_when_demand_pays_for_it() -> None:
 def test_cost_check_spreads_offered_tokens_over_the_wanted_replicas() -> None:
     spec = make_spec()
     demand = sample(TUE_NOON, 12, tokens=(1200, 0))
-    # The queue wants 2 replicas; 1200 tok/s is under one replica's 2500, so the queue wins: 600 each.
-    second = replica_worth(spec, demand, 1, wanted=2, running=False)
+    # The queue wants 2 replicas; 1200 tok/s is under one replica's 6000, so the queue wins: 600 each.
+    second = replica_worth(spec, demand, 1, wanted=2, current=1)
     assert second is not None
     assert second.absorbed_tokens_per_second == pytest.approx(600)
     # With the throughput as the limit, the third of three replicas absorbs what two cannot.
-    busy = replica_worth(spec, sample(TUE_NOON, 24, tokens=(6000, 0)), 2, wanted=3, running=False)
+    busy = replica_worth(spec, sample(TUE_NOON, 24, tokens=(6000, 0)), 2, wanted=3, current=2)
     assert busy is not None and busy.absorbed_tokens_per_second == pytest.approx(2000)
-    assert replica_worth(spec, sample(TUE_NOON, 12), 1, wanted=2, running=False) is None  # token rate unknown
+    assert replica_worth(spec, sample(TUE_NOON, 12), 1, wanted=2, current=1) is None  # token rate unknown
+
+
+def test_offered_tokens_want_replicas_the_sampled_queue_cannot_see() -> None:
+    # 15,000 tok/s at 6,000 per replica needs 3 replicas even though the sampled queue is short.
+    decision, _ = decide(make_spec(), obs(1, sample(TUE_NOON, 2, tokens=(14000, 1000))), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (3, Reason.TOKENS_HIGH)
+
+
+def overflowing(now: dt.datetime, overflow: float) -> DemandSample:
+    return DemandSample(
+        observed_at=now,
+        waiting=2,
+        running=3,
+        input_tokens_per_second=2900,
+        output_tokens_per_second=100,
+        overflow_tokens_per_second=overflow,
+    )
+
+
+def test_overflow_that_pays_for_a_replica_adds_one() -> None:
+    # Half of 1,500 tok/s overflowing at ~$3.4/1M is ~$0.77 over the 300 s a new replica would serve;
+    # its 480 s cost $0.22. Averages alone (3,000 tok/s, one replica's worth) would not add it.
+    decision, state = decide(make_spec(), obs(1, overflowing(TUE_NOON, 1500)), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.OVERFLOW_PAYS)
+    assert state.overflow_at == TUE_NOON and state.overflow_replicas == 1
+
+
+def test_trickle_of_overflow_does_not_add_a_replica_nor_hold_one() -> None:
+    # Half of 200 tok/s is $0.10 over 300 s: less than the $0.22 a replica costs.
+    decision, state = decide(make_spec(), obs(1, overflowing(TUE_NOON, 200)), OLD_STATE, TUE_NOON)
+    assert decision.desired_replicas == 1
+    assert state.overflow_at is None
+
+
+def test_replicas_added_for_bursts_are_held_between_bursts() -> None:
+    spec = make_spec(demand={"overflowMemorySeconds": 1800})
+    state = OLD_STATE
+    _, state = decide(spec, obs(2, overflowing(TUE_NOON, 1500)), state, TUE_NOON)  # overflow with 2 Ready
+    assert (state.overflow_at, state.overflow_replicas) == (TUE_NOON, 2)
+    quiet = overflowing(TUE_NOON, 0)
+    later = TUE_NOON + dt.timedelta(minutes=20)
+    decision, _ = decide(spec, obs(2, replace(quiet, observed_at=later)), state, later)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.BURST_HOLD)
+    much_later = TUE_NOON + dt.timedelta(minutes=31)
+    decision, _ = decide(spec, obs(2, replace(quiet, observed_at=much_later)), state, much_later)
+    assert decision.desired_replicas == 1
 
 
 def test_running_replica_is_released_when_demand_no_longer_pays_for_it() -> None:

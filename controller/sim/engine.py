@@ -141,6 +141,7 @@ class DemandReading:
     overflow_in_flight: float
     input_tokens_per_second: float
     output_tokens_per_second: float
+    overflow_tokens_per_second: float = 0.0
 
 
 class PoolEngine:
@@ -342,12 +343,17 @@ class PoolEngine:
         lo = int(np.searchsorted(arrival, now - self.rate_window_seconds, side="left"))
         hi = self._next
         window = self.rate_window_seconds
+        sent_away = self.route[lo:hi] == RouteCode.FALLBACK
+        overflow_tokens = float(self.workload.input_tokens[lo:hi][sent_away].sum()) + float(
+            self.workload.output_tokens[lo:hi][sent_away].sum()
+        )
         return DemandReading(
             waiting=float(pending + excess),
             running=float(running - excess),
             overflow_in_flight=float(overflow),
             input_tokens_per_second=float(self.workload.input_tokens[lo:hi].sum()) / window,
             output_tokens_per_second=float(self.workload.output_tokens[lo:hi].sum()) / window,
+            overflow_tokens_per_second=overflow_tokens / window,
         )
 
     def _settle_started(self, now: float) -> None:

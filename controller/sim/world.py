@@ -153,6 +153,7 @@ class SimMetrics:
             overflow_in_flight=reading.overflow_in_flight,
             input_tokens_per_second=reading.input_tokens_per_second,
             output_tokens_per_second=reading.output_tokens_per_second,
+            overflow_tokens_per_second=reading.overflow_tokens_per_second,
         )
 
 
