@@ -41,6 +41,25 @@ def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeou
         time.sleep(0.1)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """On a failed test that used the cluster, attach the tail of each component's log.
+
+    The work directory is deleted when the session ends, so in CI this is the
+    only trace of what the API server, scheduler or kwok did.
+    """
+    report: pytest.TestReport = yield
+    cluster = getattr(item, "funcargs", {}).get("k8s_cluster")
+    if report.failed and isinstance(cluster, K8sCluster):
+        for log in sorted(cluster.log_dir.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+            report.sections.append((f"e2e cluster log: {log.name} (last {len(lines)} lines)", "\n".join(lines)))
+    return report
+
+
+_LOG_TAIL_LINES = 25
+
+
 def _kwok_for_external_cluster() -> Path:
     """kwok from the build cache, else one on PATH (users of kind may have installed it)."""
     try:

@@ -141,6 +141,40 @@ def test_gpu_pods_schedule_by_gpu_count_turn_ready_after_cold_start_and_scale_to
     assert not apps.read_namespaced_deployment_scale("vllm", namespace).spec.replicas  # 0 is omitted
 
 
+def test_leases_and_events_the_controller_writes_are_served(k8s_cluster: K8sCluster, namespace: str) -> None:
+    """Leader election takes a coordination.k8s.io Lease; decisions are reported as events.k8s.io Events."""
+    coordination = client.CoordinationV1Api(k8s_cluster.api_client)
+    coordination.create_namespaced_lease(
+        namespace,
+        {"metadata": {"name": "ebbtide-leader"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}},
+    )
+    lease = coordination.read_namespaced_lease("ebbtide-leader", namespace)
+    assert lease.spec.holder_identity == "a"
+
+    events = client.EventsV1Api(k8s_cluster.api_client)
+    events.create_namespaced_event(
+        namespace,
+        {
+            "metadata": {"generateName": "vllm-"},  # 1.37 validates generateName itself: no "vllm."
+            # The client re-serialises eventTime through datetime.isoformat(),
+            # which drops the fraction when microseconds are 0, and the API
+            # server's MicroTime then refuses it ("cannot parse ... as
+            # .000000"): a writer of Events must send non-zero microseconds or
+            # raw JSON.
+            "eventTime": "2026-01-01T00:00:00.000001Z",
+            "reportingController": "ebbtide.dev/controller",
+            "reportingInstance": "ebbtide-0",
+            "action": "Scale",
+            "reason": "QueueHigh",
+            "note": "3 -> 4 replicas: queue above target",
+            "type": "Normal",
+            "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vllm", "namespace": namespace},
+        },
+    )
+    [event] = events.list_namespaced_event(namespace).items
+    assert event.reason == "QueueHigh"
+
+
 # -- CRDs -------------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,8 @@ class Pki:
     serving_key: Path
     admin_cert: Path
     admin_key: Path
+    front_proxy_cert: Path
+    front_proxy_key: Path
     service_account_key: Path
     service_account_pub: Path
 
@@ -92,7 +94,7 @@ def _signed_cert(directory: Path, name: str, subject: str, extensions: str) -> N
 
 
 def make_pki(directory: Path) -> Pki:
-    """Create a CA, the API server's serving cert, an admin client cert and a service-account key pair."""
+    """Create a CA, the API server's serving cert, admin and front-proxy client certs, a service-account key pair."""
     if shutil.which("openssl") is None:
         raise RuntimeError("openssl is needed to create the e2e cluster's certificates (apt-get install openssl)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -132,6 +134,15 @@ def make_pki(directory: Path) -> Pki:
         "/O=system:masters/CN=ebbtide-e2e-admin",
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )
+    # The aggregation layer's client identity (kubeadm's front-proxy-client).
+    # With it configured, components that delegate authentication find the
+    # request-header CA they look for instead of logging an error every second.
+    _signed_cert(
+        directory,
+        "front-proxy-client",
+        "/CN=front-proxy-client",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
     _key(directory / "sa.key")
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
     return Pki(
@@ -141,6 +152,8 @@ def make_pki(directory: Path) -> Pki:
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
         admin_key=directory / "admin.key",
+        front_proxy_cert=directory / "front-proxy-client.crt",
+        front_proxy_key=directory / "front-proxy-client.key",
         service_account_key=directory / "sa.key",
         service_account_pub=directory / "sa.pub",
     )
