@@ -50,6 +50,12 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
             out[key] = structural(value, defs)
         else:
             out[key] = value
+    # OpenAPI v3.0 (what CRDs use) writes an exclusive bound as a boolean beside minimum/maximum;
+    # pydantic writes JSON Schema's numeric form, which the API server refuses.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(flag), int | float) and not isinstance(out.get(flag), bool):
+            out[bound] = out[flag]
+            out[flag] = True
     if out.get("type") == "number" and isinstance(out.get("default"), int):
         out["default"] = float(out["default"])
     return out

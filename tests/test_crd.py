@@ -27,6 +27,9 @@ def _walk(node: Any, path: str = "") -> list[str]:
             problems.append(f"{path}: properties without type object")
         if node.get("default", 0) is None:
             problems.append(f"{path}: null default")
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            if flag in node and not isinstance(node[flag], bool):
+                problems.append(f"{path}: {flag} must be a boolean in OpenAPI v3.0")
         for key, value in node.items():
             problems += _walk(value, f"{path}.{key}")
     elif isinstance(node, list):
