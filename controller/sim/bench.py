@@ -1,9 +1,10 @@
 """Benchmark: how long `ebbtide simulate` takes for one policy over a week of traffic.
 
-    python -m controller.sim.bench [--peak-rps 20] [--days 7] [--runs 3] [--policy ebbtide]
+    python -m controller.sim.bench [--peak-rps 20] [--days 7] [--runs 3] [--policy ebbtide] [--baseline always_on]
 
-Builds the week once (reported separately), then simulates it `--runs` times and prints each time and
-the median. It measures this machine; it is not a test and asserts nothing.
+Builds the week once (reported separately), then simulates it `--runs` times under the policy and under
+a baseline policy, and prints each time, the medians and their ratio. It measures this machine; it is
+not a test and asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policy", choices=[n for n in POLICY_NAMES if n != "lower_bound"], default="ebbtide")
+    choices = [n for n in POLICY_NAMES if n != "lower_bound"]
+    parser.add_argument("--policy", choices=choices, default="ebbtide")
+    parser.add_argument("--baseline", choices=choices, default="always_on", help="timed side by side")
     args = parser.parse_args(argv)
 
     spec = load_spec(DEFAULTS["pool"])
@@ -42,14 +45,24 @@ def main(argv: list[str] | None = None) -> int:
         f"workload: {len(workload):,} requests over {args.days} days at peak {args.peak_rps:g} req/s "
         f"(built in {built:.2f} s)"
     )
-    times = []
-    for i in range(args.runs):
-        began = time.perf_counter()
-        run = run_policy(args.policy, workload, spec, RunSettings(), progress=False)
-        elapsed = time.perf_counter() - began
-        times.append(elapsed)
-        print(f"run {i + 1}: {elapsed:.2f} s ({args.policy}: ${run.total_usd:,.2f}, SLO {run.slo_attainment:.2%})")
-    print(f"median of {args.runs}: {statistics.median(times):.2f} s to simulate {args.policy}")
+    # The baseline runs the same serving model and loop with a policy that does almost no work, so the
+    # ratio shows what Ebbtide's decisions cost on top of the simulation itself.
+    medians = {}
+    for name in dict.fromkeys([args.policy, args.baseline]):
+        times = []
+        for i in range(args.runs):
+            began = time.perf_counter()
+            run = run_policy(name, workload, spec, RunSettings(), progress=False)
+            elapsed = time.perf_counter() - began
+            times.append(elapsed)
+            print(f"{name} run {i + 1}: {elapsed:.2f} s (${run.total_usd:,.2f}, SLO {run.slo_attainment:.2%})")
+        medians[name] = statistics.median(times)
+    print(f"median of {args.runs}: {args.policy} {medians[args.policy]:.2f} s", end="")
+    if args.baseline != args.policy:
+        ratio = medians[args.policy] / medians[args.baseline]
+        print(f", {args.baseline} {medians[args.baseline]:.2f} s, ratio {ratio:.2f}")
+    else:
+        print()
     return 0
 
 
