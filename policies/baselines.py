@@ -22,9 +22,9 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from functools import partial
 
+from policies.overflow import Routing
 from policies.schedules import open_spans
 from policies.spec import GPUPoolSpec
 from policies.types import Decision, Limits, Observation, PolicyState, Reason
@@ -36,7 +36,6 @@ __all__ = [
     "HPASettings",
     "HPAState",
     "KedaSettings",
-    "Routing",
     "Sizing",
     "always_on",
     "api_only",
@@ -57,17 +56,6 @@ HPA_SCALE_UP_PODS = 4
 HPA_SCALE_UP_PERCENT = 100.0
 HPA_SCALE_UP_PERIOD_SECONDS = 60.0  # as the issue states it; the HPA's built-in period is 15 s
 HPA_SYNC_SECONDS = 15.0
-
-
-class Routing(StrEnum):
-    """Where a policy's gateway sends requests."""
-
-    OVERFLOW = "overflow"
-    """The pool's fallback takes what the GPUs cannot serve within its wait limit (Ebbtide)."""
-    QUEUE = "queue"
-    """No fallback: requests queue on the GPUs."""
-    FALLBACK = "fallback"
-    """Everything goes to the fallback."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Route", "RouteDecision", "expected_wait_seconds", "route_request"]
+__all__ = ["Route", "RouteDecision", "Routing", "expected_wait_seconds", "route_request"]
+
+
+class Routing(StrEnum):
+    """How a gateway routes a pool's requests as a whole (per request, `route_request` decides)."""
+
+    OVERFLOW = "overflow"
+    """The pool's fallback takes what the GPUs cannot serve within its wait limit (Ebbtide)."""
+    QUEUE = "queue"
+    """No fallback: requests queue on the GPUs."""
+    FALLBACK = "fallback"
+    """Everything goes to the fallback."""
 
 
 class Route(StrEnum):

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from policies.baselines import BASELINES, HPASettings, KedaSettings, Routing, Sizing, hpa, keda
+from policies.baselines import BASELINES, HPASettings, KedaSettings, Sizing, hpa, keda
+from policies.overflow import Routing
 from policies.spec import GPUPoolSpec
 from policies.types import DemandSample, Observation, PolicyState, Reason
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from controller.sim import cli
-from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode, Routing
+from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode
 from controller.sim.runner import RunSettings, run_policy
 from controller.sim.traces import read_trace
 from controller.sim.workload import Workload, build_week, load_profile
 from policies.cost import ApiPrice, api_cost_usd
-from policies.overflow import Route, route_request
+from policies.overflow import Route, Routing, route_request
 from policies.spec import GPUPoolSpec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces"

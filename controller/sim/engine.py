@@ -24,14 +24,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
 
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
-from policies.overflow import Route, route_request
+from policies.overflow import Route, Routing, route_request
 
 __all__ = [
     "DEFAULT_DECODE_TPS",
@@ -44,7 +43,6 @@ __all__ = [
     "PoolEngine",
     "ReplicaModel",
     "RouteCode",
-    "Routing",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -110,17 +108,6 @@ class FallbackModel:
     """Time to first token at the fallback."""
     tokens_per_second: float = 80.0
     """Streaming speed of one response at the fallback, for its in-flight count."""
-
-
-class Routing(StrEnum):
-    """How a policy's gateway routes requests."""
-
-    OVERFLOW = "overflow"
-    """Ebbtide: route_request decides, fallback open when the pool has one and its budget allows."""
-    QUEUE = "queue"
-    """No fallback: every request queues on the GPUs."""
-    FALLBACK = "fallback"
-    """Every request goes to the fallback."""
 
 
 class RouteCode:

@@ -20,12 +20,12 @@ from tqdm import tqdm
 from controller.loop import ControlLoop, Policy, Ports
 from controller.ports import PoolRef
 from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode
-from controller.sim.engine import Routing as EngineRouting
 from controller.sim.workload import Workload
 from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, SimMetrics
-from policies.baselines import BASELINES, Routing, Sizing, baseline
+from policies.baselines import BASELINES, Sizing, baseline
 from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
+from policies.overflow import Routing
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
@@ -126,19 +126,14 @@ def _ebbtide_policy() -> Policy:
     return decide
 
 
-def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, EngineRouting]:
+def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, Routing]:
     """The policy function and gateway routing for a name in POLICY_NAMES (not lower_bound)."""
     if name == EBBTIDE:
-        return _ebbtide_policy(), EngineRouting.OVERFLOW
+        return _ebbtide_policy(), Routing.OVERFLOW
     entry = baseline(name)
     if entry.build is None:
         raise ValueError(f"{name} is an offline bound, not a policy to run")
-    routing = {
-        Routing.OVERFLOW: EngineRouting.OVERFLOW,
-        Routing.QUEUE: EngineRouting.QUEUE,
-        Routing.FALLBACK: EngineRouting.FALLBACK,
-    }[entry.routing]
-    return entry.build(spec, sizing), routing
+    return entry.build(spec, sizing), entry.routing
 
 
 def _ticks(duration: float, step: float) -> Iterable[float]:
@@ -153,7 +148,7 @@ def run_policy(
     settings: RunSettings,
     *,
     policy: Policy | None = None,
-    routing: EngineRouting | None = None,
+    routing: Routing | None = None,
     progress: bool | None = None,
     pool: PoolRef | None = None,
 ) -> PolicyRun:
@@ -164,8 +159,8 @@ def run_policy(
     price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
     clock = SimClock(workload.start)
     cluster = SimCluster(clock, spec, gpu_cap=settings.gpu_cap)
-    if routing is EngineRouting.OVERFLOW and spec.fallback.base_url is None:
-        routing = EngineRouting.QUEUE  # the pool has no fallback to overflow to
+    if routing is Routing.OVERFLOW and spec.fallback.base_url is None:
+        routing = Routing.QUEUE  # the pool has no fallback to overflow to
     engine = PoolEngine(
         workload,
         settings.replica,
@@ -174,7 +169,7 @@ def run_policy(
         max_wait_seconds=spec.fallback.max_queue_wait_seconds,
         price=price,
     )
-    if routing is EngineRouting.OVERFLOW:
+    if routing is Routing.OVERFLOW:
         engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
     metrics = SimMetrics(engine, clock, fail_every=settings.scrape_fail_every)
     ledger = SimLedger(cluster, engine, spec)

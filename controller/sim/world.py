@@ -8,6 +8,7 @@ newest Ready ones, as a Deployment's ReplicaSet does.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -146,15 +147,7 @@ class SimMetrics:
         reading = self.engine.sample()
         if self.fail_every and self.reads % self.fail_every == 0:
             return NoData("simulated scrape failure")
-        return DemandSample(
-            observed_at=now,
-            waiting=reading.waiting,
-            running=reading.running,
-            overflow_in_flight=reading.overflow_in_flight,
-            input_tokens_per_second=reading.input_tokens_per_second,
-            output_tokens_per_second=reading.output_tokens_per_second,
-            overflow_tokens_per_second=reading.overflow_tokens_per_second,
-        )
+        return DemandSample(observed_at=now, **dataclasses.asdict(reading))
 
 
 class SimLedger:
