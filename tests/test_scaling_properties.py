@@ -110,7 +110,9 @@ def specs(draw: st.DrawFn, around: dt.datetime) -> GPUPoolSpec:
             "scaleDownDelaySeconds": draw(st.sampled_from([0, 15, 60, 300])),
             "idleGraceSeconds": draw(st.sampled_from([0, 60, 600])),
             "metricMaxAgeSeconds": draw(st.sampled_from([1, 30, 90])),
-            "replicaTokensPerSecond": draw(st.sampled_from([100.0, 2500.0])),
+            "replicaTokensPerSecond": draw(st.sampled_from([100.0, 2500.0, 6000.0])),
+            "overflowMemorySeconds": draw(st.sampled_from([0, 600, 1800])),
+            "rateSmoothingSeconds": draw(st.sampled_from([0, 60, 300])),
         },
         "coldStartSeconds": draw(st.sampled_from([0, 1, 60, 180, 900, 3600])),
         "billing": {
@@ -146,6 +148,7 @@ def demand_samples(draw: st.DrawFn, now: dt.datetime, max_age: int) -> DemandSam
         kv_cache_usage=draw(st.none() | st.floats(0, 1, allow_nan=False)),
         input_tokens_per_second=draw(rate),
         output_tokens_per_second=draw(rate),
+        overflow_tokens_per_second=draw(rate),
     )
 
 
@@ -170,6 +173,10 @@ def states(draw: st.DrawFn, now: dt.datetime) -> PolicyState:
         started_at=draw(st.none() | ago),
         last_busy_at=draw(st.none() | ago),
         recommendations=tuple(sorted(draw(st.lists(st.tuples(ago, st.integers(0, 14)), max_size=4)))),
+        overflow_at=draw(st.none() | ago),
+        overflow_replicas=draw(st.integers(0, 14)),
+        rates=draw(st.none() | st.tuples(*[st.floats(0, 20000, allow_nan=False)] * 3)),
+        rates_at=draw(st.none() | ago),
     )
 
 
