@@ -23,6 +23,10 @@ from policies.types import Decision, DemandSample, Limits, Observation, PolicySt
 
 __all__ = ["CostCheck", "decide", "replica_worth", "schedule_limits"]
 
+# Share of the current overflow a new replica is credited with: bursts are uneven, and what one more
+# replica absorbs of them shrinks with every replica added.
+OVERFLOW_CREDIT = 0.5
+
 # How far ahead pre-warm looks beyond the cold start; openings further away cannot matter now.
 _PREWARM_SLACK = dt.timedelta(seconds=1)
 
@@ -107,16 +111,14 @@ def _usd_per_token(spec: GPUPoolSpec, demand: DemandSample) -> tuple[float, floa
     return offered, usd / offered / 1e6
 
 
-def replica_worth(
-    spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, wanted: int, current: int
-) -> CostCheck | None:
+def replica_worth(spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, current: int) -> CostCheck | None:
     """Does replica number `replicas_before + 1` cost less than the API spend it absorbs?
 
     A running replica (`replicas_before < current`) carries an equal share of the offered tokens with
     the replicas before it; its start is sunk, so it is worth keeping while that share, priced at the
-    fallback, exceeds its hourly price. A new replica absorbs the offered tokens beyond the replicas
-    before it (the rate spread over the replicas the queue wants, at most `replicaTokensPerSecond` each),
-    or the tokens the gateway is overflowing, whichever is more; it is committed for at least the
+    fallback, exceeds its hourly price. A new replica absorbs the offered tokens beyond what the replicas
+    before it carry at `replicaTokensPerSecond` each (up to that much itself), or its credit of what the
+    gateway is overflowing (bursts the averages cannot see), whichever is more; it is committed for the
     billing horizon (the billing unit, the minimum billed time, or one cold start plus the scale-down
     delay, whichever is longest) but serves only after its cold start. None when the offered token rate
     is unknown.
@@ -130,11 +132,10 @@ def replica_worth(
         absorbed = min(offered / (replicas_before + 1), capacity)
         api_usd = absorbed * usd_per_token * 3600.0
         return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0)
-    spread = min(capacity, offered / wanted) if wanted > 0 else capacity
-    absorbed = min(max(offered - replicas_before * spread, 0.0), spread)
+    beyond = min(max(offered - replicas_before * capacity, 0.0), capacity)
     overflow = max(demand.overflow_tokens_per_second or 0.0, 0.0)
-    absorbed = max(absorbed, min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity))
-    return _start_check(spec, absorbed, usd_per_token)
+    bursts = OVERFLOW_CREDIT * min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity)
+    return _start_check(spec, max(beyond, bursts), usd_per_token)
 
 
 def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> CostCheck:
@@ -156,7 +157,7 @@ def _cost_limit(spec: GPUPoolSpec, demand: DemandSample, wanted: int, current: i
     """How many of the `wanted` replicas pay for themselves, and the first check that failed (if any)."""
     replicas = 0
     while replicas < wanted:
-        check = replica_worth(spec, demand, replicas, wanted=wanted, current=current)
+        check = replica_worth(spec, demand, replicas, current=current)
         if check is None:
             return wanted, None
         if not check.worth_it:
@@ -282,12 +283,13 @@ def _decide_on_demand(
     # over pays for it.
     overflow = demand.overflow_tokens_per_second or 0.0
     # Only with every replica Ready: one still starting will take over part of the overflow. A new
-    # replica is credited with half the overflow: bursts are uneven, and what one more replica absorbs
-    # of them shrinks with every replica added.
+    # replica is credited with OVERFLOW_CREDIT of it.
     overflow_pays = False
     if overflow > 0 and fallback_open and current > 0 and obs.ready_replicas >= current:
         _, usd_per_token = _usd_per_token(spec, demand)
-        burst = _start_check(spec, 0.5 * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token)
+        burst = _start_check(
+            spec, OVERFLOW_CREDIT * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token
+        )
         overflow_pays = burst.worth_it
         if overflow_pays and wanted <= current:
             wanted = current + 1

@@ -214,17 +214,19 @@ def test_cost_aware_scale_up_starts_a_gpu_when_demand_pays_for_it() -> None:
     assert (decision.desired_replicas, decision.reason) == (1, Reason.QUEUE_HIGH)
 
 
-def test_cost_check_spreads_offered_tokens_over_the_wanted_replicas() -> None:
-    spec = make_spec()
-    demand = sample(TUE_NOON, 12, tokens=(1200, 0))
-    # The queue wants 2 replicas; 1200 tok/s is under one replica's 6000, so the queue wins: 600 each.
-    second = replica_worth(spec, demand, 1, wanted=2, current=1)
-    assert second is not None
-    assert second.absorbed_tokens_per_second == pytest.approx(600)
-    # With the throughput as the limit, the third of three replicas absorbs what two cannot.
-    busy = replica_worth(spec, sample(TUE_NOON, 24, tokens=(6000, 0)), 2, wanted=3, current=2)
-    assert busy is not None and busy.absorbed_tokens_per_second == pytest.approx(2000)
-    assert replica_worth(spec, sample(TUE_NOON, 12), 1, wanted=2, current=1) is None  # token rate unknown
+def test_new_replica_is_credited_with_load_beyond_capacity_or_half_the_overflow() -> None:
+    spec = make_spec()  # 6,000 tok/s per replica
+    # 13,000 tok/s offered: two replicas carry 12,000, a third absorbs the remaining 1,000.
+    third = replica_worth(spec, sample(TUE_NOON, 24, tokens=(12000, 1000)), 2, current=2)
+    assert third is not None and third.absorbed_tokens_per_second == pytest.approx(1000)
+    # 1,200 tok/s is within one replica: a second absorbs nothing on averages...
+    calm = replica_worth(spec, sample(TUE_NOON, 12, tokens=(1200, 0)), 1, current=1)
+    assert calm is not None and calm.absorbed_tokens_per_second == 0 and not calm.worth_it
+    # ...but half of what the gateway overflows, when bursts do not fit.
+    bursty = replace(sample(TUE_NOON, 12, tokens=(1200, 0)), overflow_tokens_per_second=800.0)
+    second = replica_worth(spec, bursty, 1, current=1)
+    assert second is not None and second.absorbed_tokens_per_second == pytest.approx(400)
+    assert replica_worth(spec, sample(TUE_NOON, 12), 1, current=1) is None  # token rate unknown
 
 
 def test_offered_tokens_want_replicas_the_sampled_queue_cannot_see() -> None:
