@@ -41,6 +41,13 @@ FAMILIES = (
 )
 
 
+def _fresh_connections(most: int) -> httpx.Limits:
+    # No keep-alive: when vLLM stalls the machine for seconds, its server closes idle connections
+    # (uvicorn's 5 s keep-alive) and a request sent on such a connection fails with "Server
+    # disconnected without sending a response", which says nothing about vLLM's behaviour.
+    return httpx.Limits(max_connections=most, max_keepalive_connections=0)
+
+
 def _complete(http: httpx.Client, url: str) -> int:
     body = {"model": MODEL_NAME, "prompt": "def tide():", "max_tokens": LONG_OUTPUT, "ignore_eos": True}
     return http.post(url + "/v1/completions", json=body, timeout=BURST_DEADLINE_SECONDS).status_code
@@ -90,8 +97,7 @@ def test_openai_client_plain_and_streaming(real_vllm: RealVllm) -> None:
 
 def test_reader_sees_max_num_seqs_running_and_the_rest_waiting(real_vllm: RealVllm) -> None:
     burst = MAX_NUM_QUEUED_REQS
-    limits = httpx.Limits(max_connections=burst + 4)
-    with httpx.Client(limits=limits) as http, ThreadPoolExecutor(max_workers=burst) as pool:
+    with httpx.Client(limits=_fresh_connections(burst + 4)) as http, ThreadPoolExecutor(max_workers=burst) as pool:
         before = _sample(http, real_vllm.url)
         futures = [pool.submit(_complete, http, real_vllm.url) for _ in range(burst)]
         readings: list[MetricsReading] = []
@@ -172,7 +178,7 @@ def test_queue_limit_answers_503_and_is_counted(real_vllm: RealVllm) -> None:
     # Fill the queue to its limit, then probe. On 2 shared cores vLLM's worker can stall the
     # whole machine for seconds, so a fill may drain before the probes land: up to 3 rounds.
     probes: list[httpx.Response] = []
-    with httpx.Client(limits=httpx.Limits(max_connections=MAX_NUM_QUEUED_REQS + 4)) as http:
+    with httpx.Client(limits=_fresh_connections(MAX_NUM_QUEUED_REQS + 4)) as http:
         before = _sample(http, real_vllm.url)
         for _ in range(3):
             probes += _fill_then_probe(http, real_vllm.url)
@@ -191,7 +197,7 @@ def test_queue_limit_answers_503_and_is_counted(real_vllm: RealVllm) -> None:
 
 
 def test_standin_exposes_the_same_families_as_real_vllm(real_vllm: RealVllm) -> None:
-    with httpx.Client() as http:
+    with httpx.Client(limits=_fresh_connections(4)) as http:
         real = _shape(http.get(real_vllm.url + "/metrics").text)
         with BackgroundCluster(StandinConfig(model_name=MODEL_NAME)) as standin:
             fake = _shape(http.get(standin.url(standin.ports[0]) + "/metrics").text)
