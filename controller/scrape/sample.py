@@ -1,8 +1,10 @@
-"""The two outcomes of reading an engine's metrics: a sample, or no data."""
+"""The two outcomes of reading an engine's metrics: a sample, or no data (the loop's own `NoData`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from controller.ports import NoData
 
 __all__ = ["EngineSample", "MetricsReading", "NoData"]
 
@@ -35,13 +37,6 @@ class EngineSample:
     def in_flight(self) -> int:
         """Requests the server holds: waiting plus running."""
         return self.waiting + self.running
-
-
-@dataclass(frozen=True, slots=True)
-class NoData:
-    """A scrape that produced nothing to act on; callers hold, they never read it as zero."""
-
-    reason: str
 
 
 MetricsReading = EngineSample | NoData
