@@ -97,19 +97,24 @@ def test_openai_client_plain_and_streaming(real_vllm: RealVllm) -> None:
 
 def test_reader_sees_max_num_seqs_running_and_the_rest_waiting(real_vllm: RealVllm) -> None:
     burst = MAX_NUM_QUEUED_REQS
-    with httpx.Client(limits=_fresh_connections(burst + 4)) as http, ThreadPoolExecutor(max_workers=burst) as pool:
-        before = _sample(http, real_vllm.url)
+    # The burst and the scrapes use separate clients, so a scrape never waits on the burst's pool.
+    with (
+        httpx.Client(limits=_fresh_connections(burst + 4)) as http,
+        httpx.Client(limits=_fresh_connections(2)) as scraper,
+        ThreadPoolExecutor(max_workers=burst) as pool,
+    ):
+        before = _sample(scraper, real_vllm.url)
         futures = [pool.submit(_complete, http, real_vllm.url) for _ in range(burst)]
         readings: list[MetricsReading] = []
         deadline = time.monotonic() + BURST_DEADLINE_SECONDS
         while not all(f.done() for f in futures) and time.monotonic() < deadline:
-            reading = scrape_vllm(real_vllm.url + "/metrics", client=http, model_name=MODEL_NAME)
+            reading = scrape_vllm(real_vllm.url + "/metrics", client=scraper, model_name=MODEL_NAME)
             readings.append(reading)
             if isinstance(reading, EngineSample) and _all_arrived(reading, before, burst) and reading.waiting > 0:
                 break
             time.sleep(0.02)
         codes = [f.result(timeout=BURST_DEADLINE_SECONDS) for f in futures]
-        after = _sample(http, real_vllm.url)
+        after = _sample(scraper, real_vllm.url)
 
     samples = [r for r in readings if isinstance(r, EngineSample)]
     assert codes == [200] * burst
@@ -145,8 +150,9 @@ def _fill_then_probe(http: httpx.Client, url: str) -> list[httpx.Response]:
     """Fill the queue to its limit with long requests, then send two short probes."""
     limit = MAX_NUM_QUEUED_REQS
     probe = {"model": MODEL_NAME, "prompt": "one too many", "max_tokens": 1}
-    with ThreadPoolExecutor(limit) as pool:
-        futures = [pool.submit(_complete, http, url) for _ in range(limit)]
+    # The fill has its own client, so the scrapes and probes never wait on its connection pool.
+    with httpx.Client(limits=_fresh_connections(limit + 2)) as fill, ThreadPoolExecutor(limit) as pool:
+        futures = [pool.submit(_complete, fill, url) for _ in range(limit)]
         deadline = time.monotonic() + BURST_DEADLINE_SECONDS
         while not all(f.done() for f in futures) and time.monotonic() < deadline:
             if _sample(http, url).in_flight >= limit:
