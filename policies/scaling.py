@@ -4,9 +4,10 @@ The order of the rules is the order of their authority:
 1. an `off` override, then a GPU-budget cap with scaleToZero, set zero outright;
 2. the schedule sets a floor (open window, pre-warm ahead of an opening, keepWarm override) and a ceiling;
 3. without fresh data the replicas are held (a missing metric is never zero load);
-4. with data, the queue sets a demand; growth is step-limited and only bought where a GPU costs less
-   than the API spend it would absorb; shrinking waits out the scale-down delay, the idle grace and any
-   GPU time already paid for;
+4. with data, the queue and the offered token rate set a demand, and overflow that would pay for a
+   replica adds one; growth is step-limited and only bought where a GPU costs less than the API spend
+   it would absorb (token rates smoothed first); shrinking waits out the scale-down delay, the burst
+   memory, the idle grace and any GPU time already paid for;
 5. the floor and ceiling clamp the result.
 """
 

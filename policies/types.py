@@ -124,7 +124,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class PolicyState:
-    """What a policy remembers between decisions; recoverable from the pool's status after a restart.
+    """What a policy remembers between decisions; a fresh one is always safe (see `started_at`).
 
     `recommendations` are (time, replicas) pairs within the scale-down delay, used like the HPA's
     stabilisation window: the pool scales down only to the highest recommendation in that window.
