@@ -205,8 +205,13 @@ def decide(spec: GPUPoolSpec, obs: Observation, state: PolicyState, now: dt.date
         why = f"metrics are {age:.0f} s old (limit {spec.demand.metric_max_age_seconds} s)"
         return _hold(spec, obs, limits, Reason.STALE_DATA_HOLD, why), state
 
+    # Capacity follows the offered rate as measured (like the HPA's utilisation); money is weighed on the
+    # smoothed rates, so one burst does not buy a GPU.
+    offered_now = None
+    if demand.input_tokens_per_second is not None and demand.output_tokens_per_second is not None:
+        offered_now = demand.input_tokens_per_second + demand.output_tokens_per_second
     demand, state = _smooth_rates(spec, demand, state, now)
-    return _decide_on_demand(spec, obs, demand, state, now, limits, gpu_capped)
+    return _decide_on_demand(spec, obs, demand, state, now, limits, gpu_capped, offered_now)
 
 
 def _smooth_rates(
@@ -244,6 +249,7 @@ def _decide_on_demand(
     now: dt.datetime,
     limits: Limits,
     gpu_capped: bool,
+    offered_now: float | None,
 ) -> tuple[Decision, PolicyState]:
     current = obs.current_replicas
     queue = demand.queue
@@ -264,8 +270,8 @@ def _decide_on_demand(
 
     # The offered token rate counts every request, also those the gateway sent away: a queue sampled on
     # the GPUs alone cannot see demand that overflowed.
-    if demand.input_tokens_per_second is not None and demand.output_tokens_per_second is not None:
-        offered = demand.input_tokens_per_second + demand.output_tokens_per_second
+    if offered_now is not None:
+        offered = offered_now
         capacity = spec.demand.replica_tokens_per_second
         token_wanted = max(math.ceil(offered / capacity - 1e-9), 0)
         details.append(("offered_tokens_per_second", offered))

@@ -362,3 +362,13 @@ def test_inputs_are_not_mutated_and_state_is_new() -> None:
     assert spec.model_dump() == before
     assert state == OLD_STATE and new_state is not state
     assert new_state.recommendations[-1] == (TUE_NOON, 3)
+
+
+def test_capacity_follows_the_measured_rate_while_money_waits_for_the_average() -> None:
+    # The smoothed rate is still near zero after a jump to 15,000 tok/s; replicas follow the jump
+    # (without a fallback there is nothing to price), as the HPA follows utilisation.
+    spec = make_spec(fallback={"baseUrl": None})
+    before = replace(OLD_STATE, rates=(0.0, 0.0, 0.0), rates_at=TUE_NOON - dt.timedelta(seconds=15))
+    decision, state = decide(spec, obs(1, sample(TUE_NOON, 2, tokens=(14000, 1000))), before, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (3, Reason.TOKENS_HIGH)
+    assert state.rates is not None and sum(state.rates[:2]) < 1000  # what gets priced moved only a little
