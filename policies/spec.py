@@ -10,7 +10,7 @@ import datetime as dt
 import re
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays as holidays_lib
@@ -533,8 +533,3 @@ def _conflicting_overlaps(windows: list[Window]) -> list[str]:
                     f"different replica limits"
                 )
     return problems
-
-
-def json_schema_for_docs() -> dict[str, Any]:
-    """The spec's JSON schema by alias (used for the CRD and the docs' tables)."""
-    return GPUPoolSpec.model_json_schema(by_alias=True)
