@@ -1,11 +1,18 @@
-"""Per-request routing: serve on the GPUs while they keep up, otherwise send to the fallback API."""
+"""Per-request routing: serve on the GPUs while they keep up, otherwise send to the fallback API.
+
+Under a burst, a FIFO queue makes every request behind the burst late, also those that arrive once the
+burst is past. With `on_time_wait_seconds` given, the gateway keeps two lanes on the GPUs: a request that
+can still make the pool's latency objective goes in the normal lane, one that cannot goes in a late lane
+served only when the normal lane is empty (vLLM's `--scheduling-policy priority`, the request's
+`priority` field). Late requests are late either way; the ones behind them are not made late too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
-__all__ = ["Route", "RouteDecision", "Routing", "expected_wait_seconds", "route_request"]
+__all__ = ["Lane", "Route", "RouteDecision", "Routing", "expected_wait_seconds", "route_request"]
 
 
 class Routing(StrEnum):
@@ -27,13 +34,21 @@ class Route(StrEnum):
     REJECT = "reject"
 
 
+class Lane(IntEnum):
+    """A GPU request's scheduling priority, as vLLM's `priority` field (lower is served first)."""
+
+    ON_TIME = 0
+    LATE = 1
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """A routing choice with its reason (cold, saturated, within-wait, fallback-closed)."""
+    """A routing choice with its reason (cold, saturated, within-wait, on-time, late, fallback-closed)."""
 
     route: Route
     reason: str
     expected_wait_seconds: float
+    lane: Lane = Lane.ON_TIME
 
 
 def expected_wait_seconds(waiting: float, ready_replicas: int, replica_requests_per_second: float) -> float:
@@ -51,19 +66,39 @@ def route_request(
     max_wait_seconds: float,
     fallback_open: bool,
     reject_when_closed: bool = False,
+    late_waiting: float = 0.0,
+    on_time_wait_seconds: float | None = None,
 ) -> RouteDecision:
     """Route one request given the pool's queue, its ready replicas and their throughput.
 
-    With no ready replica (scaled to zero or still starting) or an expected wait above the pool's
-    limit, the request overflows to the fallback, unless the fallback is closed (no URL, budget cap),
-    in which case it queues on the GPUs or, if asked, is rejected.
+    `waiting` is the work ahead in the normal lane, `late_waiting` in the late lane (in requests, or in
+    any unit `replica_requests_per_second` counts). Without `on_time_wait_seconds` there is one lane: a
+    request whose expected wait is within `max_wait_seconds` queues on the GPUs. With it (the longest
+    wait at which this request still makes the objective), a request queues in the normal lane when its
+    wait there is within both limits, and in the late lane when it would miss the objective but the
+    wait behind both lanes is within `max_wait_seconds`.
+
+    Otherwise (no ready replica, i.e. scaled to zero or still starting, or too long a wait) the request
+    overflows to the fallback, unless the fallback is closed (no URL, budget cap), in which case it
+    queues on the GPUs (in the late lane when there are two) or, if asked, is rejected.
     """
     wait = expected_wait_seconds(waiting, ready_replicas, replica_requests_per_second)
-    if wait <= max_wait_seconds:
-        return RouteDecision(Route.GPU, "within-wait", wait)
+    if on_time_wait_seconds is None:
+        if wait <= max_wait_seconds:
+            return RouteDecision(Route.GPU, "within-wait", wait)
+        return _away(wait, ready_replicas, fallback_open, reject_when_closed, Lane.ON_TIME)
+    if wait <= min(max_wait_seconds, on_time_wait_seconds):
+        return RouteDecision(Route.GPU, "on-time", wait)
+    behind_all = expected_wait_seconds(waiting + late_waiting, ready_replicas, replica_requests_per_second)
+    if behind_all <= max_wait_seconds:
+        return RouteDecision(Route.GPU, "late-within-wait", behind_all, Lane.LATE)
+    return _away(behind_all, ready_replicas, fallback_open, reject_when_closed, Lane.LATE)
+
+
+def _away(wait: float, ready_replicas: int, fallback_open: bool, reject: bool, lane: Lane) -> RouteDecision:
     reason = "cold" if ready_replicas <= 0 else "saturated"
     if fallback_open:
         return RouteDecision(Route.FALLBACK, reason, wait)
-    if reject_when_closed:
+    if reject:
         return RouteDecision(Route.REJECT, f"{reason}-fallback-closed", wait)
-    return RouteDecision(Route.GPU, f"{reason}-fallback-closed", wait)
+    return RouteDecision(Route.GPU, f"{reason}-fallback-closed", wait, lane)

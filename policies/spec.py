@@ -36,6 +36,7 @@ __all__ = [
     "Holidays",
     "LastDecision",
     "ObjectMeta",
+    "Objective",
     "Override",
     "OverrideMode",
     "Schedule",
@@ -367,6 +368,16 @@ class Fallback(_Model):
     """Longest expected queue wait on the GPUs before a request overflows to the fallback."""
 
 
+class Objective(_Model):
+    """The latency the pool aims for, and how the gateway keeps it under load."""
+
+    ttft_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """Time to first token the pool aims for (the simulator's SLO by default)."""
+    defer_late_requests: bool = True
+    """Queue requests that would miss the objective behind those that can still make it, with vLLM's
+    request priority (the engine must run with --scheduling-policy priority); false keeps one FIFO."""
+
+
 class GPUCapAction(StrEnum):
     """What the pool does when today's GPU-hours reach the cap."""
 
@@ -411,6 +422,8 @@ class GPUPoolSpec(_Model):
     """The paid API for overflow."""
     budget: Budget = Field(default_factory=Budget)
     """Daily caps."""
+    objective: Objective = Field(default_factory=Objective)
+    """The latency objective and late-request handling."""
 
     @model_validator(mode="after")
     def _windows_within_pool(self) -> GPUPoolSpec:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from policies.overflow import Route, RouteDecision, expected_wait_seconds, route_request
+from policies.overflow import Lane, Route, RouteDecision, expected_wait_seconds, route_request
 
 INF = math.inf
 
@@ -119,3 +119,49 @@ def test_reject_defaults_to_off() -> None:
         waiting=100, ready_replicas=1, replica_requests_per_second=1.0, max_wait_seconds=2.0, fallback_open=False
     )
     assert decision.route is Route.GPU
+
+
+# Two lanes: a request that can still make the objective goes ahead of those that cannot.
+@pytest.mark.parametrize(
+    ("waiting", "late", "on_time", "max_wait", "fallback_open", "expected"),
+    [
+        pytest.param(1, 5, 2.0, 30.0, True, RouteDecision(Route.GPU, "on-time", 1.0), id="on-time-ahead-of-late"),
+        pytest.param(2, 0, 2.0, 30.0, True, RouteDecision(Route.GPU, "on-time", 2.0), id="on-time-at-objective"),
+        pytest.param(
+            3, 5, 2.0, 30.0, True, RouteDecision(Route.GPU, "late-within-wait", 8.0, Lane.LATE), id="late-queues"
+        ),
+        pytest.param(
+            3, 5, 2.0, 8.0, True, RouteDecision(Route.GPU, "late-within-wait", 8.0, Lane.LATE), id="late-at-limit"
+        ),
+        pytest.param(3, 5, 2.0, 7.0, True, RouteDecision(Route.FALLBACK, "saturated", 8.0), id="late-over-limit"),
+        # A wait limit under the objective: the limit decides, as with one lane.
+        pytest.param(2, 0, 2.0, 1.0, True, RouteDecision(Route.FALLBACK, "saturated", 2.0), id="limit-under-objective"),
+        pytest.param(
+            3,
+            5,
+            2.0,
+            7.0,
+            False,
+            RouteDecision(Route.GPU, "saturated-fallback-closed", 8.0, Lane.LATE),
+            id="closed-queues-late",
+        ),
+        # A prompt whose own prefill takes the whole objective can only be on time with no wait.
+        pytest.param(0, 5, 0.0, 30.0, True, RouteDecision(Route.GPU, "on-time", 0.0), id="no-slack-empty-lane"),
+        pytest.param(
+            0.5, 0, 0.0, 30.0, True, RouteDecision(Route.GPU, "late-within-wait", 0.5, Lane.LATE), id="no-slack"
+        ),
+    ],
+)
+def test_route_request_with_lanes(
+    waiting: float, late: float, on_time: float, max_wait: float, fallback_open: bool, expected: RouteDecision
+) -> None:
+    decision = route_request(
+        waiting=waiting,
+        ready_replicas=1,
+        replica_requests_per_second=1.0,
+        max_wait_seconds=max_wait,
+        fallback_open=fallback_open,
+        late_waiting=late,
+        on_time_wait_seconds=on_time,
+    )
+    assert decision == expected

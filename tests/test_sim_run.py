@@ -92,6 +92,91 @@ def test_a_request_waits_for_the_cold_start_and_speeds_up_with_more_replicas() -
     assert engine.ttft.tolist() == pytest.approx([11.0, 12.0, 13.0, 14.0])
 
 
+def _lanes_engine(arrivals: list[float], objective: float | None) -> PoolEngine:
+    # One replica decoding 1 token/s with no prefill: a 1-token request is 1 s of work, TTFT = wait.
+    replica = ReplicaModel(1e12, 1.0, 1e12, 256)
+    n = len(arrivals)
+    wl = _workload(arrivals, [0] * n, [1] * n, 20.0)
+    engine = PoolEngine(
+        wl,
+        replica,
+        FallbackModel(),
+        routing=Routing.OVERFLOW,
+        max_wait_seconds=1e9,
+        price=PRICE,
+        objective_ttft_seconds=objective,
+        has_fallback=False,
+    )
+    engine.set_ready(1)
+    return engine
+
+
+def test_late_requests_queue_behind_those_that_can_still_make_the_objective() -> None:
+    arrivals = [0.0] * 6 + [3.5]
+    engine = _lanes_engine(arrivals, objective=2.0)
+    engine.run_until(3.7)
+    engine.sample()  # settles mid-way: r3 started at 3 (late lane), r6 at 3.5 (on time, pausing r3)
+    engine.run_until(20.0)
+    engine.sample()
+    # r0-r2 wait 0-2 s (on time); r3-r5 could not make 2 s and go late; r6 arrives at 3.5 to an empty
+    # normal lane and is served at once, r3's remaining half second resumes at 4.5, r4 starts at 5, r5 at 6.
+    assert engine.ttft.tolist() == pytest.approx([0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 0.0])
+    assert engine.late.tolist() == [False, False, False, True, True, True, False]
+    assert engine.route.tolist() == [RouteCode.GPU] * 7
+
+    fifo = _lanes_engine(arrivals, objective=None)
+    fifo.run_until(20.0)
+    fifo.sample()
+    # One FIFO: r6 waits behind all of them. The same work is done by the same time either way.
+    assert fifo.ttft.tolist() == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 2.5])
+    assert not fifo.late.any()
+
+
+def test_late_lane_stands_still_while_no_replica_is_ready() -> None:
+    engine = _lanes_engine([0.0] * 4, objective=1.0)
+    engine.run_until(0.5)
+    engine.set_ready(0)  # the only replica goes away at 0.5 and is back at 10
+    engine.run_until(10.0)
+    engine.sample()
+    engine.set_ready(1)
+    engine.run_until(20.0)
+    engine.sample()
+    # r0 on time, r1 on time (wait 1 s), r2 and r3 late; r0 was half done at 0.5, the rest waits to 10.
+    assert engine.late.tolist() == [False, False, True, True]
+    assert engine.ttft.tolist() == pytest.approx([0.0, 10.5, 11.5, 12.5])
+
+
+def test_late_lane_keeps_the_work_and_raises_attainment_on_a_bursty_day() -> None:
+    workload = _week(days=1, peak_rps=4.0, seed=3)
+    engines = []
+    for objective in (2.0, None):
+        engine = PoolEngine(
+            workload,
+            ReplicaModel(),
+            FallbackModel(),
+            routing=Routing.OVERFLOW,
+            max_wait_seconds=1e9,
+            price=PRICE,
+            objective_ttft_seconds=objective,
+            has_fallback=False,
+        )
+        engine.set_ready(1)
+        engines.append(engine)
+    lanes, fifo = engines
+    for hour in range(1, 25):
+        for engine in engines:
+            engine.run_until(hour * 3600.0)
+            engine.sample()
+        # Work-conserving either way: the same work is left at every hour.
+        assert lanes.backlog == pytest.approx(fifo.backlog, abs=1e-6)
+    for engine in engines:
+        engine.finish(workload.duration_s)
+    assert np.isfinite(lanes.ttft).all() and np.isfinite(fifo.ttft).all()
+    within = [float(np.mean(engine.ttft <= 2.0)) for engine in engines]
+    assert lanes.late.any()
+    assert within[0] > within[1] + 0.05, within
+
+
 def test_routing_matches_route_request() -> None:
     replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
     wl = _workload([0.0] * 6, [1000] * 6, [0] * 6, 10.0)

@@ -121,7 +121,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     out = p.add_argument_group("results")
     out.add_argument("--policy", choices=POLICY_NAMES, action="append", help="run only these (repeat)")
     out.add_argument("--compare", action="store_true", help="every policy in one table (the default)")
-    out.add_argument("--slo-ttft", type=_positive, default=2.0, help="time-to-first-token SLO, s (default 2)")
+    out.add_argument(
+        "--slo-ttft", type=_positive, help="time-to-first-token SLO, s (default: the pool's objective.ttftSeconds)"
+    )
     out.add_argument("--json", type=Path, help="write the results as JSON")
     out.add_argument("--plot", type=Path, help="write a PNG of demand, replicas, windows and cumulative cost")
     out.add_argument("--decisions", type=Path, help="write every policy's decision log (JSON lines)")
@@ -156,8 +158,8 @@ def build_workload(args: argparse.Namespace) -> Workload:
     return workload
 
 
-def settings_from(args: argparse.Namespace) -> RunSettings:
-    """The simulated world's settings from the arguments."""
+def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
+    """The simulated world's settings from the arguments (the SLO from the pool's objective by default)."""
     if args.max_num_seqs < 1:
         raise InputError("--max-num-seqs must be at least 1")
     if args.gpu_cap is not None and args.gpu_cap < 0:
@@ -168,7 +170,7 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
         tick_seconds=args.tick,
         gpu_cap=args.gpu_cap,
         scrape_fail_every=max(args.scrape_fail_every, 0),
-        slo_ttft_seconds=args.slo_ttft,
+        slo_ttft_seconds=args.slo_ttft if args.slo_ttft is not None else spec.objective.ttft_seconds,
     )
 
 
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.pool)
         workload = build_workload(args)
-        settings = settings_from(args)
+        settings = settings_from(args, spec)
     except (TraceError, InputError, ValueError) as exc:
         print(f"ebbtide simulate: error: {exc}", file=sys.stderr)
         return 2

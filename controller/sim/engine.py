@@ -2,21 +2,26 @@
 
 Capacity. Each request costs a Ready replica `work = prompt / prefill_tps + output / decode_tps`
 seconds of its full throughput (continuous batching shares a replica between many sequences; the
-shares add up to this much busy time). The pool is one fluid FIFO server working at `ready` such
-seconds per second: a request's queue wait is the time until all work that arrived before it has been
-done, its time to first token is that wait plus its own prefill (`prompt / prefill_tps`). The running
-batch (`num_requests_running`) holds a request from its start until its last token
-(`prompt / prefill_tps + output / sequence_tps`), at most `max_num_seqs` per replica; the rest count
-as waiting. This is exact in throughput and, at moderate load, a little pessimistic on waits (a real
+shares add up to this much busy time). The pool is a fluid server working at `ready` such seconds per
+second with two FIFO lanes, the late lane served only while the normal lane is empty (preemptively, as
+vLLM's priority scheduling preempts a lower-priority sequence). A request's queue wait is the time until
+all work ahead of it in its lane, and for the late lane all normal work too, has been done; its time to
+first token is that wait plus its own prefill (`prompt / prefill_tps`). The running batch
+(`num_requests_running`) holds a request from its start until its last token
+(`prompt / prefill_tps + output / sequence_tps`), at most `max_num_seqs` per replica; the rest count as
+waiting. This is exact in throughput and, at moderate load, a little pessimistic on waits (a real
 scheduler interleaves a new prefill with running decodes instead of finishing them first).
 
 Routing follows `policies.overflow.route_request`: a request whose expected wait (work ahead over the
 pool's ready throughput) exceeds `fallback.max_queue_wait_seconds`, or that finds no Ready replica, goes
-to the fallback when it is open; otherwise it queues (or is rejected, if the pool says so).
+to the fallback when it is open; otherwise it queues (or is rejected, if the pool says so). With the
+pool's objective (`objective.deferLateRequests`), a request whose wait in the normal lane would make it
+miss `objective.ttftSeconds` (its own prefill counted) queues in the late lane instead. Only Ebbtide's
+gateway has lanes; the baselines model plain vLLM, one FIFO.
 
 The loop over requests is plain Python over one control tick's arrivals at a time; everything else is
 vectorised. Start times are recovered exactly, even when the number of Ready replicas changes while a
-request waits, by recording the served-work curve V(t) (piecewise linear) and inverting it.
+request waits, by recording each lane's served-work curve V(t) (piecewise linear) and inverting it.
 """
 
 from __future__ import annotations
@@ -131,6 +136,63 @@ class DemandReading:
     overflow_tokens_per_second: float = 0.0
 
 
+class _Lane:
+    """One priority lane of GPU requests: a fluid FIFO with its served-work curve and unstarted requests."""
+
+    __slots__ = ("backlog", "bt", "bv", "pending_idx", "pending_pos", "served")
+
+    def __init__(self) -> None:
+        self.backlog = 0.0
+        self.served = 0.0
+        # The served-work curve since the last sample: breakpoints (time, served work).
+        self.bt: list[float] = [0.0]
+        self.bv: list[float] = [0.0]
+        # Requests not yet started: indices and work positions, in arrival (= FIFO) order.
+        self.pending_idx: list[npt.NDArray[np.int64]] = []
+        self.pending_pos: list[FloatArray] = []
+
+    def mark(self, t: float) -> None:
+        """A breakpoint at `t`: the curve's slope may change here."""
+        self.bt.append(t)
+        self.bv.append(self.served)
+
+    def pending(self) -> int:
+        return sum(int(p.size) for p in self.pending_pos)
+
+
+def _drain(
+    ready: int, t0: float, t1: float, b1: float, s1: float, b2: float, s2: float, one: _Lane, two: _Lane
+) -> tuple[float, float, float, float]:
+    """Serve from t0 to t1 at `ready` replica-seconds per second, the normal lane first (preemptive).
+
+    Takes and returns the lanes' (backlog, served) as plain floats, for the per-request loop; appends
+    the breakpoints where a lane's curve changes slope.
+    """
+    if ready <= 0 or (b1 <= 0.0 and b2 <= 0.0):
+        return b1, s1, b2, s2
+    t = t0
+    if b1 > 0.0:
+        cap = ready * (t1 - t0)
+        if cap < b1:
+            return b1 - cap, s1 + cap, b2, s2
+        t = t0 + b1 / ready
+        s1 += b1
+        b1 = 0.0
+        one.bt.append(t)
+        one.bv.append(s1)
+        if b2 <= 0.0:
+            return b1, s1, b2, s2
+        two.bt.append(t)  # the late lane starts moving when the normal lane empties
+        two.bv.append(s2)
+    cap = ready * (t1 - t)
+    if cap < b2:
+        return b1, s1, b2 - cap, s2 + cap
+    s2 += b2
+    two.bt.append(t + b2 / ready)
+    two.bv.append(s2)
+    return b1, s1, 0.0, s2
+
+
 class PoolEngine:
     """Serves one workload under a changing number of Ready replicas; see the module docstring."""
 
@@ -144,6 +206,8 @@ class PoolEngine:
         max_wait_seconds: float,
         price: ApiPrice,
         rate_window_seconds: float = 60.0,
+        objective_ttft_seconds: float | None = None,
+        has_fallback: bool = True,
     ) -> None:
         self.workload = workload
         self.replica = replica
@@ -152,25 +216,22 @@ class PoolEngine:
         self.max_wait_seconds = max_wait_seconds
         self.price = price
         self.rate_window_seconds = rate_window_seconds
+        # With an objective, requests that would miss it go to the late lane (Ebbtide's gateway only).
+        self.objective_ttft_seconds = objective_ttft_seconds if routing is Routing.OVERFLOW else None
         n = len(workload)
         self.work = replica.work_seconds(workload.input_tokens, workload.output_tokens)
         self.prefill = workload.input_tokens / replica.prefill_tokens_per_second
         self.route = np.zeros(n, dtype=np.int8)
+        self.late = np.zeros(n, dtype=np.bool_)
         self.ttft = np.full(n, np.inf, dtype=np.float64)
-        self.fallback_open = routing is not Routing.QUEUE
+        self.has_fallback = has_fallback and routing is not Routing.QUEUE
+        self.fallback_open = self.has_fallback
         self.reject_when_closed = False
         self.fallback_usd_day = 0.0
         self._next = 0
         self._t = 0.0
         self._ready = 0
-        self._backlog = 0.0
-        self._served = 0.0
-        # The served-work curve since the last sample: breakpoints (time, served work).
-        self._bt: list[float] = [0.0]
-        self._bv: list[float] = [0.0]
-        # GPU requests not yet started: indices and work positions, in arrival (= FIFO) order.
-        self._pending_idx: list[npt.NDArray[np.int64]] = []
-        self._pending_pos: list[FloatArray] = []
+        self._lanes = (_Lane(), _Lane())
         self._running: deque[FloatArray] = deque()
         self._overflowing: deque[FloatArray] = deque()
 
@@ -184,11 +245,16 @@ class PoolEngine:
         """Ready replicas serving right now."""
         return self._ready
 
+    @property
+    def backlog(self) -> float:
+        """Replica-seconds of work queued on the GPUs, both lanes."""
+        return self._lanes[0].backlog + self._lanes[1].backlog
+
     def set_ready(self, ready: int) -> None:
         """Change the number of Ready replicas at the current time."""
         if ready != self._ready:
-            self._bt.append(self._t)
-            self._bv.append(self._served)
+            for lane in self._lanes:
+                lane.mark(self._t)
             self._ready = ready
 
     def run_until(self, t_end: float) -> None:
@@ -204,29 +270,27 @@ class PoolEngine:
         self._drain_to(t_end)
 
     def _drain_to(self, t: float) -> None:
-        if self._backlog > 0.0 and self._ready > 0:
-            done = self._ready * (t - self._t)
-            if done >= self._backlog:
-                self._bt.append(self._t + self._backlog / self._ready)
-                self._served += self._backlog
-                self._bv.append(self._served)
-                self._backlog = 0.0
-            else:
-                self._backlog -= done
-                self._served += done
+        one, two = self._lanes
+        one.backlog, one.served, two.backlog, two.served = _drain(
+            self._ready, self._t, t, one.backlog, one.served, two.backlog, two.served, one, two
+        )
         self._t = t
 
     def _serve_arrivals(self, lo: int, hi: int) -> None:
         """The per-request loop: drain, route, enqueue (plain Python over one tick's arrivals)."""
         times = self.workload.arrival_s[lo:hi].tolist()
         works = self.work[lo:hi].tolist()
+        prefills = self.prefill[lo:hi].tolist()
         codes = [RouteCode.GPU] * len(times)
-        positions: list[float] = []
-        gpu_idx: list[int] = []
-        bt, bv = self._bt, self._bv
-        ready, backlog, served, t_last = self._ready, self._backlog, self._served, self._t
+        one, two = self._lanes
+        positions: tuple[list[float], list[float]] = ([], [])
+        gpu_idx: tuple[list[int], list[int]] = ([], [])
+        late_idx: list[int] = []
+        ready, t_last = self._ready, self._t
+        b1, s1, b2, s2 = one.backlog, one.served, two.backlog, two.served
         routing = self.routing
         limit = self.max_wait_seconds
+        objective = self.objective_ttft_seconds
         open_ = self.fallback_open
         capped = self._cap_tracking()
         usd_in = self.price.input_usd_per_million / 1e6
@@ -234,44 +298,51 @@ class PoolEngine:
         inputs = self.workload.input_tokens
         outputs = self.workload.output_tokens
         for k, t in enumerate(times):
-            if backlog > 0.0 and ready > 0:
-                done = ready * (t - t_last)
-                if done >= backlog:
-                    bt.append(t_last + backlog / ready)
-                    served += backlog
-                    bv.append(served)
-                    backlog = 0.0
-                else:
-                    backlog -= done
-                    served += done
+            if ready > 0 and (b1 > 0.0 or b2 > 0.0):
+                b1, s1, b2, s2 = _drain(ready, t_last, t, b1, s1, b2, s2, one, two)
             t_last = t
+            lane = 0
             if routing is Routing.FALLBACK:
                 code = RouteCode.FALLBACK
             elif routing is Routing.QUEUE:
                 code = RouteCode.GPU
-            elif ready > 0 and backlog <= limit * ready:
-                # route_request sends a request within the wait limit to the GPUs whatever else holds.
+            elif ready > 0 and b1 <= limit * ready and (objective is None or b1 <= (objective - prefills[k]) * ready):
+                # route_request puts a request within both limits in the normal lane whatever else holds.
                 code = RouteCode.GPU
             else:
-                # Expressed in work: `backlog` replica-seconds ahead at one replica-second per second each.
+                # Expressed in work: replica-seconds ahead at one replica-second per second each.
                 decision = route_request(
-                    waiting=backlog,
+                    waiting=b1,
                     ready_replicas=ready,
                     replica_requests_per_second=1.0,
                     max_wait_seconds=limit,
                     fallback_open=open_,
                     reject_when_closed=self.reject_when_closed,
+                    late_waiting=b2,
+                    on_time_wait_seconds=None if objective is None else objective - prefills[k],
                 )
                 code = {Route.GPU: RouteCode.GPU, Route.FALLBACK: RouteCode.FALLBACK}.get(
                     decision.route, RouteCode.REJECT
                 )
+                lane = int(decision.lane)
             if code == RouteCode.GPU:
-                if backlog == 0.0:
-                    bt.append(t)
-                    bv.append(served)
-                positions.append(served + backlog)
-                gpu_idx.append(lo + k)
-                backlog += works[k]
+                if lane == 0:
+                    if b1 <= 0.0:
+                        one.bt.append(t)
+                        one.bv.append(s1)
+                        if b2 > 0.0 and ready > 0:
+                            two.bt.append(t)  # the late lane pauses
+                            two.bv.append(s2)
+                    positions[0].append(s1 + b1)
+                    b1 += works[k]
+                else:
+                    if b2 <= 0.0 and b1 <= 0.0:
+                        two.bt.append(t)
+                        two.bv.append(s2)
+                    positions[1].append(s2 + b2)
+                    b2 += works[k]
+                    late_idx.append(lo + k)
+                gpu_idx[lane].append(lo + k)
             else:
                 codes[k] = code
                 if code == RouteCode.FALLBACK and capped:
@@ -280,11 +351,15 @@ class PoolEngine:
                     if self.fallback_usd_day >= self._fallback_cap:
                         open_ = False
         self.fallback_open = open_ if routing is Routing.OVERFLOW else self.fallback_open
-        self._ready, self._backlog, self._served, self._t = ready, backlog, served, t_last
+        one.backlog, one.served, two.backlog, two.served = b1, s1, b2, s2
+        self._t = t_last
         self.route[lo:hi] = codes
-        if gpu_idx:
-            self._pending_idx.append(np.asarray(gpu_idx, dtype=np.int64))
-            self._pending_pos.append(np.asarray(positions, dtype=np.float64))
+        if late_idx:
+            self.late[late_idx] = True
+        for lane_, idx, pos in zip(self._lanes, gpu_idx, positions, strict=True):
+            if idx:
+                lane_.pending_idx.append(np.asarray(idx, dtype=np.int64))
+                lane_.pending_pos.append(np.asarray(pos, dtype=np.float64))
         fb = np.flatnonzero(self.route[lo:hi] == RouteCode.FALLBACK) + lo
         if fb.size:
             self.ttft[fb] = self.fallback.ttft_seconds
@@ -305,7 +380,7 @@ class PoolEngine:
     def new_day(self) -> None:
         """Reset the day's fallback spend (the runner calls this at local midnight)."""
         self.fallback_usd_day = 0.0
-        if self.routing is Routing.OVERFLOW and self._fallback_cap < math.inf:
+        if self.routing is Routing.OVERFLOW and self.has_fallback and self._fallback_cap < math.inf:
             self.fallback_open = True
 
     def _cap_tracking(self) -> bool:
@@ -315,7 +390,7 @@ class PoolEngine:
         """Settle start times up to now and read waiting, running, overflow and offered token rates."""
         now = self._t
         self._settle_started(now)
-        pending = sum(int(p.size) for p in self._pending_pos)
+        pending = sum(lane.pending() for lane in self._lanes)
         running = 0
         while self._running and float(self._running[0].max(initial=-1.0)) <= now:
             self._running.popleft()
@@ -345,58 +420,41 @@ class PoolEngine:
 
     def _settle_started(self, now: float) -> None:
         """Give every GPU request that has started by `now` its start time, TTFT and finish time."""
-        self._bt.append(now)
-        self._bv.append(self._served)
-        if self._pending_pos:
-            positions = np.concatenate(self._pending_pos)
-            indices = np.concatenate(self._pending_idx)
-            # Work the pool has passed has started; with nothing Ready the head of the queue has not.
-            if self._backlog <= 0.0:
-                k = int(positions.size)
-            elif self._ready > 0:
-                k = int(np.searchsorted(positions, self._served + _EPS, side="right"))
-            else:
-                k = int(np.searchsorted(positions, self._served * (1.0 - 1e-15), side="left"))
-            if k:
-                started = indices[:k]
-                start = self._invert(positions[:k])
-                start = np.maximum(start, self.workload.arrival_s[started])
-                self.ttft[started] = start - self.workload.arrival_s[started] + self.prefill[started]
-                finish = (
-                    start
-                    + self.prefill[started]
-                    + self.workload.output_tokens[started] / self.replica.sequence_tokens_per_second
-                )
-                self._running.append(finish)
-            self._pending_pos = [positions[k:]] if k < positions.size else []
-            self._pending_idx = [indices[k:]] if k < indices.size else []
-        # Only the curve after this moment can matter to requests not yet started.
-        self._bt = [now]
-        self._bv = [self._served]
-
-    def _invert(self, positions: FloatArray) -> FloatArray:
-        """When service of each position began: the last moment the served-work curve was at or below it.
-
-        Taking the last moment (not the first) matters where the curve is flat while work waits (no
-        Ready replica): service begins where the curve starts to rise again.
-        """
-        times = np.asarray(self._bt, dtype=np.float64)
-        values = np.asarray(self._bv, dtype=np.float64)
-        j = np.searchsorted(values, positions, side="right")
-        beyond = j >= values.size
-        j = np.clip(j, 1, values.size - 1)
-        v0, v1 = values[j - 1], values[j]
-        t0, t1 = times[j - 1], times[j]
-        span = v1 - v0
-        frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
-        start = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
-        return np.where(beyond, times[-1], start)
+        one, two = self._lanes
+        for lane, moving in ((one, self._ready > 0), (two, self._ready > 0 and one.backlog <= 0.0)):
+            lane.mark(now)
+            if lane.pending_pos:
+                positions = np.concatenate(lane.pending_pos)
+                indices = np.concatenate(lane.pending_idx)
+                # Work the lane has passed has started; while the lane stands still its head has not.
+                if lane.backlog <= 0.0:
+                    k = int(positions.size)
+                elif moving:
+                    k = int(np.searchsorted(positions, lane.served + _EPS, side="right"))
+                else:
+                    k = int(np.searchsorted(positions, lane.served * (1.0 - 1e-15), side="left"))
+                if k:
+                    started = indices[:k]
+                    start = _invert(lane, positions[:k])
+                    start = np.maximum(start, self.workload.arrival_s[started])
+                    self.ttft[started] = start - self.workload.arrival_s[started] + self.prefill[started]
+                    finish = (
+                        start
+                        + self.prefill[started]
+                        + self.workload.output_tokens[started] / self.replica.sequence_tokens_per_second
+                    )
+                    self._running.append(finish)
+                lane.pending_pos = [positions[k:]] if k < positions.size else []
+                lane.pending_idx = [indices[k:]] if k < indices.size else []
+            # Only the curve after this moment can matter to requests not yet started.
+            lane.bt = [now]
+            lane.bv = [lane.served]
 
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
         self.run_until(max(horizon, self._t))
-        if self._backlog > 0.0 and self._ready > 0:
-            self._drain_to(self._t + self._backlog / self._ready + 1e-6)
+        if self.backlog > 0.0 and self._ready > 0:
+            self._drain_to(self._t + self.backlog / self._ready + 1e-6)
         self._settle_started(self._t)
 
     def fallback_tokens(self) -> tuple[int, int]:
@@ -408,3 +466,22 @@ class PoolEngine:
         """What the fallback billed for everything sent to it."""
         tokens_in, tokens_out = self.fallback_tokens()
         return api_cost_usd(tokens_in, tokens_out, self.price)
+
+
+def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:
+    """When service of each position began: the last moment the lane's served-work curve was at or below it.
+
+    Taking the last moment (not the first) matters where the curve is flat while work waits (no Ready
+    replica, or the normal lane ahead): service begins where the curve starts to rise again.
+    """
+    times = np.asarray(lane.bt, dtype=np.float64)
+    values = np.asarray(lane.bv, dtype=np.float64)
+    j = np.searchsorted(values, positions, side="right")
+    beyond = j >= values.size
+    j = np.clip(j, 1, values.size - 1)
+    v0, v1 = values[j - 1], values[j]
+    t0, t1 = times[j - 1], times[j]
+    span = v1 - v0
+    frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
+    start = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
+    return np.where(beyond, times[-1], start)

@@ -159,8 +159,6 @@ def run_policy(
     price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
     clock = SimClock(workload.start)
     cluster = SimCluster(clock, spec, gpu_cap=settings.gpu_cap)
-    if routing is Routing.OVERFLOW and spec.fallback.base_url is None:
-        routing = Routing.QUEUE  # the pool has no fallback to overflow to
     engine = PoolEngine(
         workload,
         settings.replica,
@@ -168,6 +166,8 @@ def run_policy(
         routing=routing,
         max_wait_seconds=spec.fallback.max_queue_wait_seconds,
         price=price,
+        objective_ttft_seconds=spec.objective.ttft_seconds if spec.objective.defer_late_requests else None,
+        has_fallback=spec.fallback.base_url is not None,  # without one, every request queues on the GPUs
     )
     if routing is Routing.OVERFLOW:
         engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
