@@ -6,7 +6,8 @@ The order of the rules is the order of their authority:
 3. without fresh data the replicas are held (a missing metric is never zero load);
 4. with data, the queue and the offered token rate set a demand, and overflow that would pay for a
    replica adds one; growth is step-limited and only bought where a GPU costs less than the API spend
-   it would absorb (token rates smoothed first); shrinking waits out the scale-down delay, the burst
+   it would absorb (token rates smoothed first; a running replica priced on the last hour's average);
+   shrinking waits out the scale-down delay, the burst
    memory, the idle grace and any GPU time already paid for;
 5. the floor and ceiling clamp the result.
 """
@@ -27,6 +28,9 @@ __all__ = ["CostCheck", "decide", "replica_worth", "schedule_limits"]
 # Share of the current overflow a new replica is credited with: bursts are uneven, and what one more
 # replica absorbs of them shrinks with every replica added.
 OVERFLOW_CREDIT = 0.5
+
+# A running replica is priced for the next hour, on the demand of about the last one.
+KEEP_HORIZON_SECONDS = 3600.0
 
 # How far ahead pre-warm looks beyond the cold start; openings further away cannot matter now.
 _PREWARM_SLACK = dt.timedelta(seconds=1)
@@ -112,17 +116,25 @@ def _usd_per_token(spec: GPUPoolSpec, demand: DemandSample) -> tuple[float, floa
     return offered, usd / offered / 1e6
 
 
-def replica_worth(spec: GPUPoolSpec, demand: DemandSample, replicas_before: int, *, current: int) -> CostCheck | None:
+def replica_worth(
+    spec: GPUPoolSpec,
+    demand: DemandSample,
+    replicas_before: int,
+    *,
+    current: int,
+    keep_tokens_per_second: float | None = None,
+) -> CostCheck | None:
     """Does replica number `replicas_before + 1` cost less than the API spend it absorbs?
 
     A running replica (`replicas_before < current`) carries an equal share of the offered tokens with
     the replicas before it; its start is sunk, so it is worth keeping while that share, priced at the
-    fallback, exceeds its hourly price. A new replica absorbs the offered tokens beyond what the replicas
-    before it carry at `replicaTokensPerSecond` each (up to that much itself), or its credit of what the
-    gateway is overflowing (bursts the averages cannot see), whichever is more; it is committed for the
-    billing horizon (the billing unit, the minimum billed time, or one cold start plus the scale-down
-    delay, whichever is longest) but serves only after its cold start. None when the offered token rate
-    is unknown.
+    fallback, exceeds its hourly price (the offered rate taken as the larger of the smoothed one and
+    `keep_tokens_per_second`, the last hour's average, when given). A new replica absorbs the offered
+    tokens beyond what the replicas before it carry at `replicaTokensPerSecond` each (up to that much
+    itself), or its credit of what the gateway is overflowing (bursts the averages cannot see),
+    whichever is more; it is committed for the billing horizon (the billing unit, the minimum billed
+    time, or one cold start plus the scale-down delay, whichever is longest) but serves only after its
+    cold start. None when the offered token rate is unknown.
     """
     if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
         return None
@@ -130,6 +142,8 @@ def replica_worth(spec: GPUPoolSpec, demand: DemandSample, replicas_before: int,
     capacity = spec.demand.replica_tokens_per_second
     gpu_hourly = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica
     if replicas_before < current:
+        if keep_tokens_per_second is not None:
+            offered = max(offered, keep_tokens_per_second)
         absorbed = min(offered / (replicas_before + 1), capacity)
         api_usd = absorbed * usd_per_token * 3600.0
         return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0)
@@ -154,11 +168,13 @@ def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> Co
     return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
 
 
-def _cost_limit(spec: GPUPoolSpec, demand: DemandSample, wanted: int, current: int) -> tuple[int, CostCheck | None]:
+def _cost_limit(
+    spec: GPUPoolSpec, demand: DemandSample, wanted: int, current: int, keep_tokens_per_second: float | None
+) -> tuple[int, CostCheck | None]:
     """How many of the `wanted` replicas pay for themselves, and the first check that failed (if any)."""
     replicas = 0
     while replicas < wanted:
-        check = replica_worth(spec, demand, replicas, current=current)
+        check = replica_worth(spec, demand, replicas, current=current, keep_tokens_per_second=keep_tokens_per_second)
         if check is None:
             return wanted, None
         if not check.worth_it:
@@ -232,13 +248,23 @@ def _smooth_rates(
             state.rates[1] + weight * (raw[1] - state.rates[1]),
             state.rates[2] + weight * (raw[2] - state.rates[2]),
         )
+    keep_raw = (raw[0], raw[1])
+    if state.keep_rates is None or state.rates_at is None:
+        keep = keep_raw
+    else:
+        elapsed = max((now - state.rates_at).total_seconds(), 0.0)
+        weight = 1.0 - math.exp(-elapsed / KEEP_HORIZON_SECONDS)
+        keep = (
+            state.keep_rates[0] + weight * (keep_raw[0] - state.keep_rates[0]),
+            state.keep_rates[1] + weight * (keep_raw[1] - state.keep_rates[1]),
+        )
     smoothed_demand = replace(
         demand,
         input_tokens_per_second=smoothed[0],
         output_tokens_per_second=smoothed[1],
         overflow_tokens_per_second=smoothed[2] if demand.overflow_tokens_per_second is not None else None,
     )
-    return smoothed_demand, replace(state, rates=smoothed, rates_at=now)
+    return smoothed_demand, replace(state, rates=smoothed, rates_at=now, keep_rates=keep)
 
 
 def _decide_on_demand(
@@ -310,7 +336,8 @@ def _decide_on_demand(
     # Only replicas that pay for themselves against the fallback; the window floor still holds below.
     cost_limited = False
     if desired > 0 and fallback_open:
-        affordable, check = _cost_limit(spec, demand, desired, current)
+        keep = sum(state.keep_rates) if state.keep_rates is not None else None
+        affordable, check = _cost_limit(spec, demand, desired, current, keep)
         if affordable < desired and check is not None:
             cost_limited = True
             verb = "keeping" if affordable < current else "staying at"

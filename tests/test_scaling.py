@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -372,3 +373,31 @@ def test_capacity_follows_the_measured_rate_while_money_waits_for_the_average() 
     decision, state = decide(spec, obs(1, sample(TUE_NOON, 2, tokens=(14000, 1000))), before, TUE_NOON)
     assert (decision.desired_replicas, decision.reason) == (3, Reason.TOKENS_HIGH)
     assert state.rates is not None and sum(state.rates[:2]) < 1000  # what gets priced moved only a little
+
+
+@pytest.mark.parametrize(
+    ("hour_tokens_in", "want", "reason"),
+    [
+        # The last hour offered 1,000 tok/s: $10.80 of API spend an hour, worth the $1.64 GPU.
+        pytest.param(1000.0, 1, Reason.STEADY, id="quiet-minutes-of-a-busy-hour-keep-it"),
+        # The hour was as quiet as the minutes: 100 tok/s is $1.08 an hour, under the GPU's price.
+        pytest.param(100.0, 0, Reason.COST_OVERFLOW, id="a-quiet-hour-releases-it"),
+    ],
+)
+def test_a_running_replica_is_priced_on_the_last_hour(hour_tokens_in: float, want: int, reason: Reason) -> None:
+    spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
+    now = TUE_NIGHT
+    just_before = now - dt.timedelta(seconds=15)
+    state = replace(
+        OLD_STATE,
+        last_busy_at=now,
+        rates=(100.0, 0.0, 0.0),
+        rates_at=just_before,
+        keep_rates=(hour_tokens_in, 0.0),
+        recommendations=(),
+    )
+    decision, new_state = decide(spec, obs(1, sample(now, 1, tokens=(100, 0))), state, now)
+    assert (decision.desired_replicas, decision.reason) == (want, reason)
+    assert new_state.keep_rates is not None and new_state.keep_rates[0] == pytest.approx(
+        hour_tokens_in + (1 - math.exp(-15 / 3600)) * (100 - hour_tokens_in)
+    )

@@ -278,3 +278,33 @@ def test_a_gpu_cap_keeps_replicas_pending_and_unbilled() -> None:
     capped = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0, gpu_cap=1), progress=False)
     assert capped.timeline["ready"].max() == 1
     assert capped.gpu_hours <= 24.0 + 1e-9
+
+
+def test_set_overrides_one_field_of_the_pool(tmp_path: Path) -> None:
+    base = ["--days", "1", "--peak-rps", "3", "--seed", "4", "--tick", "30", "--no-progress", "--policy", "ebbtide"]
+    results = {}
+    for wait in ("1", "120"):
+        path = tmp_path / f"wait{wait}.json"
+        assert cli.run(_parse([*base, "--set", f"fallback.maxQueueWaitSeconds={wait}", "--json", str(path)])) == 0
+        document = json.loads(path.read_text())
+        assert document["inputs"]["overrides"] == [f"fallback.maxQueueWaitSeconds={wait}"]
+        results[wait] = document["policies"]["ebbtide"]
+    # Queueing longer before overflowing sends fewer requests to the paid API.
+    assert results["120"]["fallback_requests"] < results["1"]["fallback_requests"]
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("fallback.maxQueueWaitSeconds=-1", "spec.fallback.maxQueueWaitSeconds: Input should be greater than or equal"),
+        ("objective.ttftSecond=2", "spec.objective.ttftSecond: Extra inputs are not permitted"),
+        ("no-equals-sign", "expected FIELD=VALUE"),
+        ("target=3", "spec.target: Input should be a valid dictionary"),
+        ("demand.maxScaleUpStep=[", "not valid YAML"),
+    ],
+)
+def test_a_bad_override_names_the_field_and_exits_2(
+    assignment: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.run(_parse(["--days", "1", "--no-progress", "--set", assignment])) == 2
+    assert message in capsys.readouterr().err

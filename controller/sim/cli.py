@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from controller.breakeven import parse_tokens
 from controller.sim.engine import (
     DEFAULT_DECODE_TPS,
@@ -104,6 +107,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     world.add_argument(
         "--pool", type=Path, default=DEFAULTS["pool"], help="GPUPool YAML (default examples/gpupool.yaml)"
     )
+    world.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one field of the pool's spec, e.g. fallback.maxQueueWaitSeconds=120 (repeat)",
+    )
     world.add_argument("--gpu-cap", type=int, help="GPUs available; replicas beyond stay Pending")
     world.add_argument("--tick", type=_positive, default=15.0, help="control-loop period, simulated s (default 15)")
     world.add_argument("--prefill-tps", type=_positive, default=DEFAULT_PREFILL_TPS)
@@ -137,6 +147,37 @@ def load_spec(path: Path) -> GPUPoolSpec:
     if problems:
         raise InputError(f"{path}: " + "; ".join(str(problem) for problem in problems))
     return pools[0].spec
+
+
+def apply_overrides(spec: GPUPoolSpec, assignments: list[str]) -> GPUPoolSpec:
+    """The spec with each `field.path=value` (camelCase, value read as YAML) set, validated again."""
+    if not assignments:
+        return spec
+    raw: dict[str, Any] = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        if not sep or not path.strip():
+            raise InputError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. fallback.maxQueueWaitSeconds=120")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise InputError(f"--set {assignment!r}: the value is not valid YAML ({problem})") from exc
+        keys = path.strip().split(".")
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set {assignment!r}: {key} is not a section of the spec")
+            node = child
+        node[keys[-1]] = value
+    try:
+        return GPUPoolSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise InputError(f"--set: {problems}") from exc
 
 
 def build_workload(args: argparse.Namespace) -> Workload:
@@ -178,6 +219,7 @@ def _inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings)
     return {
         **workload.inputs,
         "pool": str(args.pool),
+        "overrides": list(args.set),
         "requests": len(workload),
         "total_tokens": workload.total_tokens,
         "duration_s": workload.duration_s,
@@ -198,7 +240,7 @@ def _inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings)
 def run(args: argparse.Namespace) -> int:
     """Run the simulation the arguments describe; 0 on success, 2 on bad input."""
     try:
-        spec = load_spec(args.pool)
+        spec = apply_overrides(load_spec(args.pool), args.set)
         workload = build_workload(args)
         settings = settings_from(args, spec)
     except (TraceError, InputError, ValueError) as exc:
