@@ -308,3 +308,17 @@ def test_a_bad_override_names_the_field_and_exits_2(
 ) -> None:
     assert cli.run(_parse(["--days", "1", "--no-progress", "--set", assignment])) == 2
     assert message in capsys.readouterr().err
+
+
+def test_offered_rates_are_over_the_time_observed() -> None:
+    # 15 requests of 100 prompt and 10 output tokens in the first 15 s: 100 and 10 tok/s, not a quarter
+    # of that over a 60 s window that has not passed yet.
+    wl = _workload([float(i) for i in range(15)], [100] * 15, [10] * 15, 120.0)
+    engine = PoolEngine(wl, ReplicaModel(), FallbackModel(), routing=Routing.QUEUE, max_wait_seconds=2.0, price=PRICE)
+    engine.set_ready(1)
+    engine.run_until(15.0)
+    reading = engine.sample()
+    assert (reading.input_tokens_per_second, reading.output_tokens_per_second) == (100.0, 10.0)
+    engine.run_until(90.0)
+    reading = engine.sample()  # the window is 60 s now: arrivals 30-89 s hold none of them
+    assert reading.input_tokens_per_second == 0.0

@@ -404,7 +404,8 @@ class PoolEngine:
         arrival = self.workload.arrival_s
         lo = int(np.searchsorted(arrival, now - self.rate_window_seconds, side="left"))
         hi = self._next
-        window = self.rate_window_seconds
+        # Over what has been observed: in the first minute the window is as long as the run so far.
+        window = min(self.rate_window_seconds, max(now, 1.0))
         sent_away = self.route[lo:hi] == RouteCode.FALLBACK
         overflow_tokens = float(self.workload.input_tokens[lo:hi][sent_away].sum()) + float(
             self.workload.output_tokens[lo:hi][sent_away].sum()
