@@ -237,27 +237,10 @@ def _smooth_rates(
     if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
         return demand, state
     raw = (demand.input_tokens_per_second, demand.output_tokens_per_second, demand.overflow_tokens_per_second or 0.0)
-    tau = spec.demand.rate_smoothing_seconds
-    if state.rates is None or state.rates_at is None or tau == 0:
-        smoothed = raw
-    else:
-        elapsed = max((now - state.rates_at).total_seconds(), 0.0)
-        weight = 1.0 - math.exp(-elapsed / tau)
-        smoothed = (
-            state.rates[0] + weight * (raw[0] - state.rates[0]),
-            state.rates[1] + weight * (raw[1] - state.rates[1]),
-            state.rates[2] + weight * (raw[2] - state.rates[2]),
-        )
-    keep_raw = (raw[0], raw[1])
-    if state.keep_rates is None or state.rates_at is None:
-        keep = keep_raw
-    else:
-        elapsed = max((now - state.rates_at).total_seconds(), 0.0)
-        weight = 1.0 - math.exp(-elapsed / KEEP_HORIZON_SECONDS)
-        keep = (
-            state.keep_rates[0] + weight * (keep_raw[0] - state.keep_rates[0]),
-            state.keep_rates[1] + weight * (keep_raw[1] - state.keep_rates[1]),
-        )
+    elapsed = None if state.rates_at is None else max((now - state.rates_at).total_seconds(), 0.0)
+    in_, out, over = _ewma(state.rates, raw, elapsed, spec.demand.rate_smoothing_seconds)
+    keep_in, keep_out = _ewma(state.keep_rates, raw[:2], elapsed, KEEP_HORIZON_SECONDS)
+    smoothed, keep = (in_, out, over), (keep_in, keep_out)
     smoothed_demand = replace(
         demand,
         input_tokens_per_second=smoothed[0],
@@ -265,6 +248,16 @@ def _smooth_rates(
         overflow_tokens_per_second=smoothed[2] if demand.overflow_tokens_per_second is not None else None,
     )
     return smoothed_demand, replace(state, rates=smoothed, rates_at=now, keep_rates=keep)
+
+
+def _ewma(
+    previous: tuple[float, ...] | None, raw: tuple[float, ...], elapsed: float | None, tau: float
+) -> tuple[float, ...]:
+    """Move each average towards the raw value by the weight `elapsed` seconds have at time constant `tau`."""
+    if previous is None or elapsed is None or tau == 0:
+        return raw
+    weight = 1.0 - math.exp(-elapsed / tau)
+    return tuple(p + weight * (r - p) for p, r in zip(previous, raw, strict=True))
 
 
 def _decide_on_demand(

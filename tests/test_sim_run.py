@@ -92,13 +92,10 @@ def test_a_request_waits_for_the_cold_start_and_speeds_up_with_more_replicas() -
     assert engine.ttft.tolist() == pytest.approx([11.0, 12.0, 13.0, 14.0])
 
 
-def _lanes_engine(arrivals: list[float], objective: float | None) -> PoolEngine:
-    # One replica decoding 1 token/s with no prefill: a 1-token request is 1 s of work, TTFT = wait.
-    replica = ReplicaModel(1e12, 1.0, 1e12, 256)
-    n = len(arrivals)
-    wl = _workload(arrivals, [0] * n, [1] * n, 20.0)
+def _gateway_engine(workload: Workload, replica: ReplicaModel, objective: float | None) -> PoolEngine:
+    """Ebbtide's gateway without a fallback, one replica Ready: every request queues, in lanes or not."""
     engine = PoolEngine(
-        wl,
+        workload,
         replica,
         FallbackModel(),
         routing=Routing.OVERFLOW,
@@ -109,6 +106,12 @@ def _lanes_engine(arrivals: list[float], objective: float | None) -> PoolEngine:
     )
     engine.set_ready(1)
     return engine
+
+
+def _lanes_engine(arrivals: list[float], objective: float | None) -> PoolEngine:
+    # One replica decoding 1 token/s with no prefill: a 1-token request is 1 s of work, TTFT = wait.
+    n = len(arrivals)
+    return _gateway_engine(_workload(arrivals, [0] * n, [1] * n, 20.0), ReplicaModel(1e12, 1.0, 1e12, 256), objective)
 
 
 def test_late_requests_queue_behind_those_that_can_still_make_the_objective() -> None:
@@ -148,20 +151,7 @@ def test_late_lane_stands_still_while_no_replica_is_ready() -> None:
 
 def test_late_lane_keeps_the_work_and_raises_attainment_on_a_bursty_day() -> None:
     workload = _week(days=1, peak_rps=4.0, seed=3)
-    engines = []
-    for objective in (2.0, None):
-        engine = PoolEngine(
-            workload,
-            ReplicaModel(),
-            FallbackModel(),
-            routing=Routing.OVERFLOW,
-            max_wait_seconds=1e9,
-            price=PRICE,
-            objective_ttft_seconds=objective,
-            has_fallback=False,
-        )
-        engine.set_ready(1)
-        engines.append(engine)
+    engines = [_gateway_engine(workload, ReplicaModel(), objective) for objective in (2.0, None)]
     lanes, fifo = engines
     for hour in range(1, 25):
         for engine in engines:
