@@ -51,8 +51,9 @@ class DemandSample:
     pool's ready replicas; `overflow_in_flight` counts requests the gateway is serving at the fallback
     right now (demand the GPUs would carry if they could). Token rates are offered load (all requests,
     served anywhere) in tokens per second, and `overflow_tokens_per_second` the part of it the gateway
-    sent to the fallback, both averaged over the metrics window (counters, so no burst is missed the way
-    a sampled gauge misses it); None when unknown.
+    sent to the fallback although a replica was Ready (saturation; what a cold start sends away is in
+    the offered rate already), both averaged over the metrics window (counters, so no burst is missed
+    the way a sampled gauge misses it); None when unknown.
     """
 
     observed_at: dt.datetime

@@ -312,3 +312,26 @@ def test_offered_rates_are_over_the_time_observed() -> None:
     engine.run_until(90.0)
     reading = engine.sample()  # the window is 60 s now: arrivals 30-89 s hold none of them
     assert reading.input_tokens_per_second == 0.0
+
+
+def test_only_saturation_counts_as_overflow() -> None:
+    # Two requests while nothing is Ready go to the fallback (a cold start, already in the offered
+    # rate); of three 1 s requests at t=2 with one replica Ready and a 1 s wait limit, the third is
+    # sent away because the replica is busy: only its tokens are overflow.
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([0.0, 0.0, 2.0, 2.0, 2.0], [1000, 1000, 1000, 1000, 1000], [0] * 5, 10.0)
+    engine = PoolEngine(wl, replica, FallbackModel(), routing=Routing.OVERFLOW, max_wait_seconds=1.0, price=PRICE)
+    engine.run_until(1.0)
+    engine.set_ready(1)
+    engine.run_until(3.0)
+    reading = engine.sample()
+    assert engine.route.tolist() == [
+        RouteCode.FALLBACK,
+        RouteCode.FALLBACK,
+        RouteCode.GPU,
+        RouteCode.GPU,
+        RouteCode.FALLBACK,
+    ]
+    assert engine.saturated.tolist() == [False, False, False, False, True]
+    assert reading.overflow_tokens_per_second == pytest.approx(1000 / 3.0)
+    assert reading.input_tokens_per_second == pytest.approx(5000 / 3.0)

@@ -67,7 +67,9 @@ DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_FALLBACK_TTFT = 0.8
 
 # Times are offsets (s) from the simulation start; the workload's arrivals are never negative.
-_EPS = 1e-9
+# Served work must pass a position by more than this (relative) for the request to count as started,
+# so float noise never starts a request while nothing serves it.
+_REL_EPS = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,8 @@ class PoolEngine:
         self.prefill = workload.input_tokens / replica.prefill_tokens_per_second
         self.route = np.zeros(n, dtype=np.int8)
         self.late = np.zeros(n, dtype=np.bool_)
+        # Sent to the fallback although a replica was Ready: the overflow that says the GPUs are short.
+        self.saturated = np.zeros(n, dtype=np.bool_)
         self.ttft = np.full(n, np.inf, dtype=np.float64)
         self.has_fallback = has_fallback and routing is not Routing.QUEUE
         self.fallback_open = self.has_fallback
@@ -286,6 +290,7 @@ class PoolEngine:
         positions: tuple[list[float], list[float]] = ([], [])
         gpu_idx: tuple[list[int], list[int]] = ([], [])
         late_idx: list[int] = []
+        saturated_idx: list[int] = []
         ready, t_last = self._ready, self._t
         b1, s1, b2, s2 = one.backlog, one.served, two.backlog, two.served
         routing = self.routing
@@ -345,6 +350,8 @@ class PoolEngine:
                 gpu_idx[lane].append(lo + k)
             else:
                 codes[k] = code
+                if code == RouteCode.FALLBACK and ready > 0:
+                    saturated_idx.append(lo + k)
                 if code == RouteCode.FALLBACK and capped:
                     i = lo + k
                     self.fallback_usd_day += float(inputs[i]) * usd_in + float(outputs[i]) * usd_out
@@ -356,6 +363,8 @@ class PoolEngine:
         self.route[lo:hi] = codes
         if late_idx:
             self.late[late_idx] = True
+        if saturated_idx:
+            self.saturated[saturated_idx] = True
         for lane_, idx, pos in zip(self._lanes, gpu_idx, positions, strict=True):
             if idx:
                 lane_.pending_idx.append(np.asarray(idx, dtype=np.int64))
@@ -406,7 +415,7 @@ class PoolEngine:
         hi = self._next
         # Over what has been observed: in the first minute the window is as long as the run so far.
         window = min(self.rate_window_seconds, max(now, 1.0))
-        sent_away = self.route[lo:hi] == RouteCode.FALLBACK
+        sent_away = self.saturated[lo:hi]
         overflow_tokens = float(self.workload.input_tokens[lo:hi][sent_away].sum()) + float(
             self.workload.output_tokens[lo:hi][sent_away].sum()
         )
@@ -421,19 +430,18 @@ class PoolEngine:
 
     def _settle_started(self, now: float) -> None:
         """Give every GPU request that has started by `now` its start time, TTFT and finish time."""
-        one, two = self._lanes
-        for lane, moving in ((one, self._ready > 0), (two, self._ready > 0 and one.backlog <= 0.0)):
+        for lane in self._lanes:
             lane.mark(now)
             if lane.pending_pos:
                 positions = np.concatenate(lane.pending_pos)
                 indices = np.concatenate(lane.pending_idx)
-                # Work the lane has passed has started; while the lane stands still its head has not.
+                # A request has started once the lane has served work beyond its position; a head that
+                # has had none yet may still be held back (no Ready replica, or preempted by the normal
+                # lane at this very moment) and is settled later from the curve.
                 if lane.backlog <= 0.0:
                     k = int(positions.size)
-                elif moving:
-                    k = int(np.searchsorted(positions, lane.served + _EPS, side="right"))
                 else:
-                    k = int(np.searchsorted(positions, lane.served * (1.0 - 1e-15), side="left"))
+                    k = int(np.searchsorted(positions, lane.served - _REL_EPS * max(lane.served, 1.0), side="left"))
                 if k:
                     started = indices[:k]
                     start = _invert(lane, positions[:k])
