@@ -80,18 +80,23 @@ def route_request(
 
     Otherwise (no ready replica, i.e. scaled to zero or still starting, or too long a wait) the request
     overflows to the fallback, unless the fallback is closed (no URL, budget cap), in which case it
-    queues on the GPUs (in the late lane when there are two) or, if asked, is rejected.
+    queues on the GPUs (in the normal lane if it can still make the objective there, else in the late
+    lane) or, if asked, is rejected.
     """
     wait = expected_wait_seconds(waiting, ready_replicas, replica_requests_per_second)
     if on_time_wait_seconds is None:
         if wait <= max_wait_seconds:
             return RouteDecision(Route.GPU, "within-wait", wait)
         return _away(wait, ready_replicas, fallback_open, reject_when_closed, Lane.ON_TIME)
-    if wait <= min(max_wait_seconds, on_time_wait_seconds):
+    on_time = wait <= on_time_wait_seconds
+    if on_time and wait <= max_wait_seconds:
         return RouteDecision(Route.GPU, "on-time", wait)
     behind_all = expected_wait_seconds(waiting + late_waiting, ready_replicas, replica_requests_per_second)
-    if behind_all <= max_wait_seconds:
+    if not on_time and behind_all <= max_wait_seconds:
         return RouteDecision(Route.GPU, "late-within-wait", behind_all, Lane.LATE)
+    # Queued for want of a fallback, a request that can still make the objective keeps the normal lane.
+    if on_time:
+        return _away(wait, ready_replicas, fallback_open, reject_when_closed, Lane.ON_TIME)
     return _away(behind_all, ready_replicas, fallback_open, reject_when_closed, Lane.LATE)
 
 

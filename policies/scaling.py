@@ -29,8 +29,10 @@ __all__ = ["CostCheck", "decide", "replica_worth", "schedule_limits"]
 # replica absorbs of them shrinks with every replica added.
 OVERFLOW_CREDIT = 0.5
 
-# A running replica is priced for the next hour, on the demand of about the last one.
+# A running replica is priced for the next hour, on the mean demand of the last one, kept in 5-minute
+# buckets.
 KEEP_HORIZON_SECONDS = 3600.0
+KEEP_BUCKET_SECONDS = 300.0
 
 # How far ahead pre-warm looks beyond the cold start; openings further away cannot matter now.
 _PREWARM_SLACK = dt.timedelta(seconds=1)
@@ -239,15 +241,37 @@ def _smooth_rates(
     raw = (demand.input_tokens_per_second, demand.output_tokens_per_second, demand.overflow_tokens_per_second or 0.0)
     elapsed = None if state.rates_at is None else max((now - state.rates_at).total_seconds(), 0.0)
     in_, out, over = _ewma(state.rates, raw, elapsed, spec.demand.rate_smoothing_seconds)
-    keep_in, keep_out = _ewma(state.keep_rates, raw[:2], elapsed, KEEP_HORIZON_SECONDS)
-    smoothed, keep = (in_, out, over), (keep_in, keep_out)
+    smoothed = (in_, out, over)
     smoothed_demand = replace(
         demand,
         input_tokens_per_second=smoothed[0],
         output_tokens_per_second=smoothed[1],
         overflow_tokens_per_second=smoothed[2] if demand.overflow_tokens_per_second is not None else None,
     )
-    return smoothed_demand, replace(state, rates=smoothed, rates_at=now, keep_rates=keep)
+    buckets = _hour_buckets(state.keep_buckets, raw[0] + raw[1], elapsed, now)
+    return smoothed_demand, replace(state, rates=smoothed, rates_at=now, keep_buckets=buckets)
+
+
+def _hour_buckets(
+    buckets: tuple[tuple[dt.datetime, float, float], ...], rate: float, elapsed: float | None, now: dt.datetime
+) -> tuple[tuple[dt.datetime, float, float], ...]:
+    """Add `rate` over the `elapsed` seconds up to `now` to its 5-minute bucket; drop what is over an hour old."""
+    kept = list(buckets)
+    if elapsed:
+        slot = now - dt.timedelta(seconds=now.timestamp() % KEEP_BUCKET_SECONDS)
+        if kept and kept[-1][0] == slot:
+            _, tokens, seconds = kept[-1]
+            kept[-1] = (slot, tokens + rate * elapsed, seconds + elapsed)
+        else:
+            kept.append((slot, rate * elapsed, elapsed))
+    oldest = now - dt.timedelta(seconds=KEEP_HORIZON_SECONDS)
+    return tuple(b for b in kept if b[0] > oldest)
+
+
+def _hour_mean(buckets: tuple[tuple[dt.datetime, float, float], ...]) -> float | None:
+    """Offered tokens per second over the last hour (None before any time has been measured)."""
+    seconds = sum(b[2] for b in buckets)
+    return sum(b[1] for b in buckets) / seconds if seconds > 0 else None
 
 
 def _ewma(
@@ -329,8 +353,7 @@ def _decide_on_demand(
     # Only replicas that pay for themselves against the fallback; the window floor still holds below.
     cost_limited = False
     if desired > 0 and fallback_open:
-        keep = sum(state.keep_rates) if state.keep_rates is not None else None
-        affordable, check = _cost_limit(spec, demand, desired, current, keep)
+        affordable, check = _cost_limit(spec, demand, desired, current, _hour_mean(state.keep_buckets))
         if affordable < desired and check is not None:
             cost_limited = True
             verb = "keeping" if affordable < current else "staying at"

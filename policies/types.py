@@ -136,8 +136,9 @@ class PolicyState:
     for the overflow memory.
     `rates` are the offered input, offered output and overflow token rates smoothed over the rate
     smoothing time (as of `rates_at`): money is decided on sustained demand, not on one burst.
-    `keep_rates` are the offered input and output token rates averaged over the hour a running replica
-    is priced for: whether to keep one is decided on that hour's demand, not on a quiet few minutes.
+    `keep_buckets` hold the offered tokens of the last hour in 5-minute buckets (bucket start, tokens,
+    seconds measured): a running replica is priced for the next hour on the last hour's mean, not on a
+    quiet few minutes.
     """
 
     started_at: dt.datetime | None = None
@@ -147,4 +148,4 @@ class PolicyState:
     overflow_replicas: int = 0
     rates: tuple[float, float, float] | None = None
     rates_at: dt.datetime | None = None
-    keep_rates: tuple[float, float] | None = None
+    keep_buckets: tuple[tuple[dt.datetime, float, float], ...] = field(default=())

@@ -136,6 +136,16 @@ def test_reject_defaults_to_off() -> None:
         pytest.param(3, 5, 2.0, 7.0, True, RouteDecision(Route.FALLBACK, "saturated", 8.0), id="late-over-limit"),
         # A wait limit under the objective: the limit decides, as with one lane.
         pytest.param(2, 0, 2.0, 1.0, True, RouteDecision(Route.FALLBACK, "saturated", 2.0), id="limit-under-objective"),
+        # ...but with no fallback to take it, a request that can still make the objective keeps its lane.
+        pytest.param(
+            2,
+            5,
+            2.0,
+            1.0,
+            False,
+            RouteDecision(Route.GPU, "saturated-fallback-closed", 2.0, Lane.ON_TIME),
+            id="limit-under-objective-closed",
+        ),
         pytest.param(
             3,
             5,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import replace
 from typing import Any
 
@@ -376,7 +375,7 @@ def test_capacity_follows_the_measured_rate_while_money_waits_for_the_average() 
 
 
 @pytest.mark.parametrize(
-    ("hour_tokens_in", "want", "reason"),
+    ("hour_tokens", "want", "reason"),
     [
         # The last hour offered 1,000 tok/s: $10.80 of API spend an hour, worth the $1.64 GPU.
         pytest.param(1000.0, 1, Reason.STEADY, id="quiet-minutes-of-a-busy-hour-keep-it"),
@@ -384,20 +383,33 @@ def test_capacity_follows_the_measured_rate_while_money_waits_for_the_average() 
         pytest.param(100.0, 0, Reason.COST_OVERFLOW, id="a-quiet-hour-releases-it"),
     ],
 )
-def test_a_running_replica_is_priced_on_the_last_hour(hour_tokens_in: float, want: int, reason: Reason) -> None:
+def test_a_running_replica_is_priced_on_the_last_hour(hour_tokens: float, want: int, reason: Reason) -> None:
     spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
     now = TUE_NIGHT
     just_before = now - dt.timedelta(seconds=15)
-    state = replace(
-        OLD_STATE,
-        last_busy_at=now,
-        rates=(100.0, 0.0, 0.0),
-        rates_at=just_before,
-        keep_rates=(hour_tokens_in, 0.0),
-        recommendations=(),
-    )
+    # Twelve 5-minute buckets of the last hour at `hour_tokens` tok/s (prompt tokens only).
+    buckets = tuple((now - dt.timedelta(minutes=5 * k), hour_tokens * 300, 300.0) for k in range(12, 0, -1))
+    state = replace(OLD_STATE, last_busy_at=now, rates=(100.0, 0.0, 0.0), rates_at=just_before, keep_buckets=buckets)
     decision, new_state = decide(spec, obs(1, sample(now, 1, tokens=(100, 0))), state, now)
     assert (decision.desired_replicas, decision.reason) == (want, reason)
-    assert new_state.keep_rates is not None and new_state.keep_rates[0] == pytest.approx(
-        hour_tokens_in + (1 - math.exp(-15 / 3600)) * (100 - hour_tokens_in)
-    )
+    # The 15 s just measured went into the current bucket; the bucket that started an hour ago is gone.
+    assert new_state.keep_buckets[-1] == (now, 100 * 15.0, 15.0)
+    assert len(new_state.keep_buckets) == 12
+
+
+def test_after_a_busy_hour_a_trickle_releases_the_replica_within_the_hour() -> None:
+    # An hour at 3,000 tok/s, then 20 tok/s (a request always queued, so the idle grace never applies):
+    # the hour's mean falls under the GPU's price (about 137 tok/s at these prices) once fewer than 3
+    # of its 60 minutes were busy.
+    spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
+    state = replace(OLD_STATE, started_at=TUE_NIGHT - dt.timedelta(hours=3))
+    busy_until = TUE_NIGHT - dt.timedelta(hours=1)
+    released = None
+    for step in range(0, 3 * 3600, 15):
+        now = busy_until - dt.timedelta(hours=1) + dt.timedelta(seconds=step)
+        tokens = (3000.0, 0.0) if now < busy_until else (20.0, 0.0)
+        decision, state = decide(spec, obs(1, sample(now, 1, tokens=tokens)), state, now)
+        if decision.desired_replicas == 0:
+            released = (now - busy_until).total_seconds() / 60
+            break
+    assert released is not None and 55 <= released <= 62, released

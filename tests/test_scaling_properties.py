@@ -177,7 +177,9 @@ def states(draw: st.DrawFn, now: dt.datetime) -> PolicyState:
         overflow_replicas=draw(st.integers(0, 14)),
         rates=draw(st.none() | st.tuples(*[st.floats(0, 20000, allow_nan=False)] * 3)),
         rates_at=draw(st.none() | ago),
-        keep_rates=draw(st.none() | st.tuples(*[st.floats(0, 20000, allow_nan=False)] * 2)),
+        keep_buckets=tuple(
+            sorted(draw(st.lists(st.tuples(ago, st.floats(0, 7e7, allow_nan=False), st.floats(0, 300)), max_size=13)))
+        ),
     )
 
 

@@ -32,7 +32,9 @@ READY = st.sampled_from([0, 1, 2, 4])
 
 
 class _Reference:
-    """Two FIFO lanes of (index, remaining work); the pool serves one head at `ready` work per second."""
+    """Two FIFO lanes of [index, remaining work, remaining prefill work]; the pool serves one head at
+    `ready` work per second. A first token comes one prefill after the start, or once the prefill's
+    work has been served if pauses made that later."""
 
     def __init__(self, objective: float | None, max_wait: float, fallback_open: bool, ready: int) -> None:
         self.objective, self.max_wait, self.fallback_open = objective, max_wait, fallback_open
@@ -40,6 +42,8 @@ class _Reference:
         self.t = 0.0
         self.lanes: tuple[deque[list[float]], deque[list[float]]] = (deque(), deque())
         self.started: dict[int, float] = {}
+        self.prefilled: dict[int, float] = {}
+        """When each request's prefill work had been served."""
 
     def advance(self, until: float) -> None:
         while self.t < until:
@@ -47,14 +51,24 @@ class _Reference:
             if self.ready == 0 or not lane:
                 self.t = until
                 return
-            head = lane[0]
-            self.started.setdefault(int(head[0]), self.t)
-            needed = head[1] / self.ready
+            index, remaining, prefill_left = lane[0]
+            self.started.setdefault(int(index), self.t)
+            if prefill_left <= 0.0:
+                self.prefilled.setdefault(int(index), self.t)
+            step = min(remaining, prefill_left) if prefill_left > 0.0 else remaining
+            needed = step / self.ready
             if self.t + needed <= until:
                 self.t += needed
-                lane.popleft()
+                lane[0][1] -= step
+                lane[0][2] -= step
+                if lane[0][2] <= 0.0:
+                    self.prefilled.setdefault(int(index), self.t)
+                if lane[0][1] <= 0.0:
+                    lane.popleft()
             else:
-                head[1] -= self.ready * (until - self.t)
+                done = self.ready * (until - self.t)
+                lane[0][1] -= done
+                lane[0][2] -= done
                 self.t = until
 
     def arrive(self, index: int, work: float, prefill: float) -> tuple[int, bool]:
@@ -73,7 +87,7 @@ class _Reference:
             return RouteCode.FALLBACK, False
         if decision.route is Route.REJECT:
             return RouteCode.REJECT, False
-        self.lanes[int(decision.lane)].append([float(index), work])
+        self.lanes[int(decision.lane)].append([float(index), work, prefill])
         return RouteCode.GPU, decision.lane is Lane.LATE
 
 
@@ -174,7 +188,8 @@ def test_engine_matches_the_event_by_event_reference(case: Case) -> None:
     expected = []
     for i, code in enumerate(codes):
         if code == RouteCode.GPU:
-            expected.append(reference.started[i] - arrivals[i] + inputs[i] / EIGHTHS)
+            first_token = max(reference.started[i] + inputs[i] / EIGHTHS, reference.prefilled[i])
+            expected.append(first_token - arrivals[i])
         elif code == RouteCode.FALLBACK:
             expected.append(FALLBACK.ttft_seconds)
         else:

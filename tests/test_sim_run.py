@@ -335,3 +335,11 @@ def test_only_saturation_counts_as_overflow() -> None:
     assert engine.saturated.tolist() == [False, False, False, False, True]
     assert reading.overflow_tokens_per_second == pytest.approx(1000 / 3.0)
     assert reading.input_tokens_per_second == pytest.approx(5000 / 3.0)
+
+
+def test_a_pool_without_a_fallback_queues_every_request_whatever_its_cap_action() -> None:
+    workload = _week(days=1, peak_rps=3.0, seed=8)
+    spec = _spec(fallback={"baseUrl": None}, budget={"onFallbackCap": "reject"})
+    run = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0), progress=False)
+    assert run.rejected_requests == 0 and run.fallback_requests == 0
+    assert run.ttft is not None and np.isfinite(run.ttft).all()

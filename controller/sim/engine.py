@@ -382,9 +382,12 @@ class PoolEngine:
     _fallback_cap: float = math.inf
 
     def set_fallback_cap(self, usd_per_day: float | None, reject: bool) -> None:
-        """Close the fallback once a day's spend reaches `usd_per_day` (then queue, or reject)."""
+        """Close the fallback once a day's spend reaches `usd_per_day` (then queue, or reject).
+
+        Only a cap that closes an existing fallback rejects: without a fallback every request queues.
+        """
         self._fallback_cap = math.inf if usd_per_day is None else usd_per_day
-        self.reject_when_closed = reject
+        self.reject_when_closed = reject and self.has_fallback and usd_per_day is not None
 
     def new_day(self) -> None:
         """Reset the day's fallback spend (the runner calls this at local midnight)."""
@@ -429,35 +432,41 @@ class PoolEngine:
         )
 
     def _settle_started(self, now: float) -> None:
-        """Give every GPU request that has started by `now` its start time, TTFT and finish time."""
+        """Give every GPU request whose prefill is done by `now` its start, TTFT and finish time.
+
+        A request's first token comes one prefill after its start, or when its lane has served its
+        prefill's work, whichever is later: a late request preempted (or a request left without a Ready
+        replica) in the middle of its prefill gets its first token only after the pause.
+        """
         for lane in self._lanes:
             lane.mark(now)
             if lane.pending_pos:
                 positions = np.concatenate(lane.pending_pos)
                 indices = np.concatenate(lane.pending_idx)
-                # A request has started once the lane has served work beyond its position; a head that
-                # has had none yet may still be held back (no Ready replica, or preempted by the normal
-                # lane at this very moment) and is settled later from the curve.
+                prefill = self.prefill[indices]
+                prefilled = positions + prefill  # still sorted: a request's prefill is part of its work
                 if lane.backlog <= 0.0:
                     k = int(positions.size)
                 else:
-                    k = int(np.searchsorted(positions, lane.served - _REL_EPS * max(lane.served, 1.0), side="left"))
+                    k = int(np.searchsorted(prefilled, lane.served - _REL_EPS * max(lane.served, 1.0), side="left"))
                 if k:
-                    started = indices[:k]
-                    start = _invert(lane, positions[:k])
-                    start = np.maximum(start, self.workload.arrival_s[started])
-                    self.ttft[started] = start - self.workload.arrival_s[started] + self.prefill[started]
-                    finish = (
-                        start
-                        + self.prefill[started]
-                        + self.workload.output_tokens[started] / self.replica.sequence_tokens_per_second
-                    )
+                    done = indices[:k]
+                    arrival = self.workload.arrival_s[done]
+                    start = np.maximum(_invert(lane, positions[:k]), arrival)
+                    first_token = np.maximum(start + prefill[:k], _reached(lane, prefilled[:k]))
+                    self.ttft[done] = first_token - arrival
+                    finish = first_token + self.workload.output_tokens[done] / self.replica.sequence_tokens_per_second
                     self._running.append(finish)
                 lane.pending_pos = [positions[k:]] if k < positions.size else []
                 lane.pending_idx = [indices[k:]] if k < indices.size else []
-            # Only the curve after this moment can matter to requests not yet started.
-            lane.bt = [now]
-            lane.bv = [lane.served]
+            # Requests not settled yet need the curve from the last moment it was at or below the lowest
+            # of their positions; everything before can go.
+            if lane.pending_pos:
+                keep = max(int(np.searchsorted(lane.bv, float(lane.pending_pos[0][0]), side="right")) - 1, 0)
+                del lane.bt[:keep], lane.bv[:keep]
+            else:
+                lane.bt = [now]
+                lane.bv = [lane.served]
 
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
@@ -494,3 +503,18 @@ def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:
     frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
     start = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
     return np.where(beyond, times[-1], start)
+
+
+def _reached(lane: _Lane, targets: FloatArray) -> FloatArray:
+    """The first moment the lane's served-work curve reached each target (its last point if never)."""
+    times = np.asarray(lane.bt, dtype=np.float64)
+    values = np.asarray(lane.bv, dtype=np.float64)
+    j = np.searchsorted(values, targets, side="left")
+    beyond = j >= values.size
+    j = np.clip(j, 1, values.size - 1)
+    v0, v1 = values[j - 1], values[j]
+    t0, t1 = times[j - 1], times[j]
+    span = v1 - v0
+    frac = np.divide(targets - v0, span, out=np.ones_like(targets), where=span > 0)
+    reached = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
+    return np.where(beyond, times[-1], np.where(targets <= values[0], times[0], reached))
