@@ -81,7 +81,8 @@ def route_request(
     Otherwise (no ready replica, i.e. scaled to zero or still starting, or too long a wait) the request
     overflows to the fallback, unless the fallback is closed (no URL, budget cap), in which case it
     queues on the GPUs (in the normal lane if it can still make the objective there, else in the late
-    lane) or, if asked, is rejected.
+    lane) or, if asked, is rejected. Only a budget cap that closed an existing fallback asks to reject
+    (`onFallbackCap: reject`): for a pool without a fallback the caller passes False.
     """
     wait = expected_wait_seconds(waiting, ready_replicas, replica_requests_per_second)
     if on_time_wait_seconds is None:

@@ -255,17 +255,22 @@ def _smooth_rates(
 def _hour_buckets(
     buckets: tuple[tuple[dt.datetime, float, float], ...], rate: float, elapsed: float | None, now: dt.datetime
 ) -> tuple[tuple[dt.datetime, float, float], ...]:
-    """Add `rate` over the `elapsed` seconds up to `now` to its 5-minute bucket; drop what is over an hour old."""
-    kept = list(buckets)
+    """Add `rate` over the `elapsed` seconds up to `now` to its 5-minute bucket; keep the last hour's.
+
+    One reading speaks for at most one bucket's time: after a gap (no data, an `off` override) it does
+    not stand for the whole gap. Buckets outside the last hour, or after `now` (a clock set back), go.
+    """
+    oldest = now - dt.timedelta(seconds=KEEP_HORIZON_SECONDS)
+    kept = [b for b in buckets if oldest < b[0] <= now]
     if elapsed:
+        credited = min(elapsed, KEEP_BUCKET_SECONDS)
         slot = now - dt.timedelta(seconds=now.timestamp() % KEEP_BUCKET_SECONDS)
         if kept and kept[-1][0] == slot:
             _, tokens, seconds = kept[-1]
-            kept[-1] = (slot, tokens + rate * elapsed, seconds + elapsed)
+            kept[-1] = (slot, tokens + rate * credited, seconds + credited)
         else:
-            kept.append((slot, rate * elapsed, elapsed))
-    oldest = now - dt.timedelta(seconds=KEEP_HORIZON_SECONDS)
-    return tuple(b for b in kept if b[0] > oldest)
+            kept.append((slot, rate * credited, credited))
+    return tuple(kept)
 
 
 def _hour_mean(buckets: tuple[tuple[dt.datetime, float, float], ...]) -> float | None:

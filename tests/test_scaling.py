@@ -413,3 +413,25 @@ def test_after_a_busy_hour_a_trickle_releases_the_replica_within_the_hour() -> N
             released = (now - busy_until).total_seconds() / 60
             break
     assert released is not None and 55 <= released <= 62, released
+
+
+def test_one_reading_after_a_gap_does_not_stand_for_the_whole_gap() -> None:
+    # A reading at 3,000 tok/s, three hours without data (holds), then 20 tok/s: the hour's mean is
+    # the 5 minutes credited to the first reading after the gap and the readings since, not 3 hours
+    # of 3,000 tok/s.
+    spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
+    start = TUE_NIGHT - dt.timedelta(hours=4)
+    state = replace(OLD_STATE, started_at=start - dt.timedelta(hours=1))
+    _, state = decide(spec, obs(1, sample(start, 1, tokens=(3000.0, 0.0))), state, start)
+    after_gap = start + dt.timedelta(hours=3)
+    _, state = decide(spec, obs(1, sample(after_gap, 1, tokens=(20.0, 0.0))), state, after_gap)
+    assert [b[2] for b in state.keep_buckets] == [300.0]
+    assert state.keep_buckets[0][1] == pytest.approx(20.0 * 300)
+
+
+def test_buckets_dated_after_now_are_dropped_when_the_clock_goes_back() -> None:
+    spec = make_spec(billing={"granularity": "second", "minimumBilledSeconds": 60})
+    future = TUE_NIGHT + dt.timedelta(hours=2)
+    state = replace(OLD_STATE, keep_buckets=((future, 1000.0 * 300, 300.0),), rates_at=TUE_NIGHT)
+    _, state = decide(spec, obs(1, sample(TUE_NIGHT, 1, tokens=(20.0, 0.0))), state, TUE_NIGHT)
+    assert all(b[0] <= TUE_NIGHT for b in state.keep_buckets)

@@ -343,3 +343,12 @@ def test_a_pool_without_a_fallback_queues_every_request_whatever_its_cap_action(
     run = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0), progress=False)
     assert run.rejected_requests == 0 and run.fallback_requests == 0
     assert run.ttft is not None and np.isfinite(run.ttft).all()
+
+
+def test_a_request_without_tokens_is_served_when_a_replica_is_ready() -> None:
+    wl = _workload([0.0, 1.0], [0, 0], [0, 0], 60.0)
+    engine = PoolEngine(wl, ReplicaModel(), FallbackModel(), routing=Routing.QUEUE, max_wait_seconds=2.0, price=PRICE)
+    engine.run_until(32.0)  # nothing Ready until 32 s
+    engine.set_ready(1)
+    engine.finish(60.0)
+    assert engine.ttft.tolist() == pytest.approx([32.0, 31.0], abs=1e-5)

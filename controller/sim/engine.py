@@ -6,10 +6,11 @@ shares add up to this much busy time). The pool is a fluid server working at `re
 second with two FIFO lanes, the late lane served only while the normal lane is empty (preemptively, as
 vLLM's priority scheduling preempts a lower-priority sequence). A request's queue wait is the time until
 all work ahead of it in its lane, and for the late lane all normal work too, has been done; its time to
-first token is that wait plus its own prefill (`prompt / prefill_tps`). The running batch
-(`num_requests_running`) holds a request from its start until its last token
-(`prompt / prefill_tps + output / sequence_tps`), at most `max_num_seqs` per replica; the rest count as
-waiting. This is exact in throughput and, at moderate load, a little pessimistic on waits (a real
+first token is that wait plus its own prefill (`prompt / prefill_tps`), or later if it is paused during
+its prefill (preempted, or no Ready replica) until the lane has served the prefill's work. The running
+batch (`num_requests_running`) holds a request from its first token until its last
+(`output / sequence_tps` later), at most `max_num_seqs` per replica; the rest count as waiting. This is
+exact in throughput and, at moderate load, a little pessimistic on waits (a real
 scheduler interleaves a new prefill with running decodes instead of finishing them first).
 
 Routing follows `policies.overflow.route_request`: a request whose expected wait (work ahead over the
@@ -70,6 +71,7 @@ DEFAULT_FALLBACK_TTFT = 0.8
 # Served work must pass a position by more than this (relative) for the request to count as started,
 # so float noise never starts a request while nothing serves it.
 _REL_EPS = 1e-12
+_MIN_WORK = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,17 +141,17 @@ class DemandReading:
 
 
 class _Lane:
-    """One priority lane of GPU requests: a fluid FIFO with its served-work curve and unstarted requests."""
+    """One priority lane of GPU requests: a fluid FIFO with its served-work curve and unsettled requests."""
 
     __slots__ = ("backlog", "bt", "bv", "pending_idx", "pending_pos", "served")
 
     def __init__(self) -> None:
         self.backlog = 0.0
         self.served = 0.0
-        # The served-work curve since the last sample: breakpoints (time, served work).
+        # The served-work curve back to the lowest unsettled position: breakpoints (time, served work).
         self.bt: list[float] = [0.0]
         self.bv: list[float] = [0.0]
-        # Requests not yet started: indices and work positions, in arrival (= FIFO) order.
+        # Requests whose prefill is not done yet: indices and work positions, in arrival (= FIFO) order.
         self.pending_idx: list[npt.NDArray[np.int64]] = []
         self.pending_pos: list[FloatArray] = []
 
@@ -221,7 +223,8 @@ class PoolEngine:
         # With an objective, requests that would miss it go to the late lane (Ebbtide's gateway only).
         self.objective_ttft_seconds = objective_ttft_seconds if routing is Routing.OVERFLOW else None
         n = len(workload)
-        self.work = replica.work_seconds(workload.input_tokens, workload.output_tokens)
+        # Every request takes a moment of a replica, also one with no tokens at all (it still needs a step).
+        self.work = np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), _MIN_WORK)
         self.prefill = workload.input_tokens / replica.prefill_tokens_per_second
         self.route = np.zeros(n, dtype=np.int8)
         self.late = np.zeros(n, dtype=np.bool_)
@@ -509,7 +512,9 @@ def _reached(lane: _Lane, targets: FloatArray) -> FloatArray:
     """The first moment the lane's served-work curve reached each target (its last point if never)."""
     times = np.asarray(lane.bt, dtype=np.float64)
     values = np.asarray(lane.bv, dtype=np.float64)
-    j = np.searchsorted(values, targets, side="left")
+    # A target the curve reached up to float noise counts as reached (as in settling: a request with no
+    # output ends exactly where its prefill does).
+    j = np.searchsorted(values, targets - _REL_EPS * np.maximum(np.abs(targets), 1.0), side="left")
     beyond = j >= values.size
     j = np.clip(j, 1, values.size - 1)
     v0, v1 = values[j - 1], values[j]
