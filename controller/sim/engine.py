@@ -495,31 +495,28 @@ def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:
     Taking the last moment (not the first) matters where the curve is flat while work waits (no Ready
     replica, or the normal lane ahead): service begins where the curve starts to rise again.
     """
-    times = np.asarray(lane.bt, dtype=np.float64)
     values = np.asarray(lane.bv, dtype=np.float64)
-    j = np.searchsorted(values, positions, side="right")
-    beyond = j >= values.size
-    j = np.clip(j, 1, values.size - 1)
-    v0, v1 = values[j - 1], values[j]
-    t0, t1 = times[j - 1], times[j]
-    span = v1 - v0
-    frac = np.divide(positions - v0, span, out=np.zeros_like(positions), where=span > 0)
-    start = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
-    return np.where(beyond, times[-1], start)
+    return _on_curve(lane, positions, np.searchsorted(values, positions, side="right"), flat=0.0)
 
 
 def _reached(lane: _Lane, targets: FloatArray) -> FloatArray:
     """The first moment the lane's served-work curve reached each target (its last point if never)."""
-    times = np.asarray(lane.bt, dtype=np.float64)
     values = np.asarray(lane.bv, dtype=np.float64)
     # A target the curve reached up to float noise counts as reached (as in settling: a request with no
     # output ends exactly where its prefill does).
     j = np.searchsorted(values, targets - _REL_EPS * np.maximum(np.abs(targets), 1.0), side="left")
+    return np.where(targets <= values[0], lane.bt[0], _on_curve(lane, targets, j, flat=1.0))
+
+
+def _on_curve(lane: _Lane, targets: FloatArray, j: npt.NDArray[np.intp], *, flat: float) -> FloatArray:
+    """Interpolate the time of each target on the curve segment ending at breakpoint `j` (the last
+    breakpoint's time beyond the curve); on a flat segment, `flat` picks its start (0) or end (1)."""
+    times = np.asarray(lane.bt, dtype=np.float64)
+    values = np.asarray(lane.bv, dtype=np.float64)
     beyond = j >= values.size
     j = np.clip(j, 1, values.size - 1)
     v0, v1 = values[j - 1], values[j]
     t0, t1 = times[j - 1], times[j]
     span = v1 - v0
-    frac = np.divide(targets - v0, span, out=np.ones_like(targets), where=span > 0)
-    reached = t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)
-    return np.where(beyond, times[-1], np.where(targets <= values[0], times[0], reached))
+    frac = np.divide(targets - v0, span, out=np.full_like(targets, flat), where=span > 0)
+    return np.where(beyond, times[-1], t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0))
