@@ -11,7 +11,10 @@ its prefill (preempted, or no Ready replica) until the lane has served the prefi
 batch (`num_requests_running`) holds a request from its first token until its last
 (`output / sequence_tps` later), at most `max_num_seqs` per replica; the rest count as waiting. This is
 exact in throughput and, at moderate load, a little pessimistic on waits (a real
-scheduler interleaves a new prefill with running decodes instead of finishing them first).
+scheduler interleaves a new prefill with running decodes instead of finishing them first). The lanes are
+optimistic for on-time requests: vLLM 0.32's priority policy orders its waiting queue by priority (FCFS
+among equals) but preempts a running sequence only when KV-cache blocks run out, so late requests
+already in the batch keep their share of the replica, where here the normal lane takes all of it.
 
 Routing follows `policies.overflow.route_request`: a request whose expected wait (work ahead over the
 pool's ready throughput) exceeds `fallback.max_queue_wait_seconds`, or that finds no Ready replica, goes
