@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from policies.spec import GPUPool
 
-__all__ = ["Problem", "load_pools", "validate_documents", "validate_file"]
+__all__ = ["Problem", "field_path", "load_pools", "validate_documents", "validate_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,8 @@ class Problem:
         return f"{where}{self.path or '<root>'}: {self.message}"
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the YAML path a user reads: `spec.schedule.windows[0].start`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -45,7 +46,7 @@ def _messages(exc: ValidationError) -> list[tuple[str, str]]:
             message = "unknown field"
         elif error["type"] == "missing":
             message = "required field is missing"
-        found.append((_path(tuple(error["loc"])), message))
+        found.append((field_path(tuple(error["loc"])), message))
     return found
 
 

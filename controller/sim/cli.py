@@ -33,7 +33,7 @@ from controller.sim.report import render_table, to_json
 from controller.sim.runner import EBBTIDE, POLICY_NAMES, PolicyRun, RunSettings, run_all
 from controller.sim.traces import TraceError, TraceFormat, read_trace
 from controller.sim.workload import Workload, build_week, load_profile, peak_rps_for_monthly_tokens, replay
-from controller.validate import load_pools
+from controller.validate import field_path, load_pools
 from policies.spec import GPUPoolSpec
 
 __all__ = ["DEFAULTS", "register", "run"]
@@ -174,9 +174,7 @@ def apply_overrides(spec: GPUPoolSpec, assignments: list[str]) -> GPUPoolSpec:
     try:
         return GPUPoolSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"spec.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
+        problems = "; ".join(f"{field_path(('spec', *error['loc']))}: {error['msg']}" for error in exc.errors())
         raise InputError(f"--set: {problems}") from exc
 
 

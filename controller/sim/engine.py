@@ -131,6 +131,9 @@ class RouteCode:
     REJECT = 3
 
 
+_ROUTE_CODES = {Route.GPU: RouteCode.GPU, Route.FALLBACK: RouteCode.FALLBACK, Route.REJECT: RouteCode.REJECT}
+
+
 @dataclass(frozen=True, slots=True)
 class DemandReading:
     """What the engines and the gateway would report at one moment."""
@@ -290,7 +293,9 @@ class PoolEngine:
         """The per-request loop: drain, route, enqueue (plain Python over one tick's arrivals)."""
         times = self.workload.arrival_s[lo:hi].tolist()
         works = self.work[lo:hi].tolist()
-        prefills = self.prefill[lo:hi].tolist()
+        objective = self.objective_ttft_seconds
+        # Read only to decide a request's lane; without an objective the loop never looks.
+        prefills: list[float] = self.prefill[lo:hi].tolist() if objective is not None else []
         codes = [RouteCode.GPU] * len(times)
         one, two = self._lanes
         positions: tuple[list[float], list[float]] = ([], [])
@@ -301,7 +306,6 @@ class PoolEngine:
         b1, s1, b2, s2 = one.backlog, one.served, two.backlog, two.served
         routing = self.routing
         limit = self.max_wait_seconds
-        objective = self.objective_ttft_seconds
         open_ = self.fallback_open
         capped = self._cap_tracking()
         usd_in = self.price.input_usd_per_million / 1e6
@@ -332,9 +336,7 @@ class PoolEngine:
                     late_waiting=b2,
                     on_time_wait_seconds=None if objective is None else objective - prefills[k],
                 )
-                code = {Route.GPU: RouteCode.GPU, Route.FALLBACK: RouteCode.FALLBACK}.get(
-                    decision.route, RouteCode.REJECT
-                )
+                code = _ROUTE_CODES[decision.route]
                 lane = int(decision.lane)
             if code == RouteCode.GPU:
                 if lane == 0:
