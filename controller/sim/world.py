@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from controller.daemon.decisionlog import DecisionFilter
 from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
 from controller.sim.engine import PoolEngine
 from policies.billing import gpu_cost_usd
@@ -206,19 +207,17 @@ class DecisionLog:
     policy: str
     lines: list[dict[str, Any]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
-    _last: tuple[Any, ...] = ()
+    _filter: DecisionFilter = field(default_factory=DecisionFilter)
 
     def record(self, step: StepReport) -> None:
-        """Count the reason; keep a line when the desired replicas, reason or validity change, or it applied."""
+        """Count the reason; keep a line when the decision changes or it applied (the daemon's rule)."""
         decision, pool, applied, now = step.decision, step.pool, step.applied, step.now
         if decision is None:  # the simulated cluster is always readable
             return
         previous = step.previous
         self.reasons[decision.reason.value] = self.reasons.get(decision.reason.value, 0) + 1
-        key = (decision.desired_replicas, decision.reason, decision.valid, previous)
-        if not applied and key == self._last:
+        if not self._filter.changed(step):
             return
-        self._last = key
         self.lines.append(
             {
                 "time": now.isoformat(),
