@@ -1,0 +1,95 @@
+"""Writes GPUPool status in the background: the tick only hands over the new status object.
+
+Writes are coalesced per pool (only the latest status of a pool is written), sent as a JSON merge patch of
+the status subresource with a short timeout, and retried on the next submission after a failure; a
+failure is logged, never raised. The caller decides whether a status changed (`status_changed`); this
+module only delivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.client import ApiClient
+
+from controller.kube.client import MERGE_PATCH, api_error_message, request_json
+from policies.spec import API_GROUP, API_VERSION, PLURAL
+
+__all__ = ["StatusWriter"]
+
+log = logging.getLogger("ebbtide.status")
+
+Key = tuple[str, str]
+
+
+class StatusWriter:
+    """Coalescing background writer of `gpupools/status`."""
+
+    def __init__(self, api: ApiClient, *, timeout: float = 5.0) -> None:
+        self._api = api
+        self._timeout = timeout
+        self._pending: dict[Key, Mapping[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._busy = False
+        self.written = 0
+        self.failed = 0
+
+    def submit(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Queue the pool's new status (replacing one not yet written); returns at once."""
+        self._pending[(namespace, name)] = status
+        self._wake.set()
+
+    def pending(self) -> int:
+        """Statuses queued or being written."""
+        return len(self._pending) + (1 if self._busy else 0)
+
+    def _write(self, key: Key, status: Mapping[str, Any]) -> None:
+        namespace, name = key
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        request_json(self._api, "PATCH", path, body={"status": status}, content_type=MERGE_PATCH, timeout=self._timeout)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            key = next(iter(self._pending))
+            status = self._pending.pop(key)
+            self._busy = True
+            try:
+                await asyncio.to_thread(self._write, key, status)
+                self.written += 1
+            except Exception as exc:
+                self.failed += 1
+                message = api_error_message(exc)
+                if "404" in message or "not found" in message.lower():
+                    log.debug("status of %s/%s not written: the pool is gone", *key)
+                else:
+                    log.warning("writing the status of GPUPool %s/%s failed: %s", key[0], key[1], message)
+            finally:
+                self._busy = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write submitted statuses until `stop` is set, then what is left."""
+        while not stop.is_set():
+            await self._drain()
+            self._wake.clear()
+            if self._pending:
+                continue
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        await self._drain()
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted has been written or has failed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
