@@ -177,6 +177,15 @@ def test_offered_rates_come_from_the_gateway_when_present() -> None:
     assert sample.overflow_tokens_per_second == pytest.approx(240.0)
 
 
+def test_gateway_rates_run_between_the_gateway_scrape_times() -> None:
+    first = GatewayCounters({"gw": gw(prompt_tokens_total=100)}, at=at(-1))
+    _, before = ok(aggregate({}, [], first, None, at(0)))
+    assert before.gateway_at == at(-1)
+    later = GatewayCounters({"gw": gw(prompt_tokens_total=700)}, at=at(5))
+    sample, _ = ok(aggregate({}, [], later, before, at(10)))
+    assert sample.input_tokens_per_second == pytest.approx(100.0)  # 600 tokens over 6 s, not over 10 s
+
+
 def test_gateway_counter_reset_on_one_process() -> None:
     first = GatewayCounters({"gw-1": gw(prompt_tokens_total=10_000), "gw-2": gw(prompt_tokens_total=20_000)})
     _, before = ok(aggregate({}, [], first, None, at(0)))

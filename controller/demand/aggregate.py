@@ -64,6 +64,8 @@ class GatewayCounters:
     """The gateway's view of one pool: one entry per gateway process (its endpoint), all read."""
 
     instances: Mapping[str, GatewaySeries]
+    at: dt.datetime | None = None
+    """When the gateway was scraped (its own round); None: at the time of the engines' read."""
 
     @property
     def fallback_usd_total(self) -> float:
@@ -93,6 +95,8 @@ class Reading:
     """Per pod: (prompt tokens total, generation tokens total); None where the engine exports none."""
     gateway: Mapping[str, GatewaySeries] | None = None
     """Per gateway process; None when the pool has no gateway counters."""
+    gateway_at: dt.datetime | None = None
+    """When those gateway counters were scraped."""
 
 
 def counter_increase(current: float, before: float | None) -> float:
@@ -179,6 +183,7 @@ def aggregate(
 
     interval = (now - previous.at).total_seconds() if previous is not None else 0.0
     rated = previous is not None and interval > 0.0
+    gateway_at = None if gateway is None else gateway.at or now
     observed_at = now
     if isinstance(engines, EngineTotals):
         waiting, running, kv = engines.waiting, engines.running, engines.kv_cache_usage
@@ -210,9 +215,12 @@ def aggregate(
         overflow_in_flight = float(sum(s.fallback_in_flight for s in series))
         gateway_series = MappingProxyType(dict(gateway.instances))
         prompt_rate = gen_rate = None
-        if rated and previous is not None:
-            # A previous reading without gateway counters (the gateway just appeared) counts from zero.
-            prompt_rate, gen_rate, overflow_rate = _gateway_rates(gateway, previous.gateway or {}, interval)
+        if previous is not None and gateway_at is not None:
+            # The gateway is scraped in its own round: its rates run between its own scrape times. A
+            # previous reading without gateway counters (the gateway just appeared) counts from zero.
+            span = (gateway_at - (previous.gateway_at or previous.at)).total_seconds()
+            if span > 0.0:
+                prompt_rate, gen_rate, overflow_rate = _gateway_rates(gateway, previous.gateway or {}, span)
 
     values = (waiting, running, overflow_in_flight)
     if not all(math.isfinite(v) and v >= 0 for v in values):
@@ -229,7 +237,7 @@ def aggregate(
         output_tokens_per_second=gen_rate,
         overflow_tokens_per_second=overflow_rate,
     )
-    return sample, Reading(at=now, engines=engine_counters, gateway=gateway_series)
+    return sample, Reading(at=now, engines=engine_counters, gateway=gateway_series, gateway_at=gateway_at)
 
 
 class ReadingWindow:

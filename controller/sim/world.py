@@ -8,7 +8,6 @@ newest Ready ones, as a Deployment's ReplicaSet does.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -16,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from controller.daemon.decisionlog import DecisionFilter
+from controller.demand.aggregate import GatewayCounters, GatewaySeries, ReadingWindow, aggregate
 from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
+from controller.scrape.sample import EngineSample
 from controller.sim.engine import PoolEngine
 from policies.billing import gpu_cost_usd
 from policies.spec import GPUPoolSpec
@@ -134,21 +137,81 @@ class SimCluster:
 
 
 class SimMetrics:
-    """Demand as the engines and the gateway would report it, read from the serving model."""
+    """Demand as the engines and the gateway report it, read through the daemon's own aggregate.
+
+    The serving model emits what real processes export: one EngineSample per Ready replica (its share
+    of waiting and running requests) and the gateway's cumulative counters (offered and saturation
+    tokens, requests held at zero Ready replicas, requests in flight at the fallback);
+    `controller.demand.aggregate` turns them into the DemandSample, with rates over the engine's rate
+    window, exactly as the daemon's poller does.
+    """
 
     def __init__(self, engine: PoolEngine, clock: SimClock, *, fail_every: int = 0) -> None:
         self.engine = engine
         self.clock = clock
         self.fail_every = fail_every
         self.reads = 0
+        self.window = ReadingWindow(engine.rate_window_seconds)
+        self._counted = 0
+        self._prompt_total = 0
+        self._completion_total = 0
+        self._saturation_total = 0
+
+    def _gateway(self, held: float, in_flight: float) -> GatewayCounters:
+        """The simulated gateway's counters: tokens of every request that has arrived (offered load)."""
+        workload, engine = self.engine.workload, self.engine
+        upto = int(np.searchsorted(workload.arrival_s, engine.now, side="left"))
+        lo = self._counted
+        if upto > lo:
+            # Integer sums: cumulative counters stay exact, so rates match a windowed sum bit for bit.
+            inputs, outputs = workload.input_tokens[lo:upto], workload.output_tokens[lo:upto]
+            saturated = engine.saturated[lo:upto]
+            self._prompt_total += int(inputs.sum())
+            self._completion_total += int(outputs.sum())
+            self._saturation_total += int(inputs[saturated].sum()) + int(outputs[saturated].sum())
+            self._counted = upto
+        series = GatewaySeries(
+            prompt_tokens_total=float(self._prompt_total),
+            completion_tokens_total=float(self._completion_total),
+            saturation_tokens_total=float(self._saturation_total),
+            fallback_usd_total=engine.fallback_usd_day,
+            fallback_in_flight=in_flight,
+            held=held,
+        )
+        return GatewayCounters({"sim-gateway": series})
+
+    def _engines(self, waiting: int, running: int) -> dict[str, EngineSample]:
+        """One sample per Ready replica, the pool's queue shared out as evenly as whole requests go."""
+        ready = self.engine.ready
+        out: dict[str, EngineSample] = {}
+        for i in range(ready):
+            out[f"replica-{i}"] = EngineSample(
+                waiting=waiting // ready + (1 if i < waiting % ready else 0),
+                running=running // ready + (1 if i < running % ready else 0),
+                kv_cache_usage=None,
+                prompt_tokens_total=None,
+                generation_tokens_total=None,
+                request_success_total=None,
+                admission_rejections_total=None,
+                engines=1,
+            )
+        return out
 
     def sample(self, pool: PoolRef, now: dt.datetime) -> DemandSample | NoData:
         """The latest reading; every `fail_every`-th read fails (0: never) to exercise no-data handling."""
         self.reads += 1
         reading = self.engine.sample()
+        waiting, running = round(reading.waiting), round(reading.running)
+        # With no Ready replica the requests queued are the ones the gateway holds for a replica.
+        held = 0 if self.engine.ready else waiting
+        engines = self._engines(waiting - held, running)
+        gateway = self._gateway(float(held), reading.overflow_in_flight)
         if self.fail_every and self.reads % self.fail_every == 0:
             return NoData("simulated scrape failure")
-        return DemandSample(observed_at=now, **dataclasses.asdict(reading))
+        demand, counters = aggregate(engines, engines.keys(), gateway, self.window.baseline(now), now)
+        if counters is not None:
+            self.window.add(counters)
+        return demand
 
 
 class SimLedger:
