@@ -96,8 +96,7 @@ class DemandPoller:
         entry = self._pools.get(key)
         if entry is None or entry.spec.metrics.source is not spec.metrics.source or entry.ref != pool:
             window = ReadingWindow(self.rate_window_seconds)
-            sample: DemandSample | NoData
-            self._pools[key] = _Pool(pool, spec, tuple(pods), dict(secrets or {}), window, sample)
+            self._pools[key] = _Pool(pool, spec, tuple(pods), dict(secrets or {}), window, NoData("not read yet"))
         else:
             entry.spec, entry.pods, entry.secrets = spec, tuple(pods), dict(secrets or {})
         if self._changed is not None:
