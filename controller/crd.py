@@ -1,8 +1,9 @@
 """The GPUPool CustomResourceDefinition, generated from the pydantic spec (its one source of truth).
 
 Pydantic's JSON schema is turned into a Kubernetes structural schema: references inlined, titles and
-`additionalProperties: false` dropped (the API server prunes unknown fields instead), `anyOf [X, null]`
-folded into `nullable: true`, and the models' CEL rules kept as `x-kubernetes-validations`.
+`additionalProperties` dropped (the API server prunes unknown fields instead; a map field says
+`x-kubernetes-preserve-unknown-fields` so its entries are kept), `anyOf [X, null]` folded into
+`nullable: true`, and the models' CEL rules kept as `x-kubernetes-validations`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Deployment", "type": "string", "jsonPath": ".spec.target.deployment"},
         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "Window", "type": "string", "jsonPath": ".status.activeWindow"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.lastDecision.reason"},
+        {"name": "Next", "type": "string", "jsonPath": ".status.nextChange.what", "priority": 1},
+        {"name": "Next at", "type": "date", "jsonPath": ".status.nextChange.time", "priority": 1},
         {"name": "GPU-h today", "type": "number", "jsonPath": ".status.gpuHoursToday", "priority": 1},
         {"name": "Fallback $ today", "type": "number", "jsonPath": ".status.fallbackUsdToday", "priority": 1},
+        {"name": "Fallback", "type": "boolean", "jsonPath": ".status.fallbackOpen", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
