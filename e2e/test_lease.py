@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
-from controller.kube.client import ApiException, format_micro_time, request_json
+from controller.kube.client import ApiException, api_client, format_micro_time, request_json
 from controller.kube.lease import LeaderElector
 from e2e.cluster import K8sCluster
 
@@ -303,10 +303,9 @@ def test_a_leader_cut_off_stops_leading_before_its_lease_expires(k8s_cluster: K8
     async def scenario(campaign: Campaign) -> None:
         partition = Partition(int(upstream))
         port = await partition.start()
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=configuration)
-        configuration.host = f"https://127.0.0.1:{port}"  # the serving certificate names 127.0.0.1: TLS still verifies
-        cut_api = client.ApiClient(configuration)
+        cut_api = api_client(str(k8s_cluster.kubeconfig))
+        # The serving certificate names 127.0.0.1, whatever the port: TLS still verifies through the proxy.
+        cut_api.configuration.host = f"https://127.0.0.1:{port}"
         try:
             a = _elector(
                 cut_api, namespace, "pod-a", lease_seconds=lease_seconds, renew_deadline=renew_deadline, retry=0.3
@@ -342,6 +341,6 @@ def test_a_leader_cut_off_stops_leading_before_its_lease_expires(k8s_cluster: K8
         finally:
             await campaign.close()
             await partition.close()
-            cut_api.close()
+            cut_api.close()  # type: ignore[no-untyped-call]
 
     _run(scenario)
