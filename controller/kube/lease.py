@@ -154,6 +154,9 @@ class LeaderElector:
             return self._try_acquire_or_renew()
 
     def _try_acquire_or_renew(self) -> bool:
+        # Fencing counts from when this round *started*: the server commits a renewal no earlier than that,
+        # so a slow answer can never stretch this candidate's leadership past what the others grant it.
+        started = self._monotonic()
         now_wall = format_micro_time(self._wall())
         timeout = (min(2.0, self.renew_deadline / 2), self.renew_deadline / 2)
         try:
@@ -174,7 +177,7 @@ class LeaderElector:
                 if create_error.status == 409:  # another candidate created it first
                     return False
                 raise
-            self._won(record)
+            self._won(record, started)
             return True
 
         current = LeaseRecord.from_lease(lease)
@@ -201,13 +204,13 @@ class LeaderElector:
             if e.status == 409:
                 return False
             raise
-        self._won(record)
+        self._won(record, started)
         return True
 
-    def _won(self, record: LeaseRecord) -> None:
+    def _won(self, record: LeaseRecord, started: float) -> None:
         self._observed = record
         self._observed_at = self._monotonic()
-        self._last_renew = self._observed_at
+        self._last_renew = started
 
     def _log_transition(self) -> None:
         leading = self.is_leader()
