@@ -1,9 +1,8 @@
 """The GPUPool CustomResourceDefinition, generated from the pydantic spec (its one source of truth).
 
 Pydantic's JSON schema is turned into a Kubernetes structural schema: references inlined, titles and
-`additionalProperties` dropped (the API server prunes unknown fields instead; a map field says
-`x-kubernetes-preserve-unknown-fields` so its entries are kept), `anyOf [X, null]` folded into
-`nullable: true`, and the models' CEL rules kept as `x-kubernetes-validations`.
+`additionalProperties: false` dropped (the API server prunes unknown fields instead), `anyOf [X, null]`
+folded into `nullable: true`, and the models' CEL rules kept as `x-kubernetes-validations`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import datetime as dt
 import re
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays as holidays_lib
@@ -22,6 +22,7 @@ __all__ = [
     "API_VERSION",
     "KIND",
     "PLURAL",
+    "BilledPod",
     "Billing",
     "BillingGranularity",
     "Budget",
@@ -30,6 +31,7 @@ __all__ = [
     "Fallback",
     "FallbackCapAction",
     "FallbackLedger",
+    "FallbackTotal",
     "GPUCapAction",
     "GPUPool",
     "GPUPoolSpec",
@@ -732,8 +734,15 @@ class NextChange(_Model):
     """What happens then (prewarm for a window, a window opens or closes, an override ends)."""
 
 
-# A map in a structural schema: its keys are data (uids, instances), which the API server must not prune.
-_MAP: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+class FallbackTotal(_Model):
+    """One gateway instance's FALLBACK_USD counter total when last counted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instance: Annotated[str, Field(max_length=512)]
+    """The gateway replica (its metrics URL); empty for a single summed total."""
+    total: Annotated[float, Field(ge=0)]
+    """Dollars the counter showed."""
 
 
 class FallbackLedger(_Model):
@@ -745,12 +754,30 @@ class FallbackLedger(_Model):
     """The local day (pool's timezone) the spend belongs to."""
     usd: Annotated[float, Field(ge=0)] = 0.0
     """Dollars counted so far that day."""
-    totals: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict, json_schema_extra=_MAP)
-    """Gateway instance -> its FALLBACK_USD counter total when last counted."""
+    totals: list[FallbackTotal] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["instance"]},
+    )
+    """Each gateway instance's counter total when last counted."""
+
+
+class BilledPod(_Model):
+    """A pod billed now, and since when today."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uid: Annotated[str, Field(min_length=1, max_length=128)]
+    """The pod's uid."""
+    since: dt.datetime
+    """Start of its billed time today (its billing start, or local midnight if earlier)."""
 
 
 class PoolLedger(_Model):
-    """What today's GPU-hours were counted from, so a restarted controller goes on counting."""
+    """What today's GPU-hours were counted from, so a restarted controller goes on counting.
+
+    Lists rather than maps: a JSON merge patch replaces a list whole but merges a map, which would keep a
+    pod that went."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -758,8 +785,12 @@ class PoolLedger(_Model):
     """The local day (pool's timezone) the counts belong to."""
     closed_gpu_seconds: Annotated[float | None, Field(ge=0)] = None
     """GPU-seconds of today's pods that are gone."""
-    pods: dict[str, dt.datetime] = Field(default_factory=dict, json_schema_extra=_MAP)
-    """Pod uid -> start of its billed time today, for the pods billed now."""
+    pods: list[BilledPod] = Field(
+        default_factory=list,
+        max_length=4096,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["uid"]},
+    )
+    """The pods billed now."""
     fallback: FallbackLedger | None = None
     """Today's fallback spend."""
 

@@ -255,8 +255,12 @@ def test_status_round_trip() -> None:
     assert status == {
         "day": "2026-12-01",
         "closedGpuSeconds": 7200.5,
-        "pods": {"u1": "2026-12-01T07:00:00Z"},
-        "fallback": {"day": "2026-12-01", "usd": 3.25, "totals": {"gw-1": 3.0, "gw-2": 0.25}},
+        "pods": [{"uid": "u1", "since": "2026-12-01T07:00:00Z"}],
+        "fallback": {
+            "day": "2026-12-01",
+            "usd": 3.25,
+            "totals": [{"instance": "gw-1", "total": 3.0}, {"instance": "gw-2", "total": 0.25}],
+        },
     }
     assert ledger_from_status(status) == (hours, usd, [])
     assert ledger_from_status(None) == (None, None, [])
@@ -276,10 +280,12 @@ def test_a_start_with_fractions_is_written_a_little_early() -> None:
         ("yesterday", "ledger must be an object"),
         ({"day": "Monday"}, "ledger.day must be a date"),
         ({"day": "2026-12-01", "closedGpuSeconds": -5}, "ledger.closedGpuSeconds must be a non-negative number"),
-        ({"day": "2026-12-01", "pods": {"u": "soon"}}, "ledger.pods[u] must be a time"),
-        ({"day": "2026-12-01", "pods": ["u"]}, "ledger.pods must be an object"),
+        ({"day": "2026-12-01", "pods": [{"uid": "u", "since": "soon"}]}, "ledger.pods[u].since must be a time"),
+        ({"day": "2026-12-01", "pods": [{"since": "2026-12-01T07:00:00Z"}]}, "ledger.pods[0].uid must be a string"),
+        ({"day": "2026-12-01", "pods": ["u"]}, "ledger.pods[0] must be an object"),
+        ({"day": "2026-12-01", "pods": {"u": "2026-12-01T07:00:00Z"}}, "ledger.pods must be a list"),
         ({"fallback": {"day": "2026-12-01", "usd": "five"}}, "ledger.fallback.usd must be a non-negative number"),
-        ({"fallback": {"day": "2026-12-01", "totals": {"gw": None}}}, "ledger.fallback.totals[gw]"),
+        ({"fallback": {"day": "2026-12-01", "totals": [{"instance": "gw"}]}}, "ledger.fallback.totals[gw].total"),
         ({"fallback": 3}, "ledger.fallback must be an object"),
     ],
 )

@@ -82,7 +82,7 @@ def stored(status: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_normal_step_gives_the_whole_status() -> None:
     step, state = step_at(T0)
-    status = build(step, state=state, ledger={"day": "2026-12-01", "closedGpuSeconds": 0.0, "pods": {}})
+    status = build(step, state=state, ledger={"day": "2026-12-01", "closedGpuSeconds": 0.0, "pods": []})
     assert status["desiredReplicas"] == 2
     assert status["currentReplicas"] == status["readyReplicas"] == 2
     assert status["observedGeneration"] == 3
@@ -159,7 +159,9 @@ def test_what_is_news_is_a_change(change: str) -> None:
         "fallback closes": lambda: build(step, first, usage=Usage(1.5, 5.0)),
         "window": lambda: build(step, first, active_window=None),
         "hours unknown": lambda: build(step, first, usage=Usage(None, 0.25)),
-        "pods": lambda: build(step, first, ledger={"day": "2026-12-01", "pods": {"u": "2026-12-01T09:00:00Z"}}),
+        "pods": lambda: build(
+            step, first, ledger={"day": "2026-12-01", "pods": [{"uid": "u", "since": "2026-12-01T09:00:00Z"}]}
+        ),
         "refused": lambda: build(step, first, scaling_refused="ScalingOwnedByHPA: HorizontalPodAutoscaler vllm"),
     }[change]()
     assert status_changed(first, new), change
@@ -314,12 +316,15 @@ def test_the_merge_patch_removes_what_went() -> None:
         ledger=ledger_to_status(dataclasses.replace(hours, pods={"a": T0}), None),
     )
     patch = status_patch(stored(first), second)
-    assert patch["ledger"] == {"pods": {"b": None}}
+    assert patch["ledger"] == {"pods": [{"uid": "a", "since": "2026-12-01T10:00:00Z"}]}
     assert patch["gpuHoursToday"] is None and patch["activeWindow"] is None
     assert "desiredReplicas" not in patch  # unchanged fields are not sent
     assert status_patch(stored(first), first) == {}
-    # Applying the patch (RFC 7386) to the stored object gives the new one.
+    # Applying the patch (RFC 7386) to the stored object gives the new one; so does sending the whole new
+    # object as the patch (its nulls remove, and the ledger's lists are replaced whole).
     assert merge(stored(first), patch) == stored(second)
+    assert merge(stored(first), second) == stored(second)
+    GPUPoolStatus.model_validate(stored(first))
 
 
 def merge(target: Any, patch: Any) -> Any:

@@ -4,7 +4,7 @@ Nothing lives in local files: a restarted controller reads `status.ledger` back 
 
 GPU-hours: a live pod is billed from when it got its GPU (PodInfo.scheduled_at, read from the pod) or
 local midnight, whichever is later, to now. A pod that is gone no longer shows its time, so the status
-remembers each billed pod's start (`pods: {uid: start}`, which changes only when the pods change, so the
+remembers each billed pod's start (`pods: [{uid, since}]`, which changes only when the pods change, so the
 ledger does not force a status write every tick) and the GPU-seconds of the pods that went today
 (`closedGpuSeconds`). A pod found gone is counted up to the moment it was found gone: at most a tick more
 than it ran while the controller runs, and an upper bound after a restart, so a budget cap errs on the
@@ -149,17 +149,19 @@ def _time(moment: dt.datetime) -> str:
 
 
 def ledger_to_status(hours: CarriedHours | None, usd: CarriedUsd | None) -> dict[str, Any]:
-    """The `status.ledger` object: {day, closedGpuSeconds, pods: {uid: start}, fallback: {day, usd, totals}}."""
+    """The `status.ledger` object: {day, closedGpuSeconds, pods: [{uid, since}], fallback: {day, usd, totals:
+    [{instance, total}]}}. Lists, not maps: a JSON merge patch replaces a list whole, while it would merge a
+    map and keep the uid of a pod that went."""
     out: dict[str, Any] = {}
     if hours is not None:
         out["day"] = hours.day.isoformat()
         out["closedGpuSeconds"] = round(hours.closed_gpu_seconds, 3)
-        out["pods"] = {uid: _time(since) for uid, since in sorted(hours.pods.items())}
+        out["pods"] = [{"uid": uid, "since": _time(since)} for uid, since in sorted(hours.pods.items())]
     if usd is not None:
         out["fallback"] = {
             "day": usd.day.isoformat(),
             "usd": round(usd.usd, 6),
-            "totals": {k: v for k, v in sorted(usd.totals.items())},
+            "totals": [{"instance": k, "total": v} for k, v in sorted(usd.totals.items())],
         }
     return out
 
@@ -187,13 +189,28 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _entries(value: object, where: str, key: str) -> list[tuple[str, Mapping[str, Any]]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be a list, got {value!r}")
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for i, item in enumerate(value):
+        entry = _mapping(item, f"{where}[{i}]")
+        name = entry.get(key)
+        if not isinstance(name, str):
+            raise ValueError(f"{where}[{i}].{key} must be a string, got {name!r}")
+        out.append((name, entry))
+    return out
+
+
 def _hours(obj: Mapping[str, Any]) -> CarriedHours:
     pods: dict[str, dt.datetime] = {}
-    for uid, text in _mapping(obj.get("pods"), "ledger.pods").items():
-        moment = parse_time(text)
+    for uid, entry in _entries(obj.get("pods"), "ledger.pods", "uid"):
+        moment = parse_time(entry.get("since"))
         if moment is None:
-            raise ValueError(f"ledger.pods[{uid}] must be a time, got {text!r}")
-        pods[str(uid)] = moment
+            raise ValueError(f"ledger.pods[{uid}].since must be a time, got {entry.get('since')!r}")
+        pods[uid] = moment
     return CarriedHours(
         day=_date(obj.get("day"), "ledger.day"),
         closed_gpu_seconds=_amount(obj.get("closedGpuSeconds", 0.0), "ledger.closedGpuSeconds"),
@@ -202,11 +219,11 @@ def _hours(obj: Mapping[str, Any]) -> CarriedHours:
 
 
 def _usd(obj: Mapping[str, Any]) -> CarriedUsd:
-    totals = _mapping(obj.get("totals"), "ledger.fallback.totals")
+    totals = _entries(obj.get("totals"), "ledger.fallback.totals", "instance")
     return CarriedUsd(
         day=_date(obj.get("day"), "ledger.fallback.day"),
         usd=_amount(obj.get("usd", 0.0), "ledger.fallback.usd"),
-        totals={str(k): _amount(v, f"ledger.fallback.totals[{k}]") for k, v in totals.items()},
+        totals={k: _amount(e.get("total"), f"ledger.fallback.totals[{k}].total") for k, e in totals},
     )
 
 
