@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from controller.kube.client import format_time, request_json
-from controller.kube.events import EventSink, ObjectRef
+from controller.kube.events import SPAM_BURST, SPAM_REFILL_SECONDS, EventSink, ObjectRef
 from e2e.cluster import K8sCluster
 from e2e.manifests import REPO, install_crds
 
@@ -171,3 +171,26 @@ def test_the_queue_is_bounded_and_emits_from_other_threads_are_written(k8s_clust
     _drive(sink, body)
     reasons = sorted(e["reason"] for e in _events(k8s_cluster, ref))
     assert reasons == ["FromThread", "Reason2", "Reason3", "Reason4"]
+
+
+def test_a_flood_of_distinct_events_is_held_to_the_spam_filter(k8s_cluster: K8sCluster, namespace: str) -> None:
+    ref = _gpupool(k8s_cluster, namespace)
+    sink = EventSink(k8s_cluster.api_client, instance="controller-0")
+
+    async def flood() -> None:
+        for i in range(SPAM_BURST + 5):  # a message that changes every tick: nothing to aggregate
+            sink.emit(ref, "Normal", "QueueHigh", f"queue {i} above target", T0 + dt.timedelta(seconds=i))
+        # A repeat of an Event already written is still counted, spam filter or not.
+        sink.emit(ref, "Normal", "QueueHigh", "queue 0 above target", T0 + dt.timedelta(seconds=40))
+
+    _drive(sink, flood)
+    assert (sink.written, sink.suppressed) == (SPAM_BURST + 1, 5)
+    events = _events(k8s_cluster, ref)
+    assert len(events) == SPAM_BURST
+    assert [e["count"] for e in events if e["message"] == "queue 0 above target"] == [2]
+
+    async def later() -> None:  # the bucket refills one Event per SPAM_REFILL_SECONDS
+        sink.emit(ref, "Normal", "QueueHigh", "queue back", T0 + dt.timedelta(seconds=30 + SPAM_REFILL_SECONDS))
+
+    _drive(sink, later)
+    assert len(_events(k8s_cluster, ref)) == SPAM_BURST + 1

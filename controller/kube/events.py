@@ -4,7 +4,9 @@ core/v1 Events without ``eventTime``: that field is a MicroTime the official cli
 controller/kube/client.py), and leaving it out keeps the server on the legacy validation path, which needs
 only first/lastTimestamp and count. A repeat of the same (object uid, type, reason, message) within
 ``AGGREGATE_SECONDS`` patches ``count`` and ``lastTimestamp`` of the Event already written, as client-go's
-``events_cache`` does, so a reason that recurs every tick costs one object, not thousands.
+``events_cache`` does, so a reason that recurs every tick costs one object, not thousands. New distinct
+Events about one object pass client-go's spam filter too (a burst of ``SPAM_BURST``, then one per
+``SPAM_REFILL_SECONDS``), so a pool whose message changes every tick cannot flood etcd.
 
 :meth:`EventSink.emit` only enqueues (the tick never waits on the API server); :meth:`EventSink.run` drains
 the queue. The queue is bounded: when the API server is down, the oldest waiting Events are dropped (and
@@ -26,7 +28,7 @@ from kubernetes.client import ApiClient, ApiException
 
 from controller.kube.client import STRATEGIC_MERGE_PATCH, api_error_message, format_time, request_json
 
-__all__ = ["AGGREGATE_SECONDS", "EventSink", "ObjectRef"]
+__all__ = ["AGGREGATE_SECONDS", "SPAM_BURST", "SPAM_REFILL_SECONDS", "EventSink", "ObjectRef"]
 
 _log = logging.getLogger("ebbtide.events")
 
@@ -34,6 +36,10 @@ AGGREGATE_SECONDS = 600.0
 """A repeat within 10 minutes bumps the count of the Event already written (client-go's window)."""
 _MESSAGE_LIMIT = 1024
 """events.k8s.io caps a note at 1 kB; core/v1 does not, but a longer message is noise in `kubectl describe`."""
+SPAM_BURST = 25
+"""New Events one object may get at once (client-go's EventSourceObjectSpamFilter burst)..."""
+SPAM_REFILL_SECONDS = 300.0
+"""...then one more per 5 minutes (its refill rate)."""
 _NAME_PREFIX_LIMIT = 230
 """Room for ".<hex nanoseconds>" within the 253 characters an object name may have."""
 
@@ -96,6 +102,9 @@ class EventSink:
         """Events the API server refused or that could not be sent."""
         self.written = 0
         """Events created or updated."""
+        self.suppressed = 0
+        """New Events not written because their object had too many (the spam filter)."""
+        self._buckets: collections.OrderedDict[str, tuple[float, dt.datetime]] = collections.OrderedDict()
 
     def emit(
         self,
@@ -160,8 +169,8 @@ class EventSink:
             item = self._queue.popleft()
             self._busy = True
             try:
-                await asyncio.to_thread(self._write, item)
-                self.written += 1
+                if await asyncio.to_thread(self._write, item):
+                    self.written += 1
             except Exception as e:  # never let one bad Event stop the writer
                 self.failed += 1
                 _log.warning(
@@ -176,7 +185,8 @@ class EventSink:
             finally:
                 self._busy = False
 
-    def _write(self, item: _Pending) -> None:
+    def _write(self, item: _Pending) -> bool:
+        """Create or bump the Event; False when the spam filter held it back."""
         key = (item.ref.uid, item.type_, item.reason, item.message)
         earlier = self._written.get(key)
         if earlier is not None and (item.now - earlier.last_seen).total_seconds() <= AGGREGATE_SECONDS:
@@ -195,12 +205,36 @@ class EventSink:
                 earlier.count = count
                 earlier.last_seen = item.now
                 self._written.move_to_end(key)
-                return
+                return True
+        if not self._spam_allows(item):
+            self.suppressed += 1
+            _log.info(
+                "event %s %s on %s %s/%s suppressed: too many events about this object",
+                item.type_,
+                item.reason,
+                item.ref.kind,
+                item.ref.namespace,
+                item.ref.name,
+            )
+            return False
         written = self._create(item)
         self._written[key] = written
         self._written.move_to_end(key)
         while len(self._written) > self._cache_size:
             self._written.popitem(last=False)
+        return True
+
+    def _spam_allows(self, item: _Pending) -> bool:
+        """Token bucket per object, on the caller's clock (so tests step time instead of sleeping)."""
+        tokens, at = self._buckets.get(item.ref.uid, (float(SPAM_BURST), item.now))
+        elapsed = max(0.0, (item.now - at).total_seconds())
+        tokens = min(float(SPAM_BURST), tokens + elapsed / SPAM_REFILL_SECONDS)
+        allowed = tokens >= 1.0
+        self._buckets[item.ref.uid] = (tokens - 1.0 if allowed else tokens, max(at, item.now))
+        self._buckets.move_to_end(item.ref.uid)
+        while len(self._buckets) > self._cache_size:
+            self._buckets.popitem(last=False)
+        return allowed
 
     def _create(self, item: _Pending) -> _Written:
         namespace = item.ref.namespace or "default"

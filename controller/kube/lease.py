@@ -230,7 +230,11 @@ class LeaderElector:
         held = self._observed is not None and self._observed.holder == self.identity
         self._released = True
         self._last_renew = None
-        self._log_transition()
+        if self._was_leader:
+            _log.info(
+                "leader election: %s stops leading and releases lease %s/%s", self.identity, self.namespace, self.name
+            )
+        self._was_leader = False
         if not held:
             return False
         try:
