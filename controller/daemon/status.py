@@ -170,19 +170,18 @@ def _budget(spec: GPUPoolSpec | None, usage: Usage | None) -> tuple[bool | None,
     unknown: list[str] = []
     if gpu_cap is not None:
         if hours is None:
-            unknown.append("today's GPU-hours")
+            unknown.append("today's GPU-hours cannot be read: no scale-up past the cap")
         elif hours >= gpu_cap:
             exceeded.append(("GPUHoursCap", f"today's GPU-hours reached the cap of {gpu_cap:g} ({budget.on_gpu_cap})"))
     if usd_cap is not None:
         if usd is None:
-            unknown.append("today's fallback spend")
+            unknown.append("today's fallback spend cannot be read: the fallback is closed")
         elif usd >= usd_cap:
             exceeded.append(("FallbackUsdCap", f"today's fallback spend reached ${usd_cap:g}; the fallback is closed"))
     if exceeded:
         return True, ",".join(r for r, _ in exceeded), "; ".join(m for _, m in exceeded), fallback_open
     if unknown:
-        message = f"{' and '.join(unknown)} cannot be read; the caps hold (no scale-up, fallback closed)"
-        return None, "UsageUnknown", message, fallback_open
+        return None, "UsageUnknown", "; ".join(unknown), fallback_open
     return False, "WithinBudget", "today's usage is below the daily caps", fallback_open
 
 
