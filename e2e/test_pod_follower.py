@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.cluster import GPU_RESOURCE, K8sCluster, cold_start
+from e2e.cluster import GPU_RESOURCE, SHUTDOWN_ANNOTATION, K8sCluster, cold_start
 from e2e.standin import LOOPBACK_NETWORK, MetricsFault, PodFollower, PodIPError, StandinConfig
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 PORT = 8000  # vLLM's default port
 MODEL = "standin-model"
 COLD_START_SECONDS = 4.0
+SHUTDOWN_SECONDS = 3.0
 
 
 def _deployment(node: str, replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -150,10 +151,12 @@ def test_replicas_follow_the_deployment_as_it_scales_up_and_down(
     gpu_node: Callable[..., client.V1Node],
     standin_pods: Callable[..., PodFollower],
 ) -> None:
-    """2 → 3 adds a replica at the new pod's IP; 3 → 1 stops the two whose pods went, the survivor keeps serving."""
+    """2 → 3 adds a replica at the new pod's IP; 3 → 1 stops the two going (still Terminating) at once; 1 → 2 again."""
     node = gpu_node(f"gpu-{namespace}"[:63], gpus=4)
     api = k8s_cluster.api_client
-    client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(node.metadata.name, 2))
+    # Deleted pods linger Terminating, as while vLLM drains: their replicas must stop at the deletion.
+    shutdown = {SHUTDOWN_ANNOTATION: f"{int(SHUTDOWN_SECONDS * 1000)}ms"}
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(node.metadata.name, 2, shutdown))
     pods = standin_pods(selector="app=vllm", port=PORT, config=StandinConfig(max_num_seqs=2))
     before = {r.pod: r for r in pods.wait_for(2)}
 
@@ -166,13 +169,27 @@ def test_replicas_follow_the_deployment_as_it_scales_up_and_down(
 
     _scale(api, namespace, 1)
     [survivor] = pods.wait_for(1)
-    assert [p.metadata.name for p in _pods(api, namespace) if p.metadata.deletion_timestamp is None] == [survivor.pod]
+    listed = _pods(api, namespace)
+    assert [p.metadata.name for p in listed if p.metadata.deletion_timestamp is None] == [survivor.pod]
+    terminating = [p for p in listed if p.metadata.deletion_timestamp is not None]
+    assert len(terminating) == 2 and all(_ready(p) for p in terminating), "the test needs them still Terminating"
     for name, replica in after.items():
         if name != survivor.pod:
             assert _refused(replica.url), f"{name} was scaled away but {replica.url} still answers"
     assert httpx.get(f"{survivor.url}/health").status_code == 200
     stopped = {e.pod for e in pods.events if e.action == "stopped"}
     assert stopped == set(after) - {survivor.pod}
+
+    # Once they are gone kwok hands their IPs to the next pods: the new replica must get the address.
+    deadline = time.monotonic() + SHUTDOWN_SECONDS + 20
+    while len(_pods(api, namespace)) > 1:
+        assert time.monotonic() < deadline, "the terminating pods never went away"
+        time.sleep(0.2)
+    _scale(api, namespace, 2)
+    [again] = [r for r in pods.wait_for(2) if r.pod != survivor.pod]
+    assert httpx.get(f"{again.url}/health").status_code == 200
+    assert [r.path for r in again.requests()] == ["/health"], "a new pod's replica starts with a clean record"
+    assert not pods.problems
 
 
 def test_a_pod_is_served_only_once_ready_after_its_cold_start(
@@ -219,7 +236,10 @@ def test_a_pod_is_served_only_once_ready_after_its_cold_start(
 def test_a_pod_ip_outside_loopback_is_refused_and_never_served(
     k8s_cluster: K8sCluster, namespace: str, standin_pods: Callable[..., PodFollower]
 ) -> None:
-    """A Ready pod whose IP is not in 127.0.0.0/8 makes the follower raise, naming the pod; nothing listens."""
+    """A Ready pod whose IP is not in 127.0.0.0/8 makes the follower raise, naming the pod; nothing listens.
+
+    (And following a Deployment that does not exist fails at once, naming it.)
+    """
     core = client.CoreV1Api(k8s_cluster.api_client)
     # Bound to a node no kwok plays, so only this test writes its status.
     core.create_namespaced_pod(
@@ -244,6 +264,8 @@ def test_a_pod_ip_outside_loopback_is_refused_and_never_served(
     )
     with pytest.raises(PodIPError, match=r"pod elsewhere has IP 10\.1\.2\.3, outside 127\.0\.0\.0/8"):
         standin_pods(selector="app=elsewhere", port=PORT)
+    with pytest.raises(LookupError, match=rf"Deployment {namespace}/nope not found"):
+        standin_pods(deployment="nope", port=PORT)
 
 
 def test_api_server_accepts_loopback_pod_and_service_ips_but_refuses_them_in_endpoint_slices(

@@ -204,10 +204,10 @@ class PodFollower:
 
     def start(self) -> Self:
         """Resolve the selector, serve the pods Ready now, then follow in the background."""
-        if self._deployment is not None:
-            self._selector = deployment_selector(self._api, self.namespace, self._deployment)
-        self._thread.start()
         try:
+            if self._deployment is not None:
+                self._selector = deployment_selector(self._api, self.namespace, self._deployment)
+            self._thread.start()
             self._call(self._begin())
             self._raise_error()
         except BaseException:
@@ -329,9 +329,13 @@ class PodFollower:
                 return
             self._problems.pop(_LIST_PROBLEM, None)
             wanted = {p.uid: p for p in map(PodView.of, pods) if p.serving}
-            # Stop first: kwok hands a deleted pod's IP to the next pod.
-            gone = [uid for uid in self._replicas if uid not in wanted]
-            await asyncio.gather(*(self._replicas.pop(uid)._stop("stopped") for uid in gone))
+            # Stop first: kwok hands a deleted pod's IP to the next pod. A replica leaves
+            # the table only once it has stopped listening, and enters it only once it
+            # listens, so what replicas() shows is what answers.
+            gone = [r for uid, r in self._replicas.items() if uid not in wanted]
+            await asyncio.gather(*(r._stop("stopped") for r in gone))
+            for replica in gone:
+                del self._replicas[replica.uid]
             for uid, pod in wanted.items():
                 if uid not in self._replicas:
                     await self._add(pod)
