@@ -9,6 +9,7 @@ Ready pods as it scales and as pods finish their cold start.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -290,3 +291,39 @@ def test_api_server_accepts_loopback_pod_and_service_ips_but_refuses_them_in_end
         )
     assert info.value.status == 422
     assert "may not be in the loopback range" in info.value.body
+
+
+def test_an_address_in_use_is_reported_and_retried_until_free(
+    k8s_cluster: K8sCluster,
+    namespace: str,
+    gpu_node: Callable[..., client.V1Node],
+    standin_pods: Callable[..., PodFollower],
+) -> None:
+    """Someone else listening at podIP:port is a problem, not a crash; the replica starts once the address frees."""
+    node = gpu_node(f"gpu-{namespace}"[:63], gpus=1)
+    api = k8s_cluster.api_client
+    client.AppsV1Api(api).create_namespaced_deployment(
+        namespace, _deployment(node.metadata.name, 1, cold_start(COLD_START_SECONDS))
+    )
+    deadline = time.monotonic() + 20
+    while not (listed := _pods(api, namespace)) or not listed[0].status.pod_ip:
+        assert time.monotonic() < deadline, "the pod never got an IP"
+        time.sleep(0.1)
+    [pod] = listed
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind((pod.status.pod_ip, PORT))
+    squatter.listen()
+    try:
+        pods = standin_pods(deployment="vllm", port=PORT)
+        problem = f"cannot listen at {pod.status.pod_ip}:{PORT} for pod {pod.metadata.name}"
+        deadline = time.monotonic() + COLD_START_SECONDS + 20
+        while not any(problem in p for p in pods.problems.values()):
+            assert time.monotonic() < deadline, f"no problem reported: {pods.problems}"
+            time.sleep(0.1)
+        assert pods.replicas() == {}
+    finally:
+        squatter.close()
+    [replica] = pods.wait_for(1, timeout=5)
+    assert httpx.get(f"{replica.url}/health").status_code == 200
+    assert pods.problems == {}
