@@ -94,9 +94,8 @@ def test_pods_get_loopback_ips_and_a_replica_answers_like_vllm_at_each(
 ) -> None:
     """2 replicas: 127.x pod IPs from the cluster's block; /metrics and /v1/completions answer at podIP:port."""
     node = gpu_node(f"gpu-{namespace}"[:63], gpus=4)
-    for address in node.status.addresses:
-        if address.type == "InternalIP":
-            assert ipaddress.ip_address(address.address) in LOOPBACK_NETWORK, node.status.addresses
+    internal = [a.address for a in node.status.addresses or [] if a.type == "InternalIP"]
+    assert internal and all(ipaddress.ip_address(a) in LOOPBACK_NETWORK for a in internal), node.status.addresses
     client.AppsV1Api(k8s_cluster.api_client).create_namespaced_deployment(namespace, _deployment(node.metadata.name, 2))
     pods = standin_pods(deployment="vllm", port=PORT)
     assert pods.selector == "app=vllm"
