@@ -8,8 +8,10 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from controller.daemon.codec import decode_state, encode_state
+from controller.daemon.codec import PERSIST_SLACK_SECONDS, decode_state, encode_state
 from controller.daemon.ledger import CarriedHours, ledger_to_status
 from controller.daemon.status import (
     BUDGET_EXCEEDED,
@@ -343,3 +345,88 @@ def test_split_reason() -> None:
     assert split_reason("Paused: by hand", "X") == ("Paused", "by hand")
     assert split_reason("cannot read: timeout", "ReadFailed") == ("ReadFailed", "cannot read: timeout")
     assert split_reason("HTTP 500: boom", "ReadFailed") == ("ReadFailed", "HTTP 500: boom")
+
+
+# --- properties and a restart ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abcd"), inner, max_size=4),
+    max_leaves=12,
+)
+objects = st.dictionaries(st.sampled_from("abcdef"), json_values, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects, objects)
+def test_the_patch_turns_the_stored_object_into_the_new_one(old: dict[str, Any], new: dict[str, Any]) -> None:
+    stored_old = _prune(old)
+    assert merge(stored_old, status_patch(stored_old, new)) == _prune(new)
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+RESTART_SPEC = GPUPoolSpec.model_validate(
+    {
+        "target": {"deployment": "vllm", "maxReplicas": 4},
+        "demand": {"targetQueuePerReplica": 4, "scaleDownDelaySeconds": 120, "idleGraceSeconds": 300},
+        "billing": {"granularity": "second", "minimumBilledSeconds": 0},
+    }
+)
+
+
+def _run(restart_at: int | None, ticks: int = 160) -> tuple[list[int], int]:
+    """Drive the policy every 5 s (queue 12 for 2 minutes, then none), keeping the status as the API server
+    would (merge patches, written only on change). At `restart_at` the process 'restarts': its state and
+    ledger come back from the stored status alone. Returns the replicas per tick and the writes."""
+    now, current, state = T0, 1, PolicyState()
+    stored: dict[str, Any] = {}
+    writes = 0
+    replicas: list[int] = []
+    for i in range(ticks):
+        now += dt.timedelta(seconds=5)
+        if i == restart_at:
+            state = decode_state(stored.get("policyState"), now)
+        queue = 12.0 if i < 24 else 0.0
+        obs = Observation(current, current, DemandSample(now, waiting=0.0, running=queue))
+        decision, state = decide(RESTART_SPEC, obs, state, now)
+        step = StepReport(POOL, now, 1, obs, decision, decision.desired_replicas != current, current)
+        status = build_status(
+            step,
+            previous=stored,
+            spec=RESTART_SPEC,
+            state=state,
+            usage=Usage(0.0, 0.0),
+            active_window=None,
+            next_change=None,
+        )
+        if status_changed(stored, status):
+            stored = merge(stored, status_patch(stored, status))
+            writes += 1
+        if decision.valid:
+            current = decision.desired_replicas
+        replicas.append(current)
+    return replicas, writes
+
+
+def test_a_restart_keeps_the_delay_and_the_idle_grace_from_the_status_alone() -> None:
+    steady, writes = _run(None)
+    assert steady[23] == 3 and steady[-1] == 0
+    assert writes < len(steady) / 3  # written on change, not every tick
+    first_down = next(i for i, r in enumerate(steady) if r < 3)
+    zero = steady.index(0)
+    for restart_at in (26, 30, 40, 60, 70):
+        restarted, _ = _run(restart_at)
+        assert restarted[:restart_at] == steady[:restart_at]
+        # The scale-down delay and the idle grace carry over: nothing goes down more than the persisting
+        # slack (30 s = 6 ticks) earlier than without the restart. Nor later: the restored state is used,
+        # not a fresh one (which would hold a delay and a grace anew).
+        slack = int(PERSIST_SLACK_SECONDS / 5)
+        assert abs(next(i for i, r in enumerate(restarted) if r < 3) - first_down) <= slack, restart_at
+        assert abs(restarted.index(0) - zero) <= slack, restart_at
