@@ -16,6 +16,7 @@ __all__ = ["main"]
 # Subcommands living in their own modules, each exposing register(subparsers); sorted by name.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.breakeven",
+    "controller.daemon.cli",
     "controller.dayplan",
     "controller.sim.cli",
 )

@@ -240,10 +240,12 @@ def deployment_replicas(api: ApiClient, namespace: str, name: str = "vllm") -> i
     return int(obj["spec"].get("replicas") or 0)
 
 
-def deployment_generation(api: ApiClient, namespace: str, name: str = "vllm") -> tuple[int, str]:
-    """(metadata.generation, resourceVersion): unchanged when nothing wrote the Deployment."""
+def deployment_generation(api: ApiClient, namespace: str, name: str = "vllm") -> tuple[int, list[str]]:
+    """(metadata.generation, field managers): the same as long as nobody wrote the Deployment's spec, and
+    `ebbtide` among the managers once Ebbtide has (the controller-manager's status writes change neither)."""
     obj = request_json(api, "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    return int(obj["metadata"]["generation"]), str(obj["metadata"]["resourceVersion"])
+    managers = sorted({m.get("manager", "") for m in obj["metadata"].get("managedFields") or ()})
+    return int(obj["metadata"]["generation"]), managers
 
 
 def set_replicas(api: ApiClient, namespace: str, replicas: int, name: str = "vllm") -> None:

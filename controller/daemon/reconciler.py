@@ -27,8 +27,8 @@ __all__ = ["PassResult", "Reconciler", "pool_object_ref"]
 
 log = logging.getLogger("ebbtide.reconciler")
 
-StatusBuilder = Callable[[LivePool, StepReport, dt.datetime], Mapping[str, Any] | None]
-"""(pool, its step, now) -> the status to write, or None when it has not changed."""
+StatusBuilder = Callable[[LivePool, StepReport, dt.datetime, str | None], tuple[dict[str, Any], dict[str, Any]] | None]
+"""(pool, its step, now, why it may not scale) -> (new status, merge patch), or None when unchanged."""
 
 
 def pool_object_ref(pool: LivePool) -> ObjectRef:
@@ -161,13 +161,13 @@ class Reconciler:
 
     def _finish(self, pool: LivePool, step: StepReport, now: dt.datetime) -> None:
         try:
-            status = self._build_status(pool, step, now)
+            built = self._build_status(pool, step, now, self.blocked.get(pool.key))
         except Exception:  # a status bug must not stop the other pools
             log.exception("building the status of %s/%s failed", *pool.key)
             return
-        if status is not None:
-            pool.status = dict(status)
-            self._submit_status(pool.key[0], pool.key[1], status)
+        if built is not None:
+            pool.status, patch = built
+            self._submit_status(pool.key[0], pool.key[1], patch)
 
     def run_pass(self, now: dt.datetime) -> PassResult:
         """Sync the table with the snapshots and step every pool once."""

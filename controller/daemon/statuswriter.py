@@ -20,11 +20,23 @@ from kubernetes.client import ApiClient
 from controller.kube.client import MERGE_PATCH, api_error_message, request_json
 from policies.spec import API_GROUP, API_VERSION, PLURAL
 
-__all__ = ["StatusWriter"]
+__all__ = ["StatusWriter", "merge_patches"]
 
 log = logging.getLogger("ebbtide.status")
 
 Key = tuple[str, str]
+
+
+def merge_patches(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
+    """One JSON merge patch (RFC 7386) that does what `first` then `second` do."""
+    out = dict(first)
+    for key, value in second.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = merge_patches(old, value)
+        else:
+            out[key] = value
+    return out
 
 
 class StatusWriter:
@@ -39,9 +51,10 @@ class StatusWriter:
         self.written = 0
         self.failed = 0
 
-    def submit(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Queue the pool's new status (replacing one not yet written); returns at once."""
-        self._pending[(namespace, name)] = status
+    def submit(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Queue a merge patch of the pool's status (merged into one not yet written); returns at once."""
+        key = (namespace, name)
+        self._pending[key] = merge_patches(self._pending.get(key, {}), patch)
         self._wake.set()
 
     def pending(self) -> int:
@@ -63,6 +76,9 @@ class StatusWriter:
                 self.written += 1
             except Exception as exc:
                 self.failed += 1
+                # Keep it for the next round, under anything submitted since (which is newer).
+                if "404" not in api_error_message(exc):
+                    self._pending[key] = merge_patches(status, self._pending.get(key, {}))
                 message = api_error_message(exc)
                 if "404" in message or "not found" in message.lower():
                     log.debug("status of %s/%s not written: the pool is gone", *key)
