@@ -82,6 +82,7 @@ class DemandPoller:
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._gateway: tuple[GatewayScrape | NoData, dt.datetime] | None = None
         self._changed: asyncio.Event | None = None
+        self._gateway_read = asyncio.Event()
 
     @staticmethod
     def _key(pool: PoolRef) -> tuple[str, str]:
@@ -151,12 +152,17 @@ class DemandPoller:
             return
         result = await GatewaySource(endpoints, timeout=self.gateway_timeout).read(self.http)
         self._gateway = (result, self.clock())
+        self._gateway_read.set()
 
     async def read_pool(self, pool: PoolRef) -> DemandSample | NoData:
         """Read one pool now and cache the outcome (what its task does every interval)."""
         entry = self._pools.get(self._key(pool))
         if entry is None:
             return NoData(f"pool {pool.namespace}/{pool.name} is not being read")
+        if self.gateway_endpoints is not None and entry.spec.metrics.gateway and self._gateway is None:
+            # The first round: wait for the gateway's first scrape rather than report it missing.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gateway_read.wait(), self.gateway_timeout + 1.0)
         source = build_engine_source(entry.ref, entry.spec, entry.pods, entry.secrets)
         expected = [p.name for p in entry.pods if p.ready]
         raw: Mapping[str, EngineSample | NoData] | EngineTotals | NoData
