@@ -31,6 +31,7 @@ from controller.daemon.pooltable import PoolTable
 from controller.daemon.reconciler import PassResult, Reconciler, pool_object_ref
 from controller.daemon.recorder import KubeRecorder
 from controller.daemon.reporting import DaemonLedger, StatusComposer
+from controller.daemon.secrets import SecretCache, secret_refs
 from controller.daemon.snapshots import Key, Snapshots
 from controller.daemon.statuswriter import StatusWriter
 from controller.daemon.wakeups import active_window
@@ -149,6 +150,8 @@ class Daemon:
         self.was_leader = False
         self._tasks: list[asyncio.Task[None]] = []
         self._demand_pods: dict[Key, tuple[object, ...]] = {}
+        self._feed_due = True
+        self.secrets = SecretCache(self.api)
 
     # -- callbacks -----------------------------------------------------------------------------------
 
@@ -157,6 +160,20 @@ class Daemon:
         # itself tells a spec change from the echo of its own status write.
         if kind == "gpupools":
             self.wake.set()
+        self._feed_due = True  # pods came or went: the demand poller must read the new set soon
+
+    async def _feeder(self) -> None:
+        """Hand pod changes to the demand poller within a quarter second, not a tick later."""
+        while not self.stop.is_set():
+            if self._feed_due:
+                self._feed_due = False
+                try:
+                    # Only the pools already in the table: a new pool is added by the pass it wakes.
+                    self._feed_poller()
+                except Exception:  # keep feeding whatever one pool's spec did
+                    log.exception("updating the demand poller failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.25)
 
     def _on_status(self, pool: PoolRef, step: StepReport) -> None:
         live = self.table.pools.get((pool.namespace, pool.name))
@@ -212,11 +229,14 @@ class Daemon:
                 continue
             deployment = self.snapshots.deployments.items.get((pool.ref.deployment_namespace, pool.ref.deployment))
             pods = self.snapshots.pods_of(deployment) if deployment is not None else []
-            signature = (pool.ref, pool.spec, tuple(pods))
+            refs = secret_refs(pool.spec, pool.key[0])
+            self.secrets.want(refs)
+            secrets = self.secrets.values(refs)
+            signature = (pool.ref, pool.spec, tuple(pods), tuple(sorted(secrets.items())))
             seen.add(pool.key)
             if self._demand_pods.get(pool.key) != signature:
                 self._demand_pods[pool.key] = signature
-                self.poller.set_pool(pool.ref, pool.spec, pods)
+                self.poller.set_pool(pool.ref, pool.spec, pods, secrets)
         for key in list(self._demand_pods):
             if key not in seen:
                 ref = self._demand_pods.pop(key)[0]
@@ -228,8 +248,8 @@ class Daemon:
         """Step every pool once (the caller checked leadership)."""
         started = time.perf_counter()
         now = self.clock.now()
+        self._sync_table()
         result = self.reconciler.run_pass(now)
-        self._feed_poller()
         TICK_SECONDS.observe(time.perf_counter() - started)
         TICKS.inc()
         SCALES.inc(result.applied)
@@ -251,6 +271,8 @@ class Daemon:
         self._spawn(self.poller.run(self.stop), "demand")
         self._spawn(self.events.run(self.stop), "events")
         self._spawn(self.status_writer.run(self.stop), "status")
+        self._spawn(self.secrets.run(self.stop), "secrets")
+        self._spawn(self._feeder(), "demand feeder")
         if self.elector is not None:
             self._spawn(self.elector.run(self.stop), "leader election")
         self.health: HealthServer | None = None
