@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -56,6 +57,7 @@ SCALES = Counter("ebbtide_controller_scale_patches_total", "Scale patches applie
 LEADER = Gauge("ebbtide_controller_leader", "1 while this replica leads (or election is off)")
 
 _SYNC_TIMEOUT_SECONDS = 30.0
+_WORKER_THREADS = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,8 +398,11 @@ class Daemon:
 
 
 async def _amain(settings: Settings) -> int:
-    daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
+    # Each watch holds a worker thread for its whole life; the default pool (cores + 4) would leave the
+    # Lease renewal, the scale patch and the status writes waiting behind them.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="ebbtide"))
+    daemon = Daemon(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
     await daemon.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 from controller.daemon.pooltable import LivePool, PoolTable, scaling_owner
 from controller.daemon.snapshots import Snapshots
-from controller.daemon.wakeups import Boundary, active_window, next_boundary
+from controller.daemon.wakeups import Boundary, BoundaryCache, active_window
 from controller.kube.events import EventSink, ObjectRef
 from controller.loop import ControlLoop, Outcome, Ports
 from controller.ports import Recorder, StepReport
@@ -27,8 +27,11 @@ __all__ = ["PassResult", "Reconciler", "pool_object_ref"]
 
 log = logging.getLogger("ebbtide.reconciler")
 
-StatusBuilder = Callable[[LivePool, StepReport, dt.datetime, str | None], tuple[dict[str, Any], dict[str, Any]] | None]
-"""(pool, its step, now, why it may not scale) -> (new status, merge patch), or None when unchanged."""
+StatusBuilder = Callable[
+    [LivePool, StepReport, dt.datetime, str | None, Boundary | None], tuple[dict[str, Any], dict[str, Any]] | None
+]
+"""(pool, its step, now, why it may not scale, next boundary) -> (new status, merge patch), or None when
+unchanged."""
 
 
 def pool_object_ref(pool: LivePool) -> ObjectRef:
@@ -70,6 +73,7 @@ class Reconciler:
         self.dry_run = dry_run
         self.acting = ControlLoop(ports, decide, dry_run=dry_run)
         self.reporting = ControlLoop(ports, decide, dry_run=True)
+        self.boundaries = BoundaryCache()
         self.blocked: dict[tuple[str, str], str] = {}
         """Pools that decide but must not scale now, with why (for ScalingActive=False)."""
 
@@ -161,7 +165,8 @@ class Reconciler:
 
     def _finish(self, pool: LivePool, step: StepReport, now: dt.datetime) -> None:
         try:
-            built = self._build_status(pool, step, now, self.blocked.get(pool.key))
+            boundary = self.boundaries.get(pool.key, pool.spec, now) if pool.spec is not None else None
+            built = self._build_status(pool, step, now, self.blocked.get(pool.key), boundary)
         except Exception:  # a status bug must not stop the other pools
             log.exception("building the status of %s/%s failed", *pool.key)
             return
@@ -192,7 +197,10 @@ class Reconciler:
 
     def next_boundary(self, now: dt.datetime) -> Boundary | None:
         """The earliest schedule boundary of any live pool after `now`."""
-        boundaries = [b for p in self._table if p.spec is not None and (b := next_boundary(p.spec, now)) is not None]
+        boundaries = [
+            b for p in self._table if p.spec is not None and (b := self.boundaries.get(p.key, p.spec, now)) is not None
+        ]
+        self.boundaries.forget(set(self._table.pools))
         return min(boundaries, key=lambda b: b.at, default=None)
 
     def window_of(self, pool: LivePool, now: dt.datetime) -> str | None:

@@ -346,6 +346,7 @@ class Snapshots:
         )
         self._index: dict[str, list[PodInfo]] = {}
         self._index_version = -1
+        self._matches: dict[tuple[str, str, str], list[PodInfo]] = {}
         self.gateway_pods: Watched[PodInfo] | None = None
         if gateway_selector:
             self.gateway_pods = Watched(
@@ -389,10 +390,19 @@ class Snapshots:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def pods_of(self, deployment: DeploymentInfo) -> list[PodInfo]:
-        """The pods the Deployment's selector matches in its namespace, sorted by name."""
+        """The pods the Deployment's selector matches in its namespace, sorted by name (memoised until the
+        pods change: a pass asks for each Deployment's pods several times)."""
         if self._index_version != self.pods.version:
             index: dict[str, list[PodInfo]] = {}
             for (ns, _), pod in sorted(self.pods.items.items()):
                 index.setdefault(ns, []).append(pod)
             self._index, self._index_version = index, self.pods.version
-        return [p for p in self._index.get(deployment.namespace, ()) if selector_matches(deployment.selector, p.labels)]
+            self._matches.clear()
+        key = (deployment.namespace, deployment.name, deployment.resource_version)
+        found = self._matches.get(key)
+        if found is None:
+            found = [
+                p for p in self._index.get(deployment.namespace, ()) if selector_matches(deployment.selector, p.labels)
+            ]
+            self._matches[key] = found
+        return list(found)
