@@ -19,10 +19,8 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
 
 from controller.daemon.cluster import KubeCluster
 from controller.daemon.codec import decode_state_checked, encode_state
@@ -33,6 +31,7 @@ from controller.daemon.reconciler import PassResult, Reconciler, pool_object_ref
 from controller.daemon.recorder import KubeRecorder
 from controller.daemon.reporting import DaemonLedger, StatusComposer
 from controller.daemon.secrets import SecretCache, secret_refs
+from controller.daemon.settings import LEADER, POOLS, SCALES, TICK_SECONDS, TICKS, Settings
 from controller.daemon.snapshots import Key, Snapshots
 from controller.daemon.statuswriter import StatusWriter
 from controller.daemon.wakeups import active_window
@@ -48,38 +47,8 @@ __all__ = ["Daemon", "Settings", "main"]
 
 log = logging.getLogger("ebbtide.controller")
 
-TICKS = Counter("ebbtide_controller_ticks_total", "Passes over every pool")
-TICK_SECONDS = Histogram(
-    "ebbtide_controller_tick_seconds", "Time one pass over every pool took", buckets=(0.01, 0.05, 0.1, 0.5, 1, 5)
-)
-POOLS = Gauge("ebbtide_controller_pools", "Live GPUPools")
-SCALES = Counter("ebbtide_controller_scale_patches_total", "Scale patches applied")
-LEADER = Gauge("ebbtide_controller_leader", "1 while this replica leads (or election is off)")
-
 _SYNC_TIMEOUT_SECONDS = 30.0
 _WORKER_THREADS = 24
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the flags set (see `ebbtide controller --help`)."""
-
-    kubeconfig: str | None
-    namespace: str | None
-    dry_run: bool
-    once: bool
-    tick_seconds: float
-    log_format: str
-    log_level: str
-    metrics_addr: tuple[str, int] | None
-    leader_elect: bool
-    lease_name: str
-    lease_namespace: str
-    identity: str
-    gateway_namespace: str | None
-    gateway_selector: str
-    gateway_port: int
-    gateway_urls: tuple[str, ...]
 
 
 class _WallClock:

@@ -30,7 +30,8 @@ from typing import Any
 
 from kubernetes.client import ApiClient
 
-from controller.daemon.app import Daemon, Settings
+from controller.daemon.app import Daemon
+from controller.daemon.settings import Settings
 from controller.kube.client import api_client, request_json
 
 __all__ = ["main", "rss_mb"]
