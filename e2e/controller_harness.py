@@ -71,7 +71,8 @@ def _env() -> dict[str, str]:
 
 def run_once(kubeconfig: Path, namespace: str, *flags: str, timeout: float = 90.0) -> tuple[int, list[dict[str, Any]]]:
     """`ebbtide controller --once` (no leader election unless flags say so): exit code and JSON log lines."""
-    args = _command(kubeconfig, namespace, "--once", "--no-leader-elect", "--log-level", "debug", *flags)
+    election = () if "--leader-elect" in flags else ("--no-leader-elect",)
+    args = _command(kubeconfig, namespace, "--once", *election, "--log-level", "debug", *flags)
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO, check=False)
     lines = [_parse(line) for line in done.stdout.splitlines() if line.strip()]
     if done.stderr.strip():
