@@ -112,6 +112,18 @@ class Controller:
         """The decision log lines of one pool so far."""
         return [line for line in list(self.lines) if line.get("pool") == pool and "reason" in line]
 
+    def health_url(self, timeout: float = 15.0) -> str:
+        """Base URL of the process's /metrics, /healthz and /readyz (from its start-up log line)."""
+
+        def find() -> str | None:
+            for line in list(self.lines):
+                message = str(line.get("message", ""))
+                if message.startswith("serving /metrics"):
+                    return "http://" + message.rsplit(" ", 1)[-1]
+            return None
+
+        return eventually(find, timeout, "the health server's address")
+
     def alive(self) -> bool:
         """Whether the process still runs."""
         return self._proc.poll() is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from controller.kube.client import request_json
@@ -63,6 +64,14 @@ def test_one_acts_and_the_other_takes_over(k8s_cluster: K8sCluster, namespace: s
         time.sleep(2)  # a few more ticks: the follower must stay silent
         assert controllers[leader].decisions("chat"), controllers[leader].tail()
         assert not controllers[follower].decisions("chat"), controllers[follower].tail()
+        # /readyz tells them apart; both are alive.
+        leading = httpx.get(controllers[leader].health_url() + "/readyz", timeout=5)
+        standing = httpx.get(controllers[follower].health_url() + "/readyz", timeout=5)
+        assert leading.status_code == 200, leading.text
+        assert standing.status_code == 503 and f"holder: {leader}" in standing.text, standing.text
+        assert httpx.get(controllers[follower].health_url() + "/healthz", timeout=5).status_code == 200
+        metrics = httpx.get(controllers[leader].health_url() + "/metrics", timeout=5).text
+        assert "ebbtide_controller_leader 1.0" in metrics and "ebbtide_controller_ticks_total" in metrics
 
         if how == "killed":
             controllers[leader].kill()  # no release: the follower waits out the lease
