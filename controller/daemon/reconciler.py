@@ -8,6 +8,7 @@ mode: they decide and report exactly as the others, they only never patch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -37,6 +38,18 @@ unchanged."""
 def pool_object_ref(pool: LivePool) -> ObjectRef:
     """The GPUPool as an Event's involvedObject."""
     return ObjectRef(f"{API_GROUP}/{API_VERSION}", KIND, pool.key[1], pool.key[0], pool.uid)
+
+
+class _Unapplied:
+    """Hands a report-only step on with the daemon's own dry-run flag."""
+
+    def __init__(self, inner: Recorder, dry_run: bool) -> None:
+        self._inner = inner
+        self._dry_run = dry_run
+
+    def record(self, step: StepReport) -> None:
+        """Pass the step on, marked a dry run only when the daemon runs dry."""
+        self._inner.record(dataclasses.replace(step, dry_run=self._dry_run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +85,10 @@ class Reconciler:
         self._submit_status = submit_status
         self.dry_run = dry_run
         self.acting = ControlLoop(ports, decide, dry_run=dry_run)
-        self.reporting = ControlLoop(ports, decide, dry_run=True)
+        # Report-only pools never patch, but their steps say the truth: not a dry run (unless the daemon
+        # runs with --dry-run), only not applied; the status and the Events say why.
+        reporting_ports = dataclasses.replace(ports, recorder=_Unapplied(ports.recorder, dry_run))
+        self.reporting = ControlLoop(reporting_ports, decide, dry_run=True)
         self.boundaries = BoundaryCache()
         self.blocked: dict[tuple[str, str], str] = {}
         """Pools that decide but must not scale now, with why (for ScalingActive=False)."""
@@ -157,8 +173,9 @@ class Reconciler:
         outcome = loop.reconcile(pool.ref, pool.spec, pool.state, generation=pool.generation)
         pool.state = outcome.state
         pool.outcome = outcome
-        if outcome.applied and pool.step is not None and pool.step.decision is not None:
+        if outcome.applied and outcome.decision is not None:
             pool.last_scale_time = now
+            pool.last_written = outcome.decision.desired_replicas
         if pool.step is not None:
             self._finish(pool, pool.step, now)
         return outcome
