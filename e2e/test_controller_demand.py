@@ -160,8 +160,9 @@ def test_metrics_endpoint_killed_holds_with_metrics_unavailable(
 def test_a_restart_keeps_the_idle_grace(
     k8s_cluster: K8sCluster, namespace: str, gpu_node: Any, standin_pods: Any
 ) -> None:
-    """Stopped (SIGTERM) 5 s into a 14 s grace, a new controller still waits out the rest of it: it reads the
-    policy state back from the status, so it neither scales down at once nor starts the grace afresh."""
+    """Stopped (SIGTERM) 8 s into a 14 s grace, a new controller still waits out the rest of it: it reads the
+    policy state back from the status, so it neither scales down at once nor starts the grace afresh (which
+    would take it to zero no sooner than 8 + 14 = 22 s after the queue emptied)."""
     api = k8s_cluster.api_client
     grace = 14
     pods = _setup(k8s_cluster, namespace, gpu_node, standin_pods, 1, _spec(idleGraceSeconds=grace))
@@ -173,13 +174,14 @@ def test_a_restart_keeps_the_idle_grace(
         replica.report(waiting=0, running=0)
         idle_since = time.monotonic()
         eventually(lambda: any(d.get("reason") == "idle-grace" for d in first.decisions("chat")), 10, "idle grace")
-        time.sleep(max(0.0, 5 - (time.monotonic() - idle_since)))
+        time.sleep(max(0.0, 8 - (time.monotonic() - idle_since)))
     finally:
         assert first.stop() == 0
     assert deployment_replicas(api, namespace) == 1
     with Controller(k8s_cluster.kubeconfig, namespace, tick=1.0) as second:
         eventually(lambda: deployment_replicas(api, namespace) == 0, grace + 10, f"idle to zero\n{second.tail()}")
         idle = time.monotonic() - idle_since
-        # Kept: to zero at the end of the first grace (not at restart, not a whole grace after it).
-        assert grace - 1.5 <= idle <= grace + 4, f"to zero {idle:.1f} s after the queue emptied (grace {grace} s)"
-        print(f"restarted 5 s into the grace; to zero {idle:.1f} s after the queue emptied (grace {grace} s)")
+        # Kept: to zero at the end of the first grace (not at restart, not a whole grace after it). The slack
+        # is the poll and tick between the queue emptying and the policy seeing it, on a loaded machine.
+        assert grace - 1.5 <= idle <= grace + 5, f"to zero {idle:.1f} s after the queue emptied (grace {grace} s)"
+        print(f"restarted 8 s into the grace; to zero {idle:.1f} s after the queue emptied (grace {grace} s)")

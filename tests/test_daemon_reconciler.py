@@ -236,3 +236,19 @@ def test_the_decision_filter_sees_one_line_per_change() -> None:
         world.tick()
     log = DecisionFilter()
     assert sum(log.changed(s) for s in world.steps.steps) == 2  # the scale, then the hold after it
+
+
+def test_stale_caches_act_on_nothing_and_say_why() -> None:
+    import time
+
+    world = World()
+    world.add(_pool("chat"))
+    world.snapshots.pods.failing_since = time.monotonic() - 120
+    world.snapshots.pods.last_error = "HTTP 503 Service Unavailable"
+    world.tick()
+    assert world.cluster.patches == []
+    (step,) = world.steps.steps
+    assert step.error.startswith("CacheStale: the pods cache is stale") and "503" in step.error
+    world.snapshots.pods.failing_since = None
+    world.tick()
+    assert world.cluster.patches == [1]

@@ -24,9 +24,12 @@ from controller.ports import Recorder, StepReport
 from policies.scaling import decide
 from policies.spec import API_GROUP, API_VERSION, KIND
 
-__all__ = ["PassResult", "Reconciler", "pool_object_ref"]
+__all__ = ["STALE_CACHE_SECONDS", "PassResult", "Reconciler", "pool_object_ref"]
 
 log = logging.getLogger("ebbtide.reconciler")
+
+STALE_CACHE_SECONDS = 60.0
+"""A watch failing this long may have missed changes (a manual scale, a deleted pod): act on nothing."""
 
 StatusBuilder = Callable[
     [LivePool, StepReport, dt.datetime, str | None, Boundary | None], tuple[dict[str, Any], dict[str, Any]] | None
@@ -192,9 +195,12 @@ class Reconciler:
             self._submit_status(pool.key[0], pool.key[1], patch)
 
     def run_pass(self, now: dt.datetime) -> PassResult:
-        """Sync the table with the snapshots and step every pool once."""
+        """Sync the table with the snapshots and step every pool once; with stale caches, only report."""
         self._table.sync(self._snapshots.pools.items, now)
         self._table.refresh_refusals(self._snapshots.deployments.items)
+        stale = self._snapshots.stale(STALE_CACHE_SECONDS)
+        if stale is not None:
+            return self._report_stale(stale, now)
         failed: list[str] = []
         applied = 0
         for pool in self._table:
@@ -211,6 +217,27 @@ class Reconciler:
             elif outcome.applied:
                 applied += 1
         return PassResult(len(self._table), tuple(failed), applied)
+
+    def _report_stale(self, why: str, now: dt.datetime) -> PassResult:
+        """A pass that acts on nothing: the caches may be missing changes, so every pool reports why."""
+        failed = []
+        for pool in self._table:
+            step = StepReport(
+                pool.ref,
+                now,
+                pool.generation,
+                None,
+                None,
+                False,
+                None,
+                error=f"CacheStale: {why}",
+                dry_run=self.dry_run,
+            )
+            pool.step = step
+            self._recorder.record(step)
+            self._finish(pool, step, now)
+            failed.append(f"{pool.key[0]}/{pool.key[1]}: {why}")
+        return PassResult(len(self._table), tuple(failed), 0)
 
     def next_boundary(self, now: dt.datetime) -> Boundary | None:
         """The earliest schedule boundary of any live pool after `now`."""
