@@ -325,7 +325,11 @@ class Daemon:
         """Sleep until the next tick or the next schedule boundary, or until a GPUPool really changed."""
         while not self.stop.is_set():
             delay = next_tick - time.monotonic()
-            boundary = self.reconciler.next_boundary(self.clock.now())
+            try:
+                boundary = self.reconciler.next_boundary(self.clock.now())
+            except Exception:  # a schedule that cannot be computed wakes the pool at the tick only
+                log.exception("computing the next schedule boundary failed")
+                boundary = None
             if boundary is not None:
                 # A millisecond past the boundary, so the policy sees the new side of it.
                 delay = min(delay, (boundary.at - self.clock.now()).total_seconds() + 0.001)
@@ -356,11 +360,14 @@ class Daemon:
             elif self.was_leader and not leading:
                 log.warning("lost the leadership; standing by")
             self.was_leader = leading
-            if leading and self.snapshots.synced():
-                self.run_pass()
-            else:
-                self._sync_table()
-                self.last_tick = time.monotonic()
+            try:
+                if leading and self.snapshots.synced():
+                    self.run_pass()
+                else:
+                    self._sync_table()
+                    self.last_tick = time.monotonic()
+            except Exception:  # a bug in one pass must not end the daemon; /healthz shows a loop that stalls
+                log.exception("the pass failed; trying again at the next tick")
             next_tick = max(next_tick + self.settings.tick_seconds, time.monotonic())
             await self._sleep_until(next_tick)
         return 0

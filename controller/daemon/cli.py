@@ -53,7 +53,11 @@ def register(subparsers: Any) -> None:
         help="kubeconfig to use; without it the in-cluster service-account config",
     )
     parser.add_argument(
-        "--namespace", metavar="NS", default=None, help="watch GPUPools (and their Deployments) in NS only; default all"
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help="watch GPUPools, Deployments, pods and HPAs in NS only (a pool's Deployment must then be in NS "
+        "too); default all namespaces",
     )
     parser.add_argument(
         "--dry-run",
