@@ -185,3 +185,48 @@ def test_a_restart_keeps_the_idle_grace(
         # is the poll and tick between the queue emptying and the policy seeing it, on a loaded machine.
         assert grace - 1.5 <= idle <= grace + 5, f"to zero {idle:.1f} s after the queue emptied (grace {grace} s)"
         print(f"restarted 8 s into the grace; to zero {idle:.1f} s after the queue emptied (grace {grace} s)")
+
+
+def test_a_hung_pod_does_not_stall_another_pool(
+    k8s_cluster: K8sCluster, namespace: str, gpu_node: Any, standin_pods: Any
+) -> None:
+    """Pool A's pod accepts the scrape and never answers; pool B's queue burst is still acted on within a
+    tick, and A holds (no data) rather than reading as idle."""
+    from e2e.standin import MetricsFault
+
+    api = k8s_cluster.api_client
+    install_crds(api)
+    node = gpu_node(f"gpu-{namespace}"[:63], 8)
+    followers = {}
+    for name in ("vllm-a", "vllm-b"):
+        create_deployment(api, namespace, name, replicas=1, node=node.metadata.name)
+        followers[name] = standin_pods(deployment=name, port=8000)
+        followers[name].wait_for(1)
+        spec = _spec(idleGraceSeconds=2)
+        spec["target"] = {**spec["target"], "deployment": name, "minReplicas": 0}
+        spec["metrics"] = {"scrapeTimeoutSeconds": 1.5}
+        create_pool(api, namespace, name.replace("vllm", "pool"), spec)
+    (hung,) = followers["vllm-a"].replicas().values()
+    (busy,) = followers["vllm-b"].replicas().values()
+    hung.fail_metrics(MetricsFault.HANG)
+    with Controller(k8s_cluster.kubeconfig, namespace, tick=TICK) as controller:
+        eventually(
+            lambda: (
+                (c := condition(pool_status(api, namespace, "pool-b"), "MetricsAvailable")) and c["status"] == "True"
+            ),
+            20,
+            f"pool B read\n{controller.tail()}",
+        )
+        busy.report(waiting=10, running=2)
+        burst = time.monotonic()
+        eventually(
+            lambda: deployment_replicas(api, namespace, "vllm-b") == 3,
+            TICK + POLL + 5,
+            f"B scaled\n{controller.tail()}",
+        )
+        took = time.monotonic() - burst
+        assert took <= TICK + POLL + 2.0, f"pool B took {took:.1f} s beside a hung pod"
+        a = pool_status(api, namespace, "pool-a")
+        assert condition(a, "MetricsAvailable")["status"] == "False", a
+        assert deployment_replicas(api, namespace, "vllm-a") == 1  # held: a hung scrape is not an idle pool
+        print(f"burst beside a hung pod: {took:.2f} s")
