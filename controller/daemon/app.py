@@ -92,7 +92,7 @@ class Daemon:
             else None
         )
         self.events = EventSink(self.api, instance=settings.identity)
-        self.status_writer = StatusWriter(self.api)
+        self.status_writer = StatusWriter(self.api, may_write=self.leading)
         self.http = httpx.AsyncClient(trust_env=False)
         has_gateway = bool(settings.gateway_selector or settings.gateway_urls)
         self.poller = DemandPoller(http=self.http, gateway_endpoints=self._gateway_endpoints if has_gateway else None)
@@ -261,9 +261,12 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop everything: persist each pool's latest state, release the Lease (a standby takes over in
         ~retry, reading that state), then flush."""
-        if self.leading() and self.was_leader:
-            self._persist_states()
+        if self.leading():
+            if self.was_leader:
+                self._persist_states()
+            # Written while still leading: after the release the writer drops what is left (fencing).
             await self.status_writer.flush(5.0)
+            await self.events.flush(5.0)
         if self.elector is not None and self.elector.is_leader():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.elector.release(), 5.0)
