@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.breakeven",
     "controller.dayplan",
     "controller.sim.cli",
+    "gateway.cli",
 )
 
 
