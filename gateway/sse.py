@@ -41,7 +41,8 @@ class SseScanner:
         self.strip_usage = strip_usage
         self._tail = b""
         self.committed = False
-        """The first content event (or the end marker) has been seen."""
+        """The first content event (a token, a tool call, a finish reason, usage or the end marker) has
+        been seen; the role chunk before it does not count."""
         self.done = False
         """`data: [DONE]` has been seen."""
         self.error: Any = None
@@ -101,6 +102,27 @@ class SseScanner:
                     if obj.get("choices") == []:
                         self.committed = True
                         return not self.strip_usage
+                if not self.committed and not _has_content(obj):
+                    return True  # the role chunk: a stream may still fail over after it
         self.committed = True
         self.content_events += 1
         return True
+
+
+_CONTENT_KEYS = ("content", "text", "tool_calls", "function_call", "reasoning_content", "refusal")
+
+
+def _has_content(obj: dict[str, Any]) -> bool:
+    """Whether a chunk carries output (a token, a tool call) or a finish reason, not just the role."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return True  # not a chunk shape the scanner knows: do not hold it back
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason") is not None or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(delta.get(k) for k in _CONTENT_KEYS):
+            return True
+    return False

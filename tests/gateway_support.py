@@ -7,6 +7,7 @@ Everything is real: the stand-in vLLM replicas (e2e/standin), the stand-in provi
 from __future__ import annotations
 
 import copy
+import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -100,3 +101,70 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+class AppThread:
+    """An aiohttp application on 127.0.0.1 on its own loop in a daemon thread (a real server)."""
+
+    def __init__(self, make_app: Callable[[], Any]) -> None:
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._make_app = make_app
+        self._runner: Any = None
+        self.port = 0
+
+    def __enter__(self) -> AppThread:
+        from aiohttp import web
+
+        async def start() -> tuple[Any, int]:
+            runner = web.AppRunner(self._make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, int(runner.addresses[0][1])
+
+        self._thread.start()
+        self._runner, self.port = self._asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def address(self) -> str:
+        """host:port."""
+        return f"127.0.0.1:{self.port}"
+
+
+def recording_replica(seen: list[dict[str, Any]], config: Any = None) -> Callable[[], Any]:
+    """A factory for a stand-in vLLM replica app (e2e/standin) that also records each request's JSON
+    body and headers into `seen`, to check what the gateway sent."""
+    from aiohttp import web
+
+    from e2e.standin.api import make_replica_app
+    from e2e.standin.config import StandinConfig
+    from e2e.standin.engine import Engine
+    from e2e.standin.metrics import EngineMetrics
+
+    def make() -> Any:
+        cfg = config or StandinConfig()
+        app = make_replica_app(Engine(cfg, EngineMetrics(cfg.model_name)))
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> Any:
+            if request.method == "POST":
+                raw = await request.read()
+                seen.append({"path": request.path, "headers": dict(request.headers), "body": json.loads(raw)})
+            return await handler(request)
+
+        app.middlewares.append(record)
+        return app
+
+    return make
