@@ -242,11 +242,12 @@ class ClusterFollower:
 
         try:
             return await asyncio.to_thread(read)
+        except asyncio.CancelledError:
+            # Unblock the reading thread now rather than at the watch's end (urllib3 >= 2.3).
+            with contextlib.suppress(Exception):
+                response.shutdown()
+            raise
         finally:
-            # Unblocks the reading thread at once when cancelled (urllib3 >= 2.3).
-            shutdown = getattr(response, "shutdown", None)
-            if callable(shutdown):
-                shutdown()
             response.release_conn()
 
     # ---- applying --------------------------------------------------------------------------

@@ -90,6 +90,15 @@ class Dispatcher:
                 code="fallback_closed",
                 headers={"Retry-After": "60"},
             )
+        if plan.action is Action.UNAVAILABLE:
+            self._count_rejected(pool, req)
+            wait = min(p.cooldown_until for p in pool.providers) - time.monotonic()
+            raise ApiError(
+                503,
+                f"pool {pool.name}: no replica is Ready and every fallback provider is cooling down after failures",
+                code="fallback_unavailable",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         if plan.action is Action.GPU and plan.endpoint is not None:
             relayed = await self._gpu(request, pool, req, plan, held, received)
             if relayed is not None:

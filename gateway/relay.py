@@ -78,6 +78,17 @@ def _usage_counts(usage: Mapping[str, Any] | None) -> tuple[int, int] | None:
     return None
 
 
+def _output_estimate(answer: Mapping[str, Any]) -> int:
+    """Generated tokens of an answer without usage, from its text's length."""
+    chars = 0
+    for choice in answer.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            chars += len(text) if isinstance(text, str) else 0
+    return max(1, chars // _BYTES_PER_TOKEN)
+
+
 async def _open(
     session: aiohttp.ClientSession,
     url: str,
@@ -147,15 +158,19 @@ async def _whole(upstream: aiohttp.ClientResponse, prompt_estimate: int, extra: 
     except (aiohttp.ClientError, OSError):
         raise AttemptFailed("connection") from None
     counts = None
+    estimate = len(data) // _BYTES_PER_TOKEN
     try:
         parsed = orjson.loads(data)
-        counts = _usage_counts(parsed.get("usage")) if isinstance(parsed, dict) else None
     except orjson.JSONDecodeError:
-        pass
+        parsed = None
+    if isinstance(parsed, dict):
+        counts = _usage_counts(parsed.get("usage"))
+        if counts is None:
+            estimate = _output_estimate(parsed)
     headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"), **extra}
     response = web.Response(body=data, headers=headers)
     if counts is None:
-        return Relayed(response, prompt_estimate, len(data) // _BYTES_PER_TOKEN, estimated=True)
+        return Relayed(response, prompt_estimate, estimate, estimated=True)
     return Relayed(response, counts[0], counts[1], estimated=False)
 
 

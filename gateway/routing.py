@@ -29,6 +29,9 @@ class Action(Enum):
     FALLBACK = "fallback"
     HOLD = "hold"
     REJECT = "reject"
+    """The fallback is closed by the budget cap with `onFallbackCap: reject` (429)."""
+    UNAVAILABLE = "unavailable"
+    """No replica in time and every provider is cooling down after failures (503 with Retry-After)."""
 
 
 @dataclass(slots=True)
@@ -87,13 +90,15 @@ def plan_request(
     )
     if decision.route is Route.REJECT:
         return Plan(Action.REJECT, decision, ready=n)
-    if decision.route is Route.GPU:
-        if n == 0:
-            # No fallback to take it: wait for a replica, as long as the gateway allows.
-            return Plan(Action.HOLD, decision, decision.lane, hold_until=arrival + max_hold_seconds)
-        return Plan(Action.GPU, decision, decision.lane, least_in_flight(ready), ready=n)
-    if n == 0:
-        deadline = now + max(budget, 0.0)
-        if pool.ready_eta(now, controller_tick) <= deadline:
-            return Plan(Action.HOLD, decision, hold_until=min(deadline, arrival + max_hold_seconds))
-    return Plan(Action.FALLBACK, decision, ready=n)
+    if n > 0:
+        if decision.route is Route.GPU:
+            return Plan(Action.GPU, decision, decision.lane, least_in_flight(ready), ready=n)
+        return Plan(Action.FALLBACK, decision, ready=n)
+    cooling = has_fallback and pool.fallback_open and not fallback_open
+    if decision.route is Route.GPU and not cooling:
+        # No fallback to take it (none, or closed by the cap): wait for a replica, as long as allowed.
+        return Plan(Action.HOLD, decision, decision.lane, hold_until=arrival + max_hold_seconds)
+    deadline = now + max(budget, 0.0)
+    if pool.ready_eta(now, controller_tick) <= deadline:
+        return Plan(Action.HOLD, decision, hold_until=min(deadline, arrival + max_hold_seconds))
+    return Plan(Action.UNAVAILABLE if cooling else Action.FALLBACK, decision)
