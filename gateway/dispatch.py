@@ -131,7 +131,7 @@ class Dispatcher:
             try:
                 result = await self._relay_gpu(request, req, url, body, route)
             except Refused as refused:
-                if priority is not None and refused.status == 400 and b"priority" in refused.body:
+                if priority is not None and refused.status == 400 and b"priority" in refused.body.lower():
                     endpoint.priority_ok = False
                     _LOG.warning(
                         "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name

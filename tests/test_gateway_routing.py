@@ -176,3 +176,24 @@ def test_an_engine_refusing_priority_still_serves_the_late_lane_in_fifo_order() 
         endpoint = gw.run(lambda: next(iter(gw.gateway.directory.pools[("default", "chat")].endpoints.values())))
         wait_until(lambda: endpoint.priority_ok is False, what="the start check to see priority refused")
         assert _route(gw) == "gpu-late"
+
+
+@pytest.mark.parametrize("on_cap", ["queue", "reject"])
+def test_the_gateway_obeys_a_fallback_closed_by_the_daily_cap(paid: BackgroundProvider, on_cap: str) -> None:
+    # The replica reports four requests of others: at 100 tokens/s that is far past the 1 s wait limit.
+    spec = {"demand": {"replicaTokensPerSecond": 100}, "fallback": {"maxQueueWaitSeconds": 1},
+            "objective": {"ttftSeconds": 1.0}, "budget": {"maxFallbackUsdPerDay": 5, "onFallbackCap": on_cap}}  # fmt: skip
+    pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+    with AppThread(_refusing_priority) as replica, gateway_for([(pool, [replica.address])]) as gw:
+        time.sleep(0.5)
+        assert _route(gw) == "fallback"
+        directory = gw.gateway.directory
+        gw.run(lambda: directory.set_pool(pool, [("r-0", replica.address)], fallback_open=False, probe_readiness=True))
+        time.sleep(0.5)
+        if on_cap == "queue":
+            # Queued on the GPUs in the late lane; this engine refuses priority, so it is resent without.
+            assert _route(gw) == "gpu-late"
+        else:
+            with pytest.raises(openai.RateLimitError) as err:
+                _route(gw)
+            assert err.value.body["code"] == "fallback_closed"  # type: ignore[index]
