@@ -181,8 +181,12 @@ def test_an_engine_refusing_priority_still_serves_the_late_lane_in_fifo_order() 
 @pytest.mark.parametrize("on_cap", ["queue", "reject"])
 def test_the_gateway_obeys_a_fallback_closed_by_the_daily_cap(paid: BackgroundProvider, on_cap: str) -> None:
     # The replica reports four requests of others: at 100 tokens/s that is far past the 1 s wait limit.
-    spec = {"demand": {"replicaTokensPerSecond": 100}, "fallback": {"maxQueueWaitSeconds": 1},
-            "objective": {"ttftSeconds": 1.0}, "budget": {"maxFallbackUsdPerDay": 5, "onFallbackCap": on_cap}}  # fmt: skip
+    spec = {
+        "demand": {"replicaTokensPerSecond": 100},
+        "fallback": {"maxQueueWaitSeconds": 1},
+        "objective": {"ttftSeconds": 1.0},
+        "budget": {"maxFallbackUsdPerDay": 5, "onFallbackCap": on_cap},
+    }
     pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
     with AppThread(_refusing_priority) as replica, gateway_for([(pool, [replica.address])]) as gw:
         time.sleep(0.5)
