@@ -6,16 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+import openai
 import pytest
 from kubernetes import client
 
 from controller.crd import crd_manifest
 from e2e.cluster import GPU_RESOURCE, K8sCluster, cold_start
+from e2e.standin import StandinConfig
+from e2e.standin.follow import PodFollower
+from e2e.standin.provider import BackgroundProvider, ProviderConfig
 from gateway.cluster import ClusterFollower
 from gateway.directory import PoolDirectory
 from policies.spec import API_GROUP, API_VERSION, PLURAL
@@ -230,3 +242,146 @@ def test_follower_tracks_pool_pods_secret_and_fallback_status(
 
     custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, "chat")
     _wait_for("the pool removed", lambda: follower() is None)
+
+
+# -- the gateway process in cluster mode, with stand-in replicas at the pods' loopback IPs --------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(kubeconfig: str, namespace: str) -> Iterator[str]:
+    """``ebbtide gateway --kubeconfig ... --namespace ...`` on a free loopback port; yields its /v1 URL."""
+    port = _free_port()
+    ebbtide = Path(sys.executable).parent / "ebbtide"
+    cmd = [str(ebbtide), "gateway", "--kubeconfig", kubeconfig, "--namespace", namespace,
+           "--listen", f"127.0.0.1:{port}", "--max-hold-seconds", "1", "--log-level", "WARNING"]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"the gateway exited with {proc.returncode}: {log.read().decode()[-2000:]}")
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait_for("the gateway to be ready", ready, 30)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+            assert "Traceback" not in text, text[-3000:]
+
+
+def _ask(client: openai.OpenAI) -> str:
+    """One chat completion; the route the gateway took (x-ebbtide-route)."""
+    raw = client.chat.completions.with_raw_response.create(model="tide-model", messages=_MESSAGES, max_tokens=4)
+    raw.parse()
+    return str(raw.headers.get("x-ebbtide-route"))
+
+
+_MESSAGES: Any = [{"role": "user", "content": "when is high tide"}]
+
+
+def test_gateway_follows_the_deployment_as_it_scales(
+    k8s_cluster: K8sCluster,
+    namespace: str,
+    gpu_node: Callable[..., client.V1Node],
+    standin_pods: Callable[..., PodFollower],
+) -> None:
+    api = k8s_cluster.api_client
+    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    apply_crd(api)
+    node = gpu_node(f"gpu-{namespace}"[:63], gpus=3).metadata.name
+    key = "sk-from-the-secret"
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "fallback-key"}, "data": {"api-key": base64.b64encode(key.encode()).decode()}}
+    )
+    apps.create_namespaced_deployment(namespace, deployment("vllm-chat", node, replicas=1))
+
+    def scale(replicas: int) -> None:
+        apps.patch_namespaced_deployment_scale(
+            namespace=namespace, name="vllm-chat", body={"spec": {"replicas": replicas}}
+        )
+
+    # Slow enough (about 0.2 s a request) that concurrent requests overlap and least-in-flight spreads them.
+    config = StandinConfig(tokens_per_second=20, output_tokens=4)
+    pods = standin_pods(deployment="vllm-chat", port=PORT, config=config)
+    [first] = pods.wait_for(1)
+
+    with BackgroundProvider(ProviderConfig(api_key=key)) as paid:
+        pool = gpupool("chat", "vllm-chat", paid.base_url)
+        pool["spec"]["target"]["servedModel"] = config.model_name
+        pool["spec"]["objective"] = {"ttftSeconds": 2}
+        custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, pool)
+        with (
+            gateway_process(str(k8s_cluster.kubeconfig), namespace) as base_url,
+            openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10) as gw,
+        ):
+            routes = [_ask(gw) for _ in range(3)]
+            assert routes == ["gpu"] * 3
+            assert len(first.requests("/v1/chat/completions")) == 3
+            assert paid.requests == []
+
+            # Scale up: the new pod's replica gets requests once it is Ready.
+            apps.patch_namespaced_deployment_scale(
+                namespace=namespace, name="vllm-chat", body={"spec": {"replicas": 2}}
+            )
+            replicas = pods.wait_for(2)
+
+            def both_serve() -> bool:
+                with ThreadPoolExecutor(6) as pool_:
+                    assert set(pool_.map(lambda _: _ask(gw), range(6))) == {"gpu"}
+                return all(r.requests("/v1/chat/completions") for r in replicas)
+
+            _wait_for("requests on both replicas", both_serve, 30, interval=0.2)
+
+            # Down to zero: no replica, a 30 s cold start against a 2 s objective: the fallback, at once,
+            # with the key from the Secret and the provider's model name.
+            apps.patch_namespaced_deployment_scale(
+                namespace=namespace, name="vllm-chat", body={"spec": {"replicas": 0}}
+            )
+            pods.wait_for(0)
+            _wait_for("requests routed to the fallback", lambda: _ask(gw) == "fallback", 30, interval=0.2)
+            sent = paid.requests[-1]
+            assert sent.headers["Authorization"] == f"Bearer {key}"
+            assert sent.body["model"] == "paid-model"
+
+            # The controller closes the fallback (daily cap): the gateway stops sending it requests.
+            custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, "chat", {"status": {"fallbackOpen": False}}
+            )
+
+            def refused() -> bool:
+                try:
+                    _ask(gw)
+                except openai.APIStatusError as err:
+                    return err.status_code >= 400
+                return False
+
+            _wait_for("requests refused with the fallback closed", refused, 30, interval=0.2)
+            seen = len(paid.requests)
+            assert refused()
+            assert len(paid.requests) == seen
+
+            # Back to one replica: the GPU again.
+            apps.patch_namespaced_deployment_scale(
+                namespace=namespace, name="vllm-chat", body={"spec": {"replicas": 1}}
+            )
+            [again] = pods.wait_for(1)
+            _wait_for("requests back on the GPU", lambda: _ask(gw) == "gpu", 30, interval=0.2)
+            assert again.requests("/v1/chat/completions")
