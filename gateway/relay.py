@@ -204,8 +204,9 @@ async def _stream(
         raise AttemptFailed("stream-ended")
     response = web.StreamResponse(headers={**_SSE_HEADERS, **extra})
     await response.prepare(request)
-    for piece in before:
-        await response.write(piece)
+    if before:
+        # Held back until the first content event (the role chunk, comments): sent in one write.
+        await response.write(b"".join(before) if len(before) > 1 else before[0])
     broken = False
     try:
         while True:

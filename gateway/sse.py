@@ -52,6 +52,12 @@ class SseScanner:
 
     def feed(self, chunk: bytes) -> bytes:
         """Scan a chunk; return what to relay (the chunk unchanged, or without the usage event)."""
+        if self.committed and not self._tail and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:
+            # The common case once the stream is under way: whole events, none of them the usage chunk.
+            self.content_events += chunk.count(b"\n\n")
+            if b"data: [DONE]" in chunk:
+                self.done = True
+            return chunk
         buf = self._tail + chunk if self._tail else chunk
         pos = 0
         out: list[bytes] | None = [] if self.strip_usage else None

@@ -226,3 +226,10 @@ def test_plan_at_zero_replicas_holds_only_when_a_replica_is_due_in_time() -> Non
     state.starting_etas = ()
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.HOLD and plan.hold_until == pytest.approx(now + 60.0)
+
+
+def test_scanner_fast_path_once_committed_still_sees_the_end_and_the_usage() -> None:
+    scanner = SseScanner(strip_usage=True)
+    assert scanner.feed(ROLE + TOKEN) == ROLE + TOKEN
+    assert scanner.feed(TOKEN + TOKEN) == TOKEN + TOKEN and scanner.content_events == 3
+    assert scanner.feed(USAGE + DONE) == DONE and scanner.usage is not None and scanner.done
