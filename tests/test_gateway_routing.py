@@ -201,3 +201,22 @@ def test_the_gateway_obeys_a_fallback_closed_by_the_daily_cap(paid: BackgroundPr
             with pytest.raises(openai.RateLimitError) as err:
                 _route(gw)
             assert err.value.body["code"] == "fallback_closed"  # type: ignore[index]
+
+
+def test_a_refused_connection_moves_to_another_ready_replica_before_the_fallback(paid: BackgroundProvider) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    with BackgroundCluster(StandinConfig(output_tokens=2)) as vllm:
+        live = vllm.ports[0]
+        pool = make_pool(providers=[provider("paid", paid.base_url)])
+        # Cluster mode's view: both pods Ready (the kubelet has not noticed the dead one yet).
+        with gateway_for([(pool, [f"127.0.0.1:{dead}", f"127.0.0.1:{live}"])], static=False) as gw:
+            paid.clear_requests()
+            assert _route(gw) == "gpu"
+            assert _route(gw) == "gpu"
+            assert paid.requests == [], "a live replica beats the fallback"
+            endpoints = gw.gateway.directory.pools[("default", "chat")].endpoints
+            assert gw.run(lambda: endpoints[f"127.0.0.1:{dead}"].failed_until) > time.monotonic(), "tried, refused"
