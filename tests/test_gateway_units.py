@@ -233,3 +233,21 @@ def test_scanner_fast_path_once_committed_still_sees_the_end_and_the_usage() -> 
     assert scanner.feed(ROLE + TOKEN) == ROLE + TOKEN
     assert scanner.feed(TOKEN + TOKEN) == TOKEN + TOKEN and scanner.content_events == 3
     assert scanner.feed(USAGE + DONE) == DONE and scanner.usage is not None and scanner.done
+
+
+def test_a_pool_update_keeps_provider_health_and_endpoint_counts() -> None:
+    pool = make_pool(providers=[provider("p", "http://127.0.0.1:1/v1")])
+    directory = PoolDirectory()
+    directory.set_pool(pool, [("e0", "127.0.0.1:1000")], provider_keys={"p": "old"})
+    state = directory.pools[("default", "chat")]
+    before, endpoint = state.providers[0], state.endpoints["127.0.0.1:1000"]
+    before.failed(time.monotonic())
+    endpoint.in_flight = 3
+    directory.set_pool(pool, [("e0", "127.0.0.1:1000"), ("e1", "127.0.0.1:1001")], provider_keys={"p": "new"})
+    assert state.providers[0] is before and not before.available(time.monotonic()), "still cooling down"
+    assert before.headers["Authorization"] == "Bearer new"
+    assert state.endpoints["127.0.0.1:1000"] is endpoint and endpoint.in_flight == 3
+    moved = make_pool(providers=[provider("p", "http://127.0.0.1:2/v1")])
+    directory.set_pool(moved, [])
+    assert state.providers[0] is not before and state.providers[0].available(time.monotonic())
+    assert state.endpoints == {} and not state.ready_event.is_set()
