@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.defaults import GATEWAY_LISTEN
+from controller.defaults import GATEWAY_LISTEN, LOG_FORMAT
 from gateway.app import Gateway
 from gateway.auth import ClientAuth
 from gateway.config import (
@@ -32,6 +32,7 @@ from gateway.config import (
     provider_keys,
 )
 from gateway.directory import PoolDirectory
+from gateway.logs import configure_logging
 from gateway.server import start_site
 
 __all__ = ["register", "run"]
@@ -74,6 +75,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-priority-check", action="store_true", help="skip the one-token check that vLLM takes priority")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", default=LOG_FORMAT, choices=("json", "text"), help="default %(default)s")
     p.set_defaults(func=_main)
 
 
@@ -139,7 +141,7 @@ async def run(gateway: Gateway, *, cluster: dict[str, Any] | None = None) -> Non
 
 
 def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = _settings(args)
         auth = ClientAuth(load_client_keys(Path(args.api_keys_file))) if args.api_keys_file else None
