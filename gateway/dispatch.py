@@ -273,7 +273,12 @@ class Dispatcher:
                 gauge.dec()
                 if not verdict:
                     provider.released()
-            provider.succeeded()
+            if result.broken:
+                # Its stream broke after reaching the client (ended there with an error event).
+                provider.failed(time.monotonic())
+                pool.metrics.provider_failed(provider.name, "stream-broken")
+            else:
+                provider.succeeded()
             dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
                           provider.spec.output_usd_per_million)  # fmt: skip
             pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,

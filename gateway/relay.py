@@ -223,7 +223,8 @@ async def _stream(
             broken = True
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, TimeoutError):
         broken = True
-    if broken:
+    broken = broken or scanner.late_error
+    if broken and not scanner.late_error:
         with contextlib.suppress(ConnectionError):
             await response.write(
                 error_event(502, "the upstream stream failed before it finished", code="upstream_error")

@@ -64,7 +64,7 @@ def test_scanner_error_event_before_content_is_seen_and_after_content_is_not_an_
     assert before.error == {"message": "overloaded", "type": "server_error"} and not before.committed
     after = SseScanner(strip_usage=False)
     after.feed(TOKEN + error)
-    assert after.committed and after.error is None
+    assert after.committed and after.error is None and after.late_error
 
 
 def test_scanner_handles_crlf_and_multiline_data_and_a_huge_event() -> None:
