@@ -73,6 +73,12 @@ def register(subparsers: Any) -> None:
         default=defaults.scrape_interval_seconds,
         help="seconds between reads of each replica's /metrics",
     )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=defaults.shutdown_grace_seconds,
+        help="seconds requests under way get to finish on SIGTERM",
+    )
     p.add_argument("--no-priority-check", action="store_true", help="skip the one-token check that vLLM takes priority")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-format", default=LOG_FORMAT, choices=("json", "text"), help="default %(default)s")
@@ -83,12 +89,12 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     host, port = parse_listen(args.listen)
     if args.max_body_bytes < 1024:
         raise ConfigError("--max-body-bytes must be at least 1024")
-    if args.max_held < 0 or args.max_hold_seconds < 0 or args.scrape_interval <= 0:
-        raise ConfigError("--max-held and --max-hold-seconds must be >= 0, --scrape-interval > 0")
+    if args.max_held < 0 or args.max_hold_seconds < 0 or args.scrape_interval <= 0 or args.shutdown_grace < 0:
+        raise ConfigError("--max-held, --max-hold-seconds and --shutdown-grace must be >= 0, --scrape-interval > 0")
     return GatewaySettings(
         host=host, port=port, max_body_bytes=args.max_body_bytes, max_held=args.max_held,
         max_hold_seconds=args.max_hold_seconds, scrape_interval_seconds=args.scrape_interval,
-        check_priority=not args.no_priority_check,
+        check_priority=not args.no_priority_check, shutdown_grace_seconds=args.shutdown_grace,
     )  # fmt: skip
 
 
@@ -137,6 +143,8 @@ async def run(gateway: Gateway, *, cluster: dict[str, Any] | None = None) -> Non
         _LOG.error("cluster mode stopped: %s", follower.exception())
     for task in watched:
         task.cancel()
+    gateway.draining = True
+    _LOG.info("shutting down: requests under way get %.0f s", gateway.settings.shutdown_grace_seconds)
     await runner.cleanup()
 
 
