@@ -91,6 +91,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             raise ApiError(
                 413, f"the request body exceeds {gw.settings.max_body_bytes} bytes", code="body_too_large"
             ) from None
+        except web.RequestPayloadError as err:
+            # A body that breaks off, or whose Content-Encoding does not decode: the client's fault.
+            raise ApiError(400, f"the request body could not be read: {err.__cause__ or err}") from None
         req = parse_request(
             raw, chat=chat, arrival=time.monotonic(), timeout_header=request.headers.get("X-Stainless-Timeout")
         )

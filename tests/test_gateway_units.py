@@ -251,3 +251,11 @@ def test_a_pool_update_keeps_provider_health_and_endpoint_counts() -> None:
     directory.set_pool(moved, [])
     assert state.providers[0] is not before and state.providers[0].available(time.monotonic())
     assert state.endpoints == {} and not state.ready_event.is_set()
+
+
+def test_a_body_nested_deeper_than_orjson_writes_is_a_400_not_a_crash() -> None:
+    deep = b'{"model":"chat-model","prompt":"x","extra":' + b"[" * 300 + b"]" * 300 + b"}"
+    req = parse_request(deep, chat=False, arrival=0.0, timeout_header=None)
+    with pytest.raises(ApiError) as err:
+        provider_body(req, "paid-model")
+    assert err.value.status == 400 and "nests too deeply" in err.value.message
