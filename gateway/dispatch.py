@@ -161,6 +161,11 @@ class Dispatcher:
             return failed
         except Refused as refused:
             self._count_rejected(pool, req)
+            if refused.status in (401, 403):
+                # vLLM started with --api-key: the gateway's configuration, not the client's key, is wrong.
+                raise ApiError(
+                    502, f"replica {endpoint.name} refused the gateway (HTTP {refused.status})", code="replica_auth"
+                ) from None
             return web.Response(
                 status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type}
             )

@@ -259,3 +259,11 @@ def test_a_body_nested_deeper_than_orjson_writes_is_a_400_not_a_crash() -> None:
     with pytest.raises(ApiError) as err:
         provider_body(req, "paid-model")
     assert err.value.status == 400 and "nests too deeply" in err.value.message
+
+
+def test_endpoint_urls_bracket_ipv6_pod_ips() -> None:
+    from gateway.upstream import Endpoint
+
+    assert Endpoint("p", "fd00::5:8000").chat_url == "http://[fd00::5]:8000/v1/chat/completions"
+    assert Endpoint("p", "10.0.0.5:8000").metrics_url == "http://10.0.0.5:8000/metrics"
+    assert Endpoint("p", "[::1]:8000").base_url == "http://[::1]:8000"
