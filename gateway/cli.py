@@ -95,6 +95,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         host=host, port=port, max_body_bytes=args.max_body_bytes, max_held=args.max_held,
         max_hold_seconds=args.max_hold_seconds, scrape_interval_seconds=args.scrape_interval,
         check_priority=not args.no_priority_check, shutdown_grace_seconds=args.shutdown_grace,
+        keepalive_seconds=max(args.hold_keepalive, 0.0),
     )  # fmt: skip
 
 

@@ -3,7 +3,9 @@
 A held request shows in the `ebbtide_gateway_held` gauge at once, so the controller starts a scale-up
 within one tick of the first request. It waits until an endpoint becomes routable or its deadline
 passes; the handler's cancellation (aiohttp's `handler_cancellation`, a client that disconnected) ends
-the wait and frees its place in the queue.
+the wait and frees its place in the queue. A streaming request held for long gets its stream started
+and SSE comments (`: keep-alive`), which clients ignore and idle timeouts of proxies do not fire on; its
+answer then continues that stream, and an error becomes an error event in it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import asyncio
 import time
 from enum import Enum
 
-from gateway.directory import PoolState
+from aiohttp import web
 
-__all__ = ["HoldResult", "hold"]
+from gateway.directory import PoolState
+from gateway.relay import SSE_HEADERS
+
+__all__ = ["HoldResult", "hold", "keep_alive"]
 
 
 class HoldResult(Enum):
@@ -54,3 +59,15 @@ async def hold(pool: PoolState, until: float, max_held: int) -> HoldResult:
     finally:
         pool.held -= 1
         pool.metrics.held.dec()
+
+
+async def keep_alive(request: web.Request, holder: list[web.StreamResponse], every: float) -> None:
+    """While a streaming request is held: after `every` seconds start its stream and send SSE comments,
+    so that clients and proxies with idle timeouts keep waiting."""
+    await asyncio.sleep(every)
+    response = web.StreamResponse(headers={**SSE_HEADERS, "X-Ebbtide-Route": "held"})
+    holder.append(response)
+    await response.prepare(request)
+    while True:
+        await response.write(b": keep-alive\n\n")
+        await asyncio.sleep(every)
