@@ -74,6 +74,13 @@ def register(subparsers: Any) -> None:
         help="seconds between reads of each replica's /metrics",
     )
     p.add_argument(
+        "--hold-keepalive",
+        type=float,
+        default=defaults.keepalive_seconds,
+        metavar="SECONDS",
+        help="a held streaming request gets an SSE comment this often (0: never; default %(default)s)",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=defaults.shutdown_grace_seconds,
