@@ -177,10 +177,7 @@ class Dispatcher:
         url = endpoint.chat_url if req.chat else endpoint.completions_url
         gauge = pool.metrics.in_flight["gpu"]
         endpoint.in_flight += 1
-        if late:
-            pool.work_late += work
-        else:
-            pool.work_normal += work
+        pool.add_work(work, late, time.monotonic())
         gauge.inc()
         try:
             body = gpu_body(req, pool.served_model, priority)
@@ -216,10 +213,7 @@ class Dispatcher:
             raise
         finally:
             endpoint.in_flight -= 1
-            if late:
-                pool.work_late -= work
-            else:
-                pool.work_normal -= work
+            pool.remove_work(work, late)
             gauge.dec()
         if not result.estimated:
             pool.learn(result.prompt_tokens, result.completion_tokens)

@@ -204,12 +204,13 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
                          "objective": {"ttftSeconds": 1.0}})  # fmt: skip
     now = time.monotonic()
     kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    state.drain(now, 1)
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.GPU and plan.lane is Lane.ON_TIME and plan.endpoint is not None
-    state.work_normal = 1500.0
+    state.work_normal = state.backlog_normal = 1500.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.GPU and plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait"
-    state.work_late = 1000.0
+    state.work_late = state.backlog_late = 1000.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
@@ -267,3 +268,18 @@ def test_endpoint_urls_bracket_ipv6_pod_ips() -> None:
     assert Endpoint("p", "fd00::5:8000").chat_url == "http://[fd00::5]:8000/v1/chat/completions"
     assert Endpoint("p", "10.0.0.5:8000").metrics_url == "http://10.0.0.5:8000/metrics"
     assert Endpoint("p", "[::1]:8000").base_url == "http://[::1]:8000"
+
+
+def test_the_backlog_drains_at_the_replicas_throughput_normal_lane_first() -> None:
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000}}, endpoints=2)
+    now = time.monotonic()
+    state.drain(now, 2)
+    state.add_work(3000.0, False, now)
+    state.add_work(1000.0, True, now)
+    state.drain(now + 1.0, 2)  # 2 replicas x 1000 tokens/s x 1 s
+    assert (state.backlog_normal, state.backlog_late) == (1000.0, 1000.0)
+    state.drain(now + 1.75, 2)
+    assert (state.backlog_normal, state.backlog_late) == (0.0, 500.0)
+    state.add_work(400.0, False, now + 1.75)
+    state.remove_work(3000.0, False)  # the big one ended early: the backlog is capped by what is in flight
+    assert state.work_normal == 400.0 and state.backlog_normal == 400.0
