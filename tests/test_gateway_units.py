@@ -283,3 +283,34 @@ def test_the_backlog_drains_at_the_replicas_throughput_normal_lane_first() -> No
     state.add_work(400.0, False, now + 1.75)
     state.remove_work(3000.0, False)  # the big one ended early: the backlog is capped by what is in flight
     assert state.work_normal == 400.0 and state.backlog_normal == 400.0
+
+
+def test_the_series_the_controller_reads_carry_the_documented_names_and_labels() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from controller.demand import series
+    from controller.demand.series import RouteLabel
+    from gateway.accounting import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    pool = metrics.pool("ns", "chat")
+    pool.finished(RouteLabel.FALLBACK, 10, 5, estimated=False, saturated=True, provider="p", dollars=0.01)
+    pool.held.inc()
+    pool.in_flight["gpu"].inc()
+    pool.added_latency.observe(0.001)
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    expected = {
+        series.REQUESTS: {"namespace", "pool", "route"},
+        series.TOKENS: {"namespace", "pool", "route", "kind", "source"},
+        series.FALLBACK_USD: {"namespace", "pool", "provider"},
+        series.SATURATION_REQUESTS: {"namespace", "pool"},
+        series.SATURATION_TOKENS: {"namespace", "pool", "kind"},
+        series.IN_FLIGHT: {"namespace", "pool", "route"},
+        series.HELD: {"namespace", "pool"},
+        series.ADDED_LATENCY + "_bucket": {"namespace", "pool", "le"},
+    }
+    for name, wanted in expected.items():
+        assert labels.get(name) == wanted, name
