@@ -27,7 +27,7 @@ from gateway.inbound import ClientRequest, gpu_body, provider_body
 from gateway.providers import ProviderState
 from gateway.relay import AttemptFailed, Refused, Relayed, passed_on, relay
 from gateway.routing import Action, Plan, plan_request
-from policies.overflow import Lane
+from policies.overflow import Lane, Route
 
 __all__ = ["Dispatcher"]
 
@@ -78,7 +78,14 @@ class Dispatcher:
         if req.stream and self.settings.keepalive_seconds > 0:
             keepalive = asyncio.create_task(keep_alive(request, holder, self.settings.keepalive_seconds))
         try:
-            result = await hold(pool, plan.hold_until, self.settings.max_held)
+            tick = self.settings.controller_tick_seconds
+
+            def due_by(now: float) -> float:
+                return pool.ready_eta(now, tick)
+
+            # Held for a replica due in time with a fallback waiting: stop as soon as none is due.
+            waiting_for = due_by if plan.decision.route is Route.FALLBACK else None
+            result = await hold(pool, plan.hold_until, self.settings.max_held, due_by=waiting_for)
         finally:
             if keepalive is not None:
                 keepalive.cancel()

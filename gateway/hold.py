@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from enum import Enum
 
 from aiohttp import web
@@ -20,6 +21,9 @@ from gateway.directory import PoolState
 from gateway.relay import SSE_HEADERS
 
 __all__ = ["HoldResult", "hold", "keep_alive"]
+
+_RECHECK_SECONDS = 1.0
+"""A held request re-reads when its replica is due at least this often."""
 
 
 class HoldResult(Enum):
@@ -33,8 +37,14 @@ class HoldResult(Enum):
     """The pool's hold queue was full; the request was not held."""
 
 
-async def hold(pool: PoolState, until: float, max_held: int) -> HoldResult:
-    """Wait (at most until the monotonic time `until`) for a routable endpoint of `pool`."""
+async def hold(
+    pool: PoolState, until: float, max_held: int, *, due_by: Callable[[float], float] | None = None
+) -> HoldResult:
+    """Wait (at most until the monotonic time `until`) for a routable endpoint of `pool`.
+
+    With `due_by` (now -> when a replica is expected Ready), the hold also ends, as a timeout, as soon
+    as that moves past `until` (the starting pod went away): the fallback need not wait for nothing.
+    """
     if pool.held >= max_held:
         return HoldResult.FULL
     pool.held += 1
@@ -45,13 +55,13 @@ async def hold(pool: PoolState, until: float, max_held: int) -> HoldResult:
             if pool.routable(now):
                 return HoldResult.READY
             left = until - now
-            if left <= 0:
+            if left <= 0 or (due_by is not None and due_by(now) > until):
                 return HoldResult.TIMEOUT
             try:
-                async with asyncio.timeout(left):
+                async with asyncio.timeout(min(left, _RECHECK_SECONDS)):
                     await pool.ready_event.wait()
             except TimeoutError:
-                return HoldResult.READY if pool.routable(time.monotonic()) else HoldResult.TIMEOUT
+                continue
             if not pool.routable(time.monotonic()):
                 # Woken by a change that left nothing routable (a pool removed, a replica gone): yield so
                 # the event is cleared by the change's author before waiting again.

@@ -197,3 +197,18 @@ def test_a_kept_alive_stream_whose_hold_fails_ends_with_an_error_event() -> None
             for _ in client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True):
                 pass
         assert "no replica became Ready in time" in str(err.value)
+
+
+def test_the_hold_ends_early_when_the_starting_pod_goes_away(paid: Any) -> None:
+    pool = make_pool(providers=[provider("paid", paid.base_url)],
+                     spec={"coldStartSeconds": 180, "objective": {"ttftSeconds": 30}})  # fmt: skip
+    with gateway_for([(pool, [])], static=False) as gw:
+        directory = gw.gateway.directory
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=170)  # Ready in about 10 s
+        gw.run(lambda: directory.set_pool(pool, [], starting=[started]))
+        thread, out = _in_thread(gw)
+        wait_until(lambda: _held(gw) == 1, what="held for the starting pod")
+        began = time.monotonic()
+        gw.run(lambda: directory.set_pool(pool, []))  # the pod was deleted: nothing is due any more
+        thread.join(20)
+        assert out == {"route": "held-fallback"} and time.monotonic() - began < 3.0
