@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -97,7 +98,17 @@ def test_usage_counted_equals_what_the_upstream_reported(gw: Any) -> None:
             pass
         reported_prompt += 2
         reported_completion += 4
-    after = scrape_text(gw)
+    # A stream is accounted once the gateway has closed it, which can be a moment after the client read
+    # its last byte: wait (bounded) until all seven requests are counted, then compare exactly.
+    deadline = time.monotonic() + 5.0
+    while True:
+        after = scrape_text(gw)
+        done = metric(after, "ebbtide_gateway_requests_total", route="gpu") - metric(
+            before, "ebbtide_gateway_requests_total", route="gpu"
+        )
+        if done >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     def delta(kind: str) -> float:
         labels = {"route": "gpu", "kind": kind, "source": "reported", "pool": "chat"}
