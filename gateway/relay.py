@@ -240,8 +240,8 @@ async def _stream(
             await response.write(
                 error_event(502, "the upstream stream failed before it finished", code="upstream_error")
             )
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+    # No write_eof here: the handler returns the response and aiohttp ends it after the caller has
+    # accounted the request, so a client that saw the stream's end also sees it in /metrics.
     counts = _usage_counts(scanner.usage)
     if counts is None:
         return Relayed(response, prompt_estimate, scanner.content_events, estimated=True, broken=broken)
