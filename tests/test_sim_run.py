@@ -241,10 +241,21 @@ def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFi
         outputs.append(path.read_bytes())
     assert outputs[0] == outputs[1]
     document = json.loads(outputs[0])
-    assert list(document["policies"]) == ["ebbtide", "always_on", "api_only", "hpa", "keda", "lower_bound"]
+    assert list(document["policies"]) == [
+        "ebbtide",
+        "always_on",
+        "api_only",
+        "hpa",
+        "keda",
+        "lower_bound",
+        "offline_optimum",
+    ]
     for figures in document["policies"].values():
         for key in (
             "total_usd",
+            "slo_priced_usd",
+            "x_lower_bound",
+            "x_offline_optimum",
             "gpu_usd",
             "fallback_usd",
             "gpu_hours",

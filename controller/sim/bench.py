@@ -15,7 +15,7 @@ import statistics
 import time
 
 from controller.sim.cli import DEFAULTS, load_spec
-from controller.sim.runner import POLICY_NAMES, RunSettings, run_policy
+from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, run_policy
 from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    choices = [n for n in POLICY_NAMES if n != "lower_bound"]
+    choices = [n for n in POLICY_NAMES if n not in OFFLINE]
     parser.add_argument("--policy", choices=choices, default="ebbtide")
     parser.add_argument("--baseline", choices=choices, default="always_on", help="timed side by side")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from controller.sim.engine import (
     ReplicaModel,
 )
 from controller.sim.report import render_table, to_json
-from controller.sim.runner import EBBTIDE, POLICY_NAMES, PolicyRun, RunSettings, run_all
+from controller.sim.runner import EBBTIDE, OFFLINE, POLICY_NAMES, PolicyRun, RunSettings, run_all
 from controller.sim.traces import TraceError, TraceFormat, read_trace
 from controller.sim.workload import Workload, build_week, load_profile, peak_rps_for_monthly_tokens, replay
 from controller.validate import field_path, load_pools
@@ -245,8 +245,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ebbtide simulate: error: {exc}", file=sys.stderr)
         return 2
     names = list(dict.fromkeys(args.policy)) if args.policy else list(POLICY_NAMES)
-    if "lower_bound" not in names:
-        names.append("lower_bound")  # cheap, and every row's cost is read against it
+    for reference in OFFLINE:
+        if reference not in names:
+            names.append(reference)  # cheap, and every row's cost is read against them
     names.sort(key=POLICY_NAMES.index)
     tokens = workload.total_tokens
     days = workload.duration_s / 86400

@@ -25,21 +25,31 @@ from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, S
 from policies.baselines import BASELINES, Sizing, baseline
 from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
+from policies.optimum import OptimumProblem, offline_optimum
 from policies.overflow import Routing
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
 __all__ = [
     "EBBTIDE",
+    "LOWER_BOUND",
+    "OFFLINE",
+    "OPTIMUM",
     "POLICY_NAMES",
     "PolicyRun",
     "RunSettings",
     "lower_bound_run",
+    "optimum_problem",
+    "optimum_run",
     "run_policy",
     "sizing_for",
 ]
 
 EBBTIDE = "ebbtide"
+LOWER_BOUND = "lower_bound"
+OPTIMUM = "offline_optimum"
+OFFLINE: tuple[str, ...] = (LOWER_BOUND, OPTIMUM)
+"""Rows computed offline, with no policy to run."""
 POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES))
 """Report order: Ebbtide first, then the registry's baselines (sorted)."""
 
@@ -82,6 +92,9 @@ class PolicyRun:
     route: np.ndarray | None = None
     """Per-request route codes (engine.RouteCode), for cost over time."""
     timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    slo_priced_usd: float | None = None
+    """GPU $ plus the fallback's price of every request not served on the GPUs within the SLO: what
+    the run costs when each late request is priced as sent to the API (comparable to offline_optimum)."""
 
     @property
     def total_usd(self) -> float:
@@ -231,7 +244,22 @@ def run_policy(
         log=log,
         route=engine.route,
         timeline={"t": times, "ready": ready_series, "replicas": desired_series},
+        slo_priced_usd=gpu_usd + _late_api_usd(workload, price, engine.route, engine.ttft, settings.slo_ttft_seconds),
     )
+
+
+def _api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
+    return np.asarray(
+        (workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million)
+        / 1e6,
+        dtype=np.float64,
+    )
+
+
+def _late_api_usd(workload: Workload, price: ApiPrice, route: np.ndarray, ttft: np.ndarray, slo: float) -> float:
+    """The fallback's price of every request not served on the GPUs within `slo` (fallback ones included)."""
+    on_time_gpu = (route == RouteCode.GPU) & (ttft <= slo)
+    return float(_api_usd(workload, price)[~on_time_gpu].sum())
 
 
 def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
@@ -247,7 +275,7 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         price=ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million),
     )
     return PolicyRun(
-        name="lower_bound",
+        name=LOWER_BOUND,
         requests=len(workload),
         fallback_requests=round(bound.fallback_requests),
         rejected_requests=0,
@@ -263,6 +291,52 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
     )
 
 
+def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> OptimumProblem:
+    """The constrained problem `offline_optimum` solves: this workload in this simulated world."""
+    replica = settings.replica
+    price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
+    top = spec.target.max_replicas
+    if settings.gpu_cap is not None:
+        top = min(top, settings.gpu_cap // spec.target.gpus_per_replica)
+    return OptimumProblem(
+        arrival_s=workload.arrival_s,
+        # The engine's work: every request takes at least a moment of a replica.
+        work_s=np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), 1e-6),
+        prefill_s=workload.input_tokens / replica.prefill_tokens_per_second,
+        api_usd=_api_usd(workload, price),
+        horizon_s=max(workload.duration_s, settings.tick_seconds),
+        step_s=settings.tick_seconds,
+        cold_start_s=float(spec.cold_start_seconds),
+        objective_s=settings.slo_ttft_seconds,
+        max_replicas=top,
+        replica_usd_per_hour=spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica,
+        gpus_per_replica=spec.target.gpus_per_replica,
+        initial_replicas=min(settings.initial_replicas, top),
+    )
+
+
+def optimum_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
+    """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule)."""
+    best = offline_optimum(optimum_problem(workload, spec, settings))
+    return PolicyRun(
+        name=OPTIMUM,
+        requests=len(workload),
+        fallback_requests=round(best.fallback_requests),
+        rejected_requests=0,
+        gpu_hours=best.gpu_hours,
+        gpu_usd=best.gpu_usd,
+        fallback_input_tokens=0,
+        fallback_output_tokens=0,
+        fallback_usd=best.fallback_usd,
+        scale_events=None,
+        ttft=None,
+        slo_ttft_seconds=settings.slo_ttft_seconds,
+        total_tokens=workload.total_tokens,
+        timeline={"t": best.slot_start_s, "ready": best.ready},
+        slo_priced_usd=best.total_usd,
+    )
+
+
 def run_all(
     workload: Workload,
     spec: GPUPoolSpec,
@@ -275,11 +349,12 @@ def run_all(
     """Every named policy (and the lower bound) on the same workload, in report order."""
     out: dict[str, PolicyRun] = {}
     for name in names:
-        run = (
-            lower_bound_run(workload, spec, settings)
-            if name == "lower_bound"
-            else run_policy(name, workload, spec, settings, progress=progress)
-        )
+        if name == LOWER_BOUND:
+            run = lower_bound_run(workload, spec, settings)
+        elif name == OPTIMUM:
+            run = optimum_run(workload, spec, settings)
+        else:
+            run = run_policy(name, workload, spec, settings, progress=progress)
         out[name] = run
         if on_done is not None:
             on_done(run)
