@@ -16,23 +16,24 @@ The model. Time is cut into slots at every moment the number of Ready replicas c
 `k * step` (scale-downs) and `k * step + cold_start` (a replica scheduled at a tick becomes Ready).
 In each slot `s` of length `L_s` the plan has `n_s` Ready replicas, `0 <= n_s <= max_replicas`. It
 costs `rate * (sum_s L_s n_s + cold_start * sum_s max(n_s - n_{s-1}, 0))`, where `rate` is one
-replica's price per second and `n_{-1}` the initial replicas; a rise is allowed only at a slot start
-one cold start after a tick. Each slot's requests save their API price up to `U_s(n_s, n_{s+1})`, an
-upper bound of what any on-time subset of them can save. The bound is `min over plans of cost + API
-total - sum_s U_s`, found by a DP over slots whose state is the Ready count.
+replica's price per second, `n_{-1}` the initial replicas and `n_S` the replicas Ready at the horizon
+(they serve the unbilled tail); a rise is allowed only one cold start after a tick. Each slot's
+requests save their API price up to `U_s(n_s, n_{s+1})`, an upper bound of what any on-time subset of
+them can save. The bound is `min over plans of cost + API total - sum_s U_s`, found by a DP over
+slots whose state is the Ready count.
 
-`U_s`: each slot is cut into `A` atoms (of length at least `T` where the slot allows). For a *group*,
-consecutive atoms `[u, v)`, and an on-time GPU subset `G` of its requests within one lane, let `i` be
-the last of `G`. Work that arrives at or after `u` is served no earlier than `u`, and a FIFO lane
-serves all of `G` before `i` plus `i`'s prefill before `i`'s first token, which comes by `a_i + T <=
-v + T`. So `sum_G work - decode_i <= integral_u^{v+T} n(t) dt`; over `lanes` lanes sharing the
-replicas, `sum_G work <= cap + lanes * max decode` (and nothing with a prefill is on time if the
-window has no Ready replica at all). The API dollars such a `G` saves are at most a fractional
-knapsack: requests are binned by price per replica-second of work (`K` bins; each bin's work is
-counted at its bin's highest density, which can only overstate the saving), filled densest first up
-to the capacity. The requests of a partition's groups are disjoint, so their bounds add up, and the
-least sum over all partitions of the slot into groups is again a bound: that is `U_s`, found by a DP
-over atoms. A request whose own prefill exceeds `T` never saves anything.
+`U_s`: each slot is cut into `A` atoms (of length at least `T` where the slot allows). Take a *group*
+of consecutive atoms, an on-time GPU subset `G` of its requests within one lane, `f` the group's
+first arrival, `l` its last, and `i` the last request of `G`. Work arriving at or after `f` is served
+no earlier than `f`, and a FIFO lane serves all of `G` before `i`, and `i`'s prefill, before `i`'s
+first token, which comes by `a_i + T <= l + T`. So `sum_G work - decode_i <= cap = integral_f^{l+T}
+n(t) dt`; with `lanes` lanes sharing the replicas, `sum_G work <= cap + lanes * max decode`, and if
+`cap` is 0 no request with a prefill is on time. The API dollars such a `G` saves are at most a
+fractional knapsack: requests are binned by price per replica-second of work (`K` bins, each bin's
+work counted at its densest request's price, which can only overstate the saving), filled densest
+first up to that capacity. The groups of a partition hold disjoint requests, so their bounds add up,
+and the least sum over all partitions of the slot into groups is again a bound: that is `U_s`, found
+by a DP over atoms. A request whose own prefill exceeds `T` saves nothing.
 
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
 `n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready one
@@ -123,20 +124,23 @@ class Optimum:
     fallback_requests: float
     """Requests (fractionally, in proportion to their slot's unsaved dollars) left to the API."""
     slot_start_s: FloatArray
+    """Each slot's start, and last the horizon."""
     ready: IntArray
-    """The plan's Ready replicas in each slot."""
+    """The plan's Ready replicas in each slot, and last those Ready at the horizon."""
 
 
 def slot_grid(horizon_s: float, step_s: float, cold_start_s: float) -> tuple[FloatArray, BoolArray]:
-    """Slot boundaries (0 first, the horizon last) and, per slot, whether Ready replicas may rise at its start."""
+    """Slot boundaries (0 first, the horizon last) and, per boundary, whether Ready replicas may rise there.
+
+    The last flag is for the horizon itself: a replica Ready exactly then serves the unbilled tail.
+    """
     ticks = np.arange(math.floor(horizon_s / step_s) + 1, dtype=np.float64) * step_s
     points = np.concatenate((ticks, ticks + cold_start_s))
     points = np.unique(np.round(points[points < horizon_s], 9))
     bounds = np.append(points, horizon_s)
-    since_tick = (bounds[:-1] - cold_start_s) / step_s
-    rise = (bounds[:-1] >= cold_start_s - 1e-9) & np.isclose(since_tick, np.round(since_tick), atol=1e-6)
-    if cold_start_s <= 0:
-        rise[0] = False  # time 0 starts with the initial replicas
+    since_tick = (bounds - cold_start_s) / step_s
+    rise = (bounds >= cold_start_s - 1e-9) & np.isclose(since_tick, np.round(since_tick), atol=1e-6)
+    rise[0] = False  # time 0 starts with the initial replicas
     return bounds, rise
 
 
@@ -176,6 +180,11 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
     np.maximum.at(dmax_flat, cell, decode)
     dmax = dmax_flat.reshape(slots, atoms)
     free = _sums(cell, np.where(p.prefill_s[savable] <= 0, value, 0.0), slots * atoms).reshape(slots, atoms)
+    first = np.full(slots * atoms, math.inf)
+    np.minimum.at(first, cell, offset)
+    last = np.full(slots * atoms, -math.inf)
+    np.maximum.at(last, cell, offset)
+    first, last = first.reshape(slots, atoms), last.reshape(slots, atoms)
     order = np.argsort(-bin_top)  # densest bin first
     V = V[:, :, order]
     E = V / bin_top[order]
@@ -183,7 +192,19 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
     nxt = np.append(lengths[1:], math.inf)
     for c in range(0, busy.size, _CHUNK):
         rows = busy[c : c + _CHUNK]
-        U[rows] = _slot_bounds(V[rows], E[rows], dmax[rows], free[rows], lengths[rows], nxt[rows], t_obj, top, p.lanes)
+        U[rows] = _slot_bounds(
+            V[rows],
+            E[rows],
+            dmax[rows],
+            free[rows],
+            first[rows],
+            last[rows],
+            lengths[rows],
+            nxt[rows],
+            t_obj,
+            top,
+            p.lanes,
+        )
     return api_total, U
 
 
@@ -204,68 +225,79 @@ def _slot_bounds(
     E: FloatArray,
     dmax: FloatArray,
     free: FloatArray,
+    first: FloatArray,
+    last: FloatArray,
     length: FloatArray,
     nxt: FloatArray,
     t_obj: float,
     top: int,
     lanes: int,
 ) -> FloatArray:
-    """U[s, n, n'] for a chunk of slots: the least sum of group bounds over partitions into atom runs."""
+    """U[s, n, n'] for a chunk of slots: the least sum of group bounds over partitions into atom runs.
+
+    `first` and `last` are each atom's earliest and latest savable arrival (offsets in the slot; inf
+    and -inf when it has none): a group's window runs from its first arrival to its last one plus `T`.
+    """
     rows, atoms, _ = V.shape
-    g = length / atoms
     cV = np.concatenate((np.zeros((rows, 1, V.shape[2])), np.cumsum(V, axis=1)), axis=1)
     cE = np.concatenate((np.zeros((rows, 1, E.shape[2])), np.cumsum(E, axis=1)), axis=1)
     cF = np.concatenate((np.zeros((rows, 1)), np.cumsum(free, axis=1)), axis=1)
 
-    def group(i: int, k: int) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Atoms i..k: bins' values and effective work, slack, free value, in-slot window length."""
+    def group(i: int, k: int) -> tuple[FloatArray, ...]:
+        """Atoms i..k: bins' values and effective work, slack, free value, window in and beyond the slot."""
+        begin = first[:, i : k + 1].min(axis=1)
+        end = last[:, i : k + 1].max(axis=1) + t_obj
+        empty = ~np.isfinite(end)
+        inside = np.where(empty, 0.0, np.minimum(end, length) - np.where(empty, 0.0, begin))
+        beyond = np.where(empty, 0.0, np.maximum(end - length, 0.0))
         slack = lanes * dmax[:, i : k + 1].max(axis=1)
-        inside = np.minimum((k + 1) * g + t_obj, length) - i * g
-        return cV[:, k + 1] - cV[:, i], cE[:, k + 1] - cE[:, i], slack, cF[:, k + 1] - cF[:, i], inside
+        return cV[:, k + 1] - cV[:, i], cE[:, k + 1] - cE[:, i], slack, cF[:, k + 1] - cF[:, i], inside, beyond
 
-    def bound(parts: tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray], cap: FloatArray) -> FloatArray:
-        v, e, slack, fr, _ = parts
+    def bound(parts: tuple[FloatArray, ...], cap: FloatArray) -> FloatArray:
+        v, e, slack, fr = parts[:4]
         return np.where(cap > 0, _greedy(v, e, cap + slack), fr)
 
     groups = {(i, k): group(i, k) for k in range(atoms) for i in range(k + 1)}
-    beyond_far = {  # window beyond the slot of a group that does not end it: counted at the pool's maximum
-        (i, k): np.maximum((k + 1) * g + t_obj - length, 0.0) for (i, k) in groups if k < atoms - 1
-    }
-    after = np.minimum(t_obj, nxt)  # the last atom's window reaches T into the next slot(s)
-    far = t_obj - after
+    # A group that does not end the slot counts any window beyond it at the pool's maximum; one that
+    # ends it counts up to the next slot's length at that slot's Ready replicas.
+    closing = {i: groups[(i, atoms - 1)] for i in range(atoms)}
+    after = {i: np.minimum(closing[i][5], nxt) for i in range(atoms)}
     out = np.empty((rows, top + 1, top + 1))
     for n in range(top + 1):
         best = np.zeros((rows, atoms))  # best[:, j]: least bound of atoms [0, j)
         for k in range(atoms - 1):
             candidates = [
-                best[:, i] + bound(groups[(i, k)], n * groups[(i, k)][4] + top * beyond_far[(i, k)])
+                best[:, i] + bound(groups[(i, k)], n * groups[(i, k)][4] + top * groups[(i, k)][5])
                 for i in range(k + 1)
             ]
             best[:, k + 1] = np.min(candidates, axis=0)
         for m in range(top + 1):
-            last = [
-                best[:, i] + bound(groups[(i, atoms - 1)], n * groups[(i, atoms - 1)][4] + m * after + top * far)
+            tail = [
+                best[:, i] + bound(closing[i], n * closing[i][4] + m * after[i] + top * (closing[i][5] - after[i]))
                 for i in range(atoms)
             ]
-            out[:, n, m] = np.min(last, axis=0)
+            out[:, n, m] = np.min(tail, axis=0)
     return out
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
-    """The model's cost of one plan (Ready replicas per slot of `slot_grid`), inf if the world forbids it."""
+    """The model's cost of one plan, inf if the world forbids it.
+
+    `ready` holds the Ready replicas of each slot of `slot_grid` and, last, those Ready at the horizon
+    (they serve the unbilled tail).
+    """
     bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
     api_total, U = _savings(p, bounds)
     ready = np.asarray(ready, dtype=np.int64)
-    if ready.size != bounds.size - 1 or np.any(ready < 0) or np.any(ready > p.max_replicas):
+    if ready.size != bounds.size or np.any(ready < 0) or np.any(ready > p.max_replicas):
         return math.inf
     rate = p.replica_usd_per_hour / 3600.0
     previous = np.concatenate(([p.initial_replicas], ready[:-1]))
     ups = np.maximum(ready - previous, 0)
     if np.any((ups > 0) & ~rise):
         return math.inf
-    following = np.append(ready[1:], ready[-1])
-    saved = U[np.arange(ready.size), ready, following]
-    return float(rate * (np.diff(bounds) @ ready + p.cold_start_s * ups.sum()) + api_total.sum() - saved.sum())
+    saved = U[np.arange(ready.size - 1), ready[:-1], ready[1:]]
+    return float(rate * (np.diff(bounds) @ ready[:-1] + p.cold_start_s * ups.sum()) + api_total.sum() - saved.sum())
 
 
 def offline_optimum(p: OptimumProblem) -> Optimum:
@@ -282,22 +314,21 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
     start_cost = rate * p.cold_start_s * up
     blocked = np.where(up > 0, math.inf, 0.0)
     cost = np.where(states <= p.initial_replicas, 0.0, math.inf)
-    choice = np.zeros((slots, top + 1), dtype=np.int64)
-    # cost[n]: least cost of slots before s with n Ready in slot s (its own billing and savings not yet).
-    for s in range(slots - 1):
+    choice = np.zeros((slots + 1, top + 1), dtype=np.int64)
+    # cost[n]: least cost of the slots before s with n Ready in slot s (its billing and savings not yet);
+    # after the last slot, n is the Ready count at the horizon.
+    for s in range(slots):
         step = (cost + hold[s])[:, None] - U[s] + (start_cost if rise[s + 1] else blocked)
         choice[s + 1] = np.argmin(step, axis=0)
         cost = step[choice[s + 1], states]
-    final = cost + hold[-1] - U[-1][states, states]
-    ready = np.empty(slots, dtype=np.int64)
-    ready[-1] = int(np.argmin(final))
-    for s in range(slots - 1, 0, -1):
+    ready = np.empty(slots + 1, dtype=np.int64)
+    ready[-1] = int(np.argmin(cost))
+    for s in range(slots, 0, -1):
         ready[s - 1] = choice[s, ready[s]]
     previous = np.concatenate(([p.initial_replicas], ready[:-1]))
     starts = int(np.maximum(ready - previous, 0).sum())
-    replica_seconds = float(lengths @ ready) + p.cold_start_s * starts
-    following = np.append(ready[1:], ready[-1])
-    saved = U[np.arange(slots), ready, following]
+    replica_seconds = float(lengths @ ready[:-1]) + p.cold_start_s * starts
+    saved = U[np.arange(slots), ready[:-1], ready[1:]]
     unsaved = api_total - saved
     counts = np.bincount(np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1), minlength=slots)
     share = np.divide(unsaved, api_total, out=np.zeros(slots), where=api_total > 0)
@@ -310,6 +341,6 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
         gpu_hours=replica_seconds / 3600.0 * p.gpus_per_replica,
         starts=starts,
         fallback_requests=float(np.sum(np.clip(share, 0.0, 1.0) * counts)),
-        slot_start_s=bounds[:-1],
+        slot_start_s=bounds,
         ready=ready,
     )
