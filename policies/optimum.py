@@ -180,11 +180,11 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
     np.maximum.at(dmax_flat, cell, decode)
     dmax = dmax_flat.reshape(slots, atoms)
     free = _sums(cell, np.where(p.prefill_s[savable] <= 0, value, 0.0), slots * atoms).reshape(slots, atoms)
-    first = np.full(slots * atoms, math.inf)
-    np.minimum.at(first, cell, offset)
-    last = np.full(slots * atoms, -math.inf)
-    np.maximum.at(last, cell, offset)
-    first, last = first.reshape(slots, atoms), last.reshape(slots, atoms)
+    first_flat = np.full(slots * atoms, math.inf)
+    np.minimum.at(first_flat, cell, offset)
+    last_flat = np.full(slots * atoms, -math.inf)
+    np.maximum.at(last_flat, cell, offset)
+    first, last = first_flat.reshape(slots, atoms), last_flat.reshape(slots, atoms)
     order = np.argsort(-bin_top)  # densest bin first
     V = V[:, :, order]
     E = V / bin_top[order]
