@@ -312,7 +312,10 @@ class Baseline:
     description: str
     routing: Routing
     build: Callable[[GPUPoolSpec, Sizing], BaselinePolicy] | None
-    """Binds the policy's settings for a pool and workload; None for the offline lower bound."""
+    """Binds the policy's settings for a pool and workload; None for the offline references."""
+    static: bool = False
+    """The decision depends on neither the observation, the state nor the time (a simulator may stop
+    asking once it has been applied)."""
 
 
 BASELINES: tuple[Baseline, ...] = (
@@ -321,8 +324,9 @@ BASELINES: tuple[Baseline, ...] = (
         "fixed replicas sized for the busiest hour (80 % busy, within maxReplicas), day and night; no overflow",
         Routing.QUEUE,
         _build_always_on,
+        static=True,
     ),
-    Baseline("api_only", "no GPU; every request to the fallback API", Routing.FALLBACK, _build_api_only),
+    Baseline("api_only", "no GPU; every request to the fallback API", Routing.FALLBACK, _build_api_only, static=True),
     Baseline(
         "hpa",
         "HPA on GPU utilisation (offered work per replica) at 80 %, HPA defaults, min 1; no overflow",

@@ -247,6 +247,14 @@ class PoolEngine:
         self._lanes = (_Lane(), _Lane())
         self._running: deque[FloatArray] = deque()
         self._overflowing: deque[FloatArray] = deque()
+        # Running token counts, so a reading sums its rate window in O(1) (integers: exact).
+        zero = np.zeros(1, dtype=np.int64)
+        self._cum_in = np.concatenate((zero, np.cumsum(workload.input_tokens, dtype=np.int64)))
+        self._cum_out = np.concatenate((zero, np.cumsum(workload.output_tokens, dtype=np.int64)))
+        # The same for saturated overflow, extended as requests are routed (their flags never change).
+        self._sat_in = np.zeros(n + 1, dtype=np.int64)
+        self._sat_out = np.zeros(n + 1, dtype=np.int64)
+        self._sat_upto = 0
 
     @property
     def now(self) -> float:
@@ -410,34 +418,42 @@ class PoolEngine:
         """Settle start times up to now and read waiting, running, overflow and offered token rates."""
         now = self._t
         self._settle_started(now)
-        pending = sum(lane.pending() for lane in self._lanes)
-        running = 0
-        while self._running and float(self._running[0].max(initial=-1.0)) <= now:
-            self._running.popleft()
-        for chunk in self._running:
-            running += int(np.count_nonzero(chunk > now))
-        while self._overflowing and float(self._overflowing[0].max(initial=-1.0)) <= now:
-            self._overflowing.popleft()
-        overflow = sum(int(np.count_nonzero(chunk > now)) for chunk in self._overflowing)
+        one, two = self._lanes
+        pending = (one.pending() if one.pending_pos else 0) + (two.pending() if two.pending_pos else 0)
+        running = _in_flight(self._running, now)
+        overflow = _in_flight(self._overflowing, now)
         batch_limit = self._ready * self.replica.max_num_seqs
         excess = max(running - batch_limit, 0)
-        arrival = self.workload.arrival_s
-        lo = int(np.searchsorted(arrival, now - self.rate_window_seconds, side="left"))
+        lo = int(np.searchsorted(self.workload.arrival_s, now - self.rate_window_seconds, side="left"))
         hi = self._next
+        self._count_saturated(hi)
         # Over what has been observed: in the first minute the window is as long as the run so far.
         window = min(self.rate_window_seconds, max(now, 1.0))
-        sent_away = self.saturated[lo:hi]
-        overflow_tokens = float(self.workload.input_tokens[lo:hi][sent_away].sum()) + float(
-            self.workload.output_tokens[lo:hi][sent_away].sum()
-        )
+        overflow_tokens = float(self._sat_in[hi] - self._sat_in[lo]) + float(self._sat_out[hi] - self._sat_out[lo])
         return DemandReading(
             waiting=float(pending + excess),
             running=float(running - excess),
             overflow_in_flight=float(overflow),
-            input_tokens_per_second=float(self.workload.input_tokens[lo:hi].sum()) / window,
-            output_tokens_per_second=float(self.workload.output_tokens[lo:hi].sum()) / window,
+            input_tokens_per_second=float(self._cum_in[hi] - self._cum_in[lo]) / window,
+            output_tokens_per_second=float(self._cum_out[hi] - self._cum_out[lo]) / window,
             overflow_tokens_per_second=overflow_tokens / window,
         )
+
+    def _count_saturated(self, hi: int) -> None:
+        """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
+        lo = self._sat_upto
+        if hi <= lo:
+            return
+        sent_away = self.saturated[lo:hi]
+        if sent_away.any():
+            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * sent_away)
+            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo] + np.cumsum(
+                self.workload.output_tokens[lo:hi] * sent_away
+            )
+        else:
+            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo]
+            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo]
+        self._sat_upto = hi
 
     def _settle_started(self, now: float) -> None:
         """Give every GPU request whose prefill is done by `now` its start, TTFT and finish time.
@@ -447,6 +463,11 @@ class PoolEngine:
         replica) in the middle of its prefill gets its first token only after the pause.
         """
         for lane in self._lanes:
+            if not lane.pending_pos:
+                # Nothing unsettled: the curve restarts here (what marking and trimming would leave).
+                lane.bt = [now]
+                lane.bv = [lane.served]
+                continue
             lane.mark(now)
             if lane.pending_pos:
                 positions = np.concatenate(lane.pending_pos)
@@ -492,6 +513,13 @@ class PoolEngine:
         """What the fallback billed for everything sent to it."""
         tokens_in, tokens_out = self.fallback_tokens()
         return api_cost_usd(tokens_in, tokens_out, self.price)
+
+
+def _in_flight(chunks: deque[FloatArray], now: float) -> int:
+    """How many of the end times in `chunks` are after `now`; chunks wholly in the past are dropped."""
+    while chunks and float(chunks[0].max(initial=-1.0)) <= now:
+        chunks.popleft()
+    return sum(int(np.count_nonzero(chunk > now)) for chunk in chunks) if chunks else 0
 
 
 def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:

@@ -149,6 +149,10 @@ def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, Ro
     return entry.build(spec, sizing), entry.routing
 
 
+def _is_static(name: str) -> bool:
+    return name != EBBTIDE and baseline(name).static
+
+
 def _ticks(duration: float, step: float) -> Iterable[float]:
     count = math.floor(duration / step) + 1
     return (i * step for i in range(count))
@@ -164,10 +168,17 @@ def run_policy(
     routing: Routing | None = None,
     progress: bool | None = None,
     pool: PoolRef | None = None,
+    static: bool | None = None,
 ) -> PolicyRun:
-    """Simulate one policy (by name, or the given function and routing) over the workload."""
+    """Simulate one policy (by name, or the given function and routing) over the workload.
+
+    A `static` policy (default: as the registry says; False for a given function) is asked until two
+    ticks in a row return the same decision unapplied; its later ticks could only repeat it, so they
+    are counted in the decision log's reasons without being run.
+    """
     if policy is None or routing is None:
         policy, routing = policy_for(name, spec, sizing_for(workload, settings.replica))
+        static = _is_static(name) if static is None else static
     pool = pool or PoolRef("sim", "default", spec.target.deployment, spec.target.namespace or "default")
     price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
     clock = SimClock(workload.start)
@@ -203,6 +214,9 @@ def run_policy(
     ready_series = np.empty(steps, dtype=np.int64)
     desired_series = np.empty(steps, dtype=np.int64)
     previous = 0.0
+    repeats: str | None = None  # the reason a static policy repeats from now on
+    skipped = 0
+    last: tuple[object, ...] | None = None
     for i, t in enumerate(
         tqdm(_ticks(workload.duration_s, step), total=steps, desc=name, disable=not show, unit="tick", leave=False)
     ):
@@ -217,13 +231,23 @@ def run_policy(
         if today != day:
             day = today
             engine.new_day()
-        outcome = loop.reconcile(pool, spec, state)
-        state = outcome.state
-        engine.set_ready(cluster.ready_count(t))
+        if repeats is None:
+            outcome = loop.reconcile(pool, spec, state)
+            state = outcome.state
+            if static and outcome.decision is not None and not outcome.applied:
+                key = (outcome.decision, len(cluster.pods))
+                if key == last:
+                    repeats = outcome.decision.reason.value
+                last = key
+            engine.set_ready(cluster.ready_count(t))
+        else:
+            skipped += 1
         times[i] = t
         ready_series[i] = engine.ready
         desired_series[i] = len(cluster.pods)
         previous = t
+    if repeats is not None and skipped:
+        log.reasons[repeats] = log.reasons.get(repeats, 0) + skipped
     engine.finish(workload.duration_s)
     gpu_hours, gpu_usd = ledger.gpu_bill(workload.duration_s)
     fb_in, fb_out = engine.fallback_tokens()
