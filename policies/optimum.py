@@ -199,6 +199,7 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
             free[rows],
             first[rows],
             last[rows],
+            bin_top[order],
             lengths[rows],
             nxt[rows],
             t_obj,
@@ -212,12 +213,14 @@ def _sums(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
     return np.asarray(np.bincount(index, weights=weights, minlength=size), dtype=np.float64)
 
 
-def _greedy(V: FloatArray, E: FloatArray, cap: FloatArray) -> FloatArray:
-    """Fractional knapsack over density bins (last axis, densest first) filled up to `cap`."""
-    before = np.cumsum(E, axis=-1) - E
-    room = np.clip(cap[..., None] - before, 0.0, None)
-    frac = np.divide(np.minimum(room, E), E, out=np.zeros_like(E), where=E > 0)
-    return np.asarray((V * frac).sum(axis=-1))
+def _greedy(V: FloatArray, before: FloatArray, density: FloatArray, cap: FloatArray) -> FloatArray:
+    """Fractional knapsack over density bins (last axis, densest first) filled up to `cap`.
+
+    Bin `c` holds `V[c]` dollars at `density[c]` per replica-second, after `before[c]` replica-seconds
+    of denser bins.
+    """
+    room = np.maximum(cap[..., None] - before, 0.0)
+    return np.asarray(np.minimum(V, density * room).sum(axis=-1))
 
 
 def _slot_bounds(
@@ -227,6 +230,7 @@ def _slot_bounds(
     free: FloatArray,
     first: FloatArray,
     last: FloatArray,
+    density: FloatArray,
     length: FloatArray,
     nxt: FloatArray,
     t_obj: float,
@@ -244,18 +248,20 @@ def _slot_bounds(
     cF = np.concatenate((np.zeros((rows, 1)), np.cumsum(free, axis=1)), axis=1)
 
     def group(i: int, k: int) -> tuple[FloatArray, ...]:
-        """Atoms i..k: bins' values and effective work, slack, free value, window in and beyond the slot."""
+        """Atoms i..k: bins' values and work ahead of each, slack, free value, window in and beyond the slot."""
         begin = first[:, i : k + 1].min(axis=1)
         end = last[:, i : k + 1].max(axis=1) + t_obj
         empty = ~np.isfinite(end)
         inside = np.where(empty, 0.0, np.minimum(end, length) - np.where(empty, 0.0, begin))
         beyond = np.where(empty, 0.0, np.maximum(end - length, 0.0))
         slack = lanes * dmax[:, i : k + 1].max(axis=1)
-        return cV[:, k + 1] - cV[:, i], cE[:, k + 1] - cE[:, i], slack, cF[:, k + 1] - cF[:, i], inside, beyond
+        work = cE[:, k + 1] - cE[:, i]
+        before = np.cumsum(work, axis=-1) - work
+        return cV[:, k + 1] - cV[:, i], before, slack, cF[:, k + 1] - cF[:, i], inside, beyond
 
     def bound(parts: tuple[FloatArray, ...], cap: FloatArray) -> FloatArray:
-        v, e, slack, fr = parts[:4]
-        return np.where(cap > 0, _greedy(v, e, cap + slack), fr)
+        v, before, slack, fr = parts[:4]
+        return np.where(cap > 0, _greedy(v, before, density, cap + slack), fr)
 
     groups = {(i, k): group(i, k) for k in range(atoms) for i in range(k + 1)}
     # A group that does not end the slot counts any window beyond it at the pool's maximum; one that
