@@ -30,6 +30,7 @@ request waits, by recording each lane's served-work curve V(t) (piecewise linear
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ DEFAULT_FALLBACK_TTFT = 0.8
 # so float noise never starts a request while nothing serves it.
 _REL_EPS = 1e-12
 _MIN_WORK = 1e-6
+_SCALAR_SETTLE = 12
+"""Up to this many unsettled requests in a lane, settling runs in plain floats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +472,9 @@ class PoolEngine:
                 lane.bv = [lane.served]
                 continue
             lane.mark(now)
-            if lane.pending_pos:
+            if len(lane.pending_pos) == 1 and lane.pending_pos[0].size <= _SCALAR_SETTLE:
+                self._settle_few(lane)
+            elif lane.pending_pos:
                 positions = np.concatenate(lane.pending_pos)
                 indices = np.concatenate(lane.pending_idx)
                 prefill = self.prefill[indices]
@@ -497,6 +502,46 @@ class PoolEngine:
                 lane.bt = [now]
                 lane.bv = [lane.served]
 
+    def _settle_few(self, lane: _Lane) -> None:
+        """`_settle_started` for one lane with a few unsettled requests, in plain floats.
+
+        The same arithmetic, step for step, as the vectorised path (so results are identical); numpy's
+        per-call overhead dominates below a dozen requests.
+        """
+        positions: list[float] = lane.pending_pos[0].tolist()
+        indices: list[int] = lane.pending_idx[0].tolist()
+        prefill = [float(self.prefill[i]) for i in indices]
+        prefilled = [pos + pre for pos, pre in zip(positions, prefill, strict=True)]
+        bt, bv = lane.bt, lane.bv
+        if lane.backlog <= 0.0:
+            k = len(positions)
+        else:
+            k = bisect.bisect_left(prefilled, lane.served - _REL_EPS * max(lane.served, 1.0))
+        if k:
+            arrival = self.workload.arrival_s
+            outputs = self.workload.output_tokens
+            seq_tps = self.replica.sequence_tokens_per_second
+            finish = []
+            for m in range(k):
+                i = indices[m]
+                arrived = float(arrival[i])
+                start = max(_curve_time(bt, bv, positions[m], bisect.bisect_right(bv, positions[m]), 0.0), arrived)
+                target = prefilled[m]
+                if target <= bv[0]:
+                    reached = bt[0]
+                else:
+                    j = bisect.bisect_left(bv, target - _REL_EPS * max(abs(target), 1.0))
+                    reached = _curve_time(bt, bv, target, j, 1.0)
+                first_token = max(start + prefill[m], reached)
+                self.ttft[i] = first_token - arrived
+                finish.append(first_token + int(outputs[i]) / seq_tps)
+            self._running.append(np.asarray(finish, dtype=np.float64))
+        if k < len(positions):
+            lane.pending_pos = [lane.pending_pos[0][k:]]
+            lane.pending_idx = [lane.pending_idx[0][k:]]
+        else:
+            lane.pending_pos, lane.pending_idx = [], []
+
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
         self.run_until(max(horizon, self._t))
@@ -520,6 +565,18 @@ def _in_flight(chunks: deque[FloatArray], now: float) -> int:
     while chunks and float(chunks[0].max(initial=-1.0)) <= now:
         chunks.popleft()
     return sum(int(np.count_nonzero(chunk > now)) for chunk in chunks) if chunks else 0
+
+
+def _curve_time(bt: list[float], bv: list[float], target: float, j: int, flat: float) -> float:
+    """`_on_curve` for one target, in plain floats."""
+    if j >= len(bv):
+        return bt[-1]
+    j = min(max(j, 1), len(bv) - 1)
+    v0, v1 = bv[j - 1], bv[j]
+    t0, t1 = bt[j - 1], bt[j]
+    span = v1 - v0
+    frac = (target - v0) / span if span > 0 else flat
+    return t0 + min(max(frac, 0.0), 1.0) * (t1 - t0)
 
 
 def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:
