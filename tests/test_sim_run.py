@@ -363,3 +363,26 @@ def test_a_request_without_tokens_is_served_when_a_replica_is_ready() -> None:
     engine.set_ready(1)
     engine.finish(60.0)
     assert engine.ttft.tolist() == pytest.approx([32.0, 31.0], abs=1e-5)
+
+
+def test_rows_in_worker_processes_equal_rows_in_this_process() -> None:
+    from controller.sim.report import to_json
+    from controller.sim.runner import POLICY_NAMES, run_all
+
+    workload = build_week(
+        read_trace(EXAMPLES / "azure_code_2023.csv"),
+        load_profile(EXAMPLES / "azure2024_diurnal.json", "code"),
+        days=1,
+        start=MONDAY,
+        peak_rps=1.0,
+        seed=7,
+    )
+    spec, settings = _spec(), RunSettings(tick_seconds=30.0)
+    alone = run_all(workload, spec, settings, POLICY_NAMES, progress=False, jobs=1)
+    together = run_all(workload, spec, settings, POLICY_NAMES, progress=False, jobs=2)
+    assert list(together) == list(alone) == list(POLICY_NAMES)
+    assert to_json(together, {}) == to_json(alone, {})
+    for name, run in alone.items():
+        assert run.log is None or together[name].log is not None
+        if run.log is not None:
+            assert together[name].log.lines == run.log.lines  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     out.add_argument("--plot", type=Path, help="write a PNG of demand, replicas, windows and cumulative cost")
     out.add_argument("--decisions", type=Path, help="write every policy's decision log (JSON lines)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="rows simulated at once in worker processes (default: the CPUs, at most 4; 1: in this process)",
+    )
     p.set_defaults(func=run)
 
 
@@ -257,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     began = time.perf_counter()
     try:
-        runs: dict[str, PolicyRun] = run_all(workload, spec, settings, names, progress=progress)
+        runs: dict[str, PolicyRun] = run_all(workload, spec, settings, names, progress=progress, jobs=args.jobs)
     except ImportError as exc:  # the Ebbtide policy module missing from an incomplete install
         print(f"ebbtide simulate: error: cannot load the {EBBTIDE} policy: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,8 @@ __all__ = [
     "lower_bound_run",
     "optimum_problem",
     "optimum_run",
+    "run_all",
+    "run_one",
     "run_policy",
     "sizing_for",
 ]
@@ -361,6 +363,17 @@ def optimum_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) ->
     )
 
 
+def run_one(
+    name: str, workload: Workload, spec: GPUPoolSpec, settings: RunSettings, progress: bool | None
+) -> PolicyRun:
+    """One row of the report: a policy's run, or an offline reference."""
+    if name == LOWER_BOUND:
+        return lower_bound_run(workload, spec, settings)
+    if name == OPTIMUM:
+        return optimum_run(workload, spec, settings)
+    return run_policy(name, workload, spec, settings, progress=progress)
+
+
 def run_all(
     workload: Workload,
     spec: GPUPoolSpec,
@@ -369,18 +382,27 @@ def run_all(
     *,
     progress: bool | None = None,
     on_done: Callable[[PolicyRun], None] | None = None,
+    jobs: int = 1,
 ) -> dict[str, PolicyRun]:
-    """Every named policy (and the lower bound) on the same workload, in report order."""
-    out: dict[str, PolicyRun] = {}
-    for name in names:
-        if name == LOWER_BOUND:
-            run = lower_bound_run(workload, spec, settings)
-        elif name == OPTIMUM:
-            run = optimum_run(workload, spec, settings)
-        else:
-            run = run_policy(name, workload, spec, settings, progress=progress)
-        out[name] = run
-        if on_done is not None:
+    """Every named policy (and reference) on the same workload, in report order.
+
+    With `jobs` > 1 the rows run in that many worker processes (each row is independent and
+    deterministic, so the results are the same); progress is then one bar over finished rows.
+    """
+    order = list(dict.fromkeys(names))
+    if jobs <= 1 or len(order) <= 1:
+        out: dict[str, PolicyRun] = {}
+        for name in order:
+            out[name] = run_one(name, workload, spec, settings, progress)
+            if on_done is not None:
+                on_done(out[name])
+        return out
+    from controller.sim.parallel import run_parallel
+
+    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress)
+    out = {name: done[name] for name in order}
+    if on_done is not None:
+        for run in out.values():
             on_done(run)
     return out
 
