@@ -18,7 +18,7 @@ import pytest
 
 from controller.ports import PoolRef
 from controller.sim.engine import ReplicaModel
-from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_policy
+from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_one
 from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile
 from controller.sim.world import SimClock, SimCluster
@@ -232,7 +232,7 @@ def test_no_policy_costs_less_than_the_bound(
     for name in POLICY_NAMES:
         if name in OFFLINE:
             continue
-        run = run_policy(name, workload, spec, settings, progress=False)
+        run = run_one(name, workload, spec, settings, progress=False)
         assert run.slo_priced_usd is not None
         assert optimum.total_usd <= run.slo_priced_usd + 1e-9, f"{name}: ${run.slo_priced_usd:.2f} below the bound"
         if run.slo_attainment == 1.0:
@@ -264,3 +264,15 @@ def test_the_bound_is_exact_in_the_billing_when_load_is_light() -> None:
     first_ready = float(best.slot_start_s[np.flatnonzero(best.ready)[0]])
     assert first_ready <= 200.0
     assert best.gpu_hours == pytest.approx((3600.0 - first_ready + 180.0) / 3600.0)
+
+
+def test_the_plan_asks_one_cold_start_ahead_and_keeps_replicas_through_short_dips() -> None:
+    from policies.plan import ReplicaPlan
+
+    plan = ReplicaPlan(
+        MONDAY, np.asarray([0.0, 15.0, 30.0, 45.0, 60.0]), np.asarray([0, 2, 0, 1, 1], dtype=np.int64), 20.0
+    )
+    assert plan.wanted(0.0) == 2  # Ready at 15 s: asked for now
+    assert plan.wanted(15.0) == 2  # the dip at 30 s is shorter than a cold start
+    assert plan.wanted(30.0) == 1
+    assert plan.wanted(100.0) == 1  # after the last slot, its count

@@ -249,6 +249,7 @@ def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFi
         "keda",
         "lower_bound",
         "offline_optimum",
+        "optimum_plan",
     ]
     for figures in document["policies"].values():
         for key in (

@@ -18,7 +18,7 @@ import statistics
 import time
 
 from controller.sim.cli import DEFAULTS, load_spec
-from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, run_all, run_policy
+from controller.sim.runner import OFFLINE, OPTIMUM_PLAN, POLICY_NAMES, RunSettings, run_all, run_policy
 from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    choices = [n for n in POLICY_NAMES if n not in OFFLINE]
+    choices = [n for n in POLICY_NAMES if n not in (*OFFLINE, OPTIMUM_PLAN)]
     parser.add_argument("--policy", choices=choices, default="ebbtide")
     parser.add_argument("--baseline", choices=choices, default="always_on", help="timed side by side")
     parser.add_argument("--no-week", action="store_true", help="time only the default run")

@@ -12,14 +12,14 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-from controller.sim.runner import EBBTIDE, OPTIMUM, PolicyRun, RunSettings, run_one
+from controller.sim.runner import EBBTIDE, OPTIMUM, OPTIMUM_PLAN, PolicyRun, RunSettings, run_one
 from controller.sim.workload import Workload
 from policies.spec import GPUPoolSpec
 
 __all__ = ["run_parallel"]
 
 # Rough cost of each row relative to a plain policy run, for the start order.
-_WEIGHT = {EBBTIDE: 3.0, OPTIMUM: 0.5, "always_on": 0.2, "api_only": 0.2, "lower_bound": 0.0}
+_WEIGHT = {EBBTIDE: 3.0, OPTIMUM_PLAN: 1.5, OPTIMUM: 0.5, "always_on": 0.2, "api_only": 0.2, "lower_bound": 0.0}
 
 
 def run_parallel(

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
 from policies.optimum import OptimumProblem, offline_optimum
 from policies.overflow import Routing
+from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
@@ -35,10 +37,12 @@ __all__ = [
     "LOWER_BOUND",
     "OFFLINE",
     "OPTIMUM",
+    "OPTIMUM_PLAN",
     "POLICY_NAMES",
     "PolicyRun",
     "RunSettings",
     "lower_bound_run",
+    "optimum_plan_run",
     "optimum_problem",
     "optimum_run",
     "run_all",
@@ -50,10 +54,11 @@ __all__ = [
 EBBTIDE = "ebbtide"
 LOWER_BOUND = "lower_bound"
 OPTIMUM = "offline_optimum"
+OPTIMUM_PLAN = "optimum_plan"
 OFFLINE: tuple[str, ...] = (LOWER_BOUND, OPTIMUM)
 """Rows computed offline, with no policy to run."""
-POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES))
-"""Report order: Ebbtide first, then the registry's baselines (sorted)."""
+POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES), OPTIMUM_PLAN)
+"""Report order: Ebbtide first, then the registry's baselines (sorted), then the optimum's plan replayed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,7 @@ def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, Ro
 
 
 def _is_static(name: str) -> bool:
-    return name != EBBTIDE and baseline(name).static
+    return name not in (EBBTIDE, OPTIMUM_PLAN) and baseline(name).static
 
 
 def _ticks(duration: float, step: float) -> Iterable[float]:
@@ -363,6 +368,28 @@ def optimum_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) ->
     )
 
 
+def optimum_plan_run(
+    workload: Workload, spec: GPUPoolSpec, settings: RunSettings, *, progress: bool | None = None
+) -> PolicyRun:
+    """`offline_optimum`'s replica plan run through the simulated world with Ebbtide's gateway.
+
+    Foresight in scaling only (the gateway routes online, as Ebbtide's does): an achievable cost, so
+    the true optimum lies between `offline_optimum` and this row's SLO-priced cost.
+    """
+    best = offline_optimum(optimum_problem(workload, spec, settings))
+    plan = ReplicaPlan(workload.start, best.slot_start_s, best.ready, float(spec.cold_start_seconds))
+    return run_policy(
+        OPTIMUM_PLAN,
+        workload,
+        spec,
+        settings,
+        policy=partial(follow_plan, plan=plan),
+        routing=Routing.OVERFLOW,
+        progress=progress,
+        static=False,
+    )
+
+
 def run_one(
     name: str, workload: Workload, spec: GPUPoolSpec, settings: RunSettings, progress: bool | None
 ) -> PolicyRun:
@@ -371,6 +398,8 @@ def run_one(
         return lower_bound_run(workload, spec, settings)
     if name == OPTIMUM:
         return optimum_run(workload, spec, settings)
+    if name == OPTIMUM_PLAN:
+        return optimum_plan_run(workload, spec, settings, progress=progress)
     return run_policy(name, workload, spec, settings, progress=progress)
 
 
