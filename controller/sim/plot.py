@@ -26,6 +26,7 @@ _COLOURS = {
     "keda": "tab:purple",
     "lower_bound": "black",
     "offline_optimum": "dimgray",
+    "optimum_plan": "tab:brown",
 }
 
 
