@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from controller.sim.runner import EBBTIDE, OPTIMUM, OPTIMUM_PLAN, PolicyRun, RunSettings, run_one
 from controller.sim.workload import Workload
+from policies.optimum import Optimum
 from policies.spec import GPUPoolSpec
 
 __all__ = ["run_parallel"]
@@ -30,6 +31,7 @@ def run_parallel(
     *,
     jobs: int,
     progress: bool | None = None,
+    best: Optimum | None = None,
 ) -> dict[str, PolicyRun]:
     """Run every named row in up to `jobs` processes; a worker's exception is raised here."""
     methods = multiprocessing.get_all_start_methods()
@@ -39,7 +41,7 @@ def run_parallel(
     with ProcessPoolExecutor(max_workers=min(jobs, len(names)), mp_context=context) as pool:
         futures: dict[Future[PolicyRun], str] = {}
         for name in sorted(names, key=lambda n: -_WEIGHT.get(n, 1.0)):
-            futures[pool.submit(run_one, name, workload, spec, settings, False)] = name
+            futures[pool.submit(run_one, name, workload, spec, settings, False, best)] = name
         bar = tqdm(total=len(futures), desc="rows", unit="row", disable=not show, leave=False)
         for future in as_completed(futures):
             out[futures[future]] = future.result()

@@ -26,7 +26,7 @@ from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, S
 from policies.baselines import BASELINES, Sizing, baseline
 from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
-from policies.optimum import OptimumProblem, offline_optimum
+from policies.optimum import Optimum, OptimumProblem, offline_optimum
 from policies.overflow import Routing
 from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
@@ -346,9 +346,11 @@ def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
     )
 
 
-def optimum_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
-    """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule)."""
-    best = offline_optimum(optimum_problem(workload, spec, settings))
+def optimum_run(
+    workload: Workload, spec: GPUPoolSpec, settings: RunSettings, *, best: Optimum | None = None
+) -> PolicyRun:
+    """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule); `best` if known."""
+    best = best or offline_optimum(optimum_problem(workload, spec, settings))
     return PolicyRun(
         name=OPTIMUM,
         requests=len(workload),
@@ -369,14 +371,19 @@ def optimum_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) ->
 
 
 def optimum_plan_run(
-    workload: Workload, spec: GPUPoolSpec, settings: RunSettings, *, progress: bool | None = None
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    *,
+    progress: bool | None = None,
+    best: Optimum | None = None,
 ) -> PolicyRun:
     """`offline_optimum`'s replica plan run through the simulated world with Ebbtide's gateway.
 
     Foresight in scaling only (the gateway routes online, as Ebbtide's does): an achievable cost, so
     the true optimum lies between `offline_optimum` and this row's SLO-priced cost.
     """
-    best = offline_optimum(optimum_problem(workload, spec, settings))
+    best = best or offline_optimum(optimum_problem(workload, spec, settings))
     plan = ReplicaPlan(workload.start, best.slot_start_s, best.ready, float(spec.cold_start_seconds))
     return run_policy(
         OPTIMUM_PLAN,
@@ -391,15 +398,20 @@ def optimum_plan_run(
 
 
 def run_one(
-    name: str, workload: Workload, spec: GPUPoolSpec, settings: RunSettings, progress: bool | None
+    name: str,
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    progress: bool | None,
+    best: Optimum | None = None,
 ) -> PolicyRun:
-    """One row of the report: a policy's run, or an offline reference."""
+    """One row of the report: a policy's run, or an offline reference (`best`: the optimum, if known)."""
     if name == LOWER_BOUND:
         return lower_bound_run(workload, spec, settings)
     if name == OPTIMUM:
-        return optimum_run(workload, spec, settings)
+        return optimum_run(workload, spec, settings, best=best)
     if name == OPTIMUM_PLAN:
-        return optimum_plan_run(workload, spec, settings, progress=progress)
+        return optimum_plan_run(workload, spec, settings, progress=progress, best=best)
     return run_policy(name, workload, spec, settings, progress=progress)
 
 
@@ -419,16 +431,18 @@ def run_all(
     deterministic, so the results are the same); progress is then one bar over finished rows.
     """
     order = list(dict.fromkeys(names))
+    # Both the optimum's row and its plan's need the optimum: solve it once.
+    best = offline_optimum(optimum_problem(workload, spec, settings)) if {OPTIMUM, OPTIMUM_PLAN} <= set(order) else None
     if jobs <= 1 or len(order) <= 1:
         out: dict[str, PolicyRun] = {}
         for name in order:
-            out[name] = run_one(name, workload, spec, settings, progress)
+            out[name] = run_one(name, workload, spec, settings, progress, best)
             if on_done is not None:
                 on_done(out[name])
         return out
     from controller.sim.parallel import run_parallel
 
-    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress)
+    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress, best=best)
     out = {name: done[name] for name in order}
     if on_done is not None:
         for run in out.values():
