@@ -33,7 +33,10 @@ fractional knapsack: requests are binned by price per replica-second of work (`K
 work counted at its densest request's price, which can only overstate the saving), filled densest
 first up to that capacity. The groups of a partition hold disjoint requests, so their bounds add up,
 and the least sum over all partitions of the slot into groups is again a bound: that is `U_s`, found
-by a DP over atoms. A request whose own prefill exceeds `T` saves nothing.
+by a DP over atoms. A request whose own prefill exceeds `T` saves nothing. Above 16 replicas the part
+of a window that reaches into the next slot is counted at `max_replicas` instead of at the next slot's
+Ready count (an overstatement of capacity, so still a bound), which keeps the work linear in the pool
+size.
 
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
 `n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready one
@@ -69,6 +72,9 @@ _DENSITY_BINS = 8
 _MAX_ATOMS = 8
 _CHUNK = 2048
 """Slots evaluated at once (bounds the memory of the vectorised knapsack)."""
+_EXACT_NEXT = 16
+"""Up to this many replicas, a slot's bound depends on the next slot's Ready count; above, the window
+reaching into the next slot is counted at the pool's maximum (a looser bound, linear in memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +157,8 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
     lengths = np.diff(bounds)
     slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1)
     api_total = _sums(slot, p.api_usd, slots)
-    U = np.zeros((slots, top + 1, top + 1))
+    # U[s, n, n'], or U[s, n, 0] alone when the next slot is counted at the maximum (see _EXACT_NEXT).
+    U = np.zeros((slots, top + 1, top + 1 if top <= _EXACT_NEXT else 1))
     t_obj = p.objective_s
     savable = (p.prefill_s <= t_obj) & (p.api_usd > 0)
     if top == 0 or not np.any(savable):
@@ -268,7 +275,8 @@ def _slot_bounds(
     # ends it counts up to the next slot's length at that slot's Ready replicas.
     closing = {i: groups[(i, atoms - 1)] for i in range(atoms)}
     after = {i: np.minimum(closing[i][5], nxt) for i in range(atoms)}
-    out = np.empty((rows, top + 1, top + 1))
+    nexts = range(top + 1) if top <= _EXACT_NEXT else [top]
+    out = np.empty((rows, top + 1, len(nexts)))
     for n in range(top + 1):
         best = np.zeros((rows, atoms))  # best[:, j]: least bound of atoms [0, j)
         for k in range(atoms - 1):
@@ -277,13 +285,20 @@ def _slot_bounds(
                 for i in range(k + 1)
             ]
             best[:, k + 1] = np.min(candidates, axis=0)
-        for m in range(top + 1):
+        for column, m in enumerate(nexts):
             tail = [
                 best[:, i] + bound(closing[i], n * closing[i][4] + m * after[i] + top * (closing[i][5] - after[i]))
                 for i in range(atoms)
             ]
-            out[:, n, m] = np.min(tail, axis=0)
+            out[:, n, column] = np.min(tail, axis=0)
     return out
+
+
+def _saved(U: FloatArray, ready: IntArray) -> FloatArray:
+    """Each slot's bound on savings under a plan (Ready per slot, then at the horizon)."""
+    rows = np.arange(ready.size - 1)
+    following = ready[1:] if U.shape[2] > 1 else np.zeros(ready.size - 1, dtype=np.int64)
+    return np.asarray(U[rows, ready[:-1], following])
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
@@ -302,7 +317,7 @@ def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
     ups = np.maximum(ready - previous, 0)
     if np.any((ups > 0) & ~rise):
         return math.inf
-    saved = U[np.arange(ready.size - 1), ready[:-1], ready[1:]]
+    saved = _saved(U, ready)
     return float(rate * (np.diff(bounds) @ ready[:-1] + p.cold_start_s * ups.sum()) + api_total.sum() - saved.sum())
 
 
@@ -324,6 +339,7 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
     # cost[n]: least cost of the slots before s with n Ready in slot s (its billing and savings not yet);
     # after the last slot, n is the Ready count at the horizon.
     for s in range(slots):
+        # U[s] is (n, n') or (n, 1): the latter broadcasts over n'.
         step = (cost + hold[s])[:, None] - U[s] + (start_cost if rise[s + 1] else blocked)
         choice[s + 1] = np.argmin(step, axis=0)
         cost = step[choice[s + 1], states]
@@ -334,7 +350,7 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
     previous = np.concatenate(([p.initial_replicas], ready[:-1]))
     starts = int(np.maximum(ready - previous, 0).sum())
     replica_seconds = float(lengths @ ready[:-1]) + p.cold_start_s * starts
-    saved = U[np.arange(slots), ready[:-1], ready[1:]]
+    saved = _saved(U, ready)
     unsaved = api_total - saved
     counts = np.bincount(np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1), minlength=slots)
     share = np.divide(unsaved, api_total, out=np.zeros(slots), where=api_total > 0)

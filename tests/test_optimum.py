@@ -205,6 +205,7 @@ def _spec(granularity: str, cold_start: int, max_replicas: int, objective: float
         ("code", 15.0, "hour", 180, 4, 30.0, 2.0, 3),
         ("conv", 2.0, "second", 120, 6, 20.0, 3.0, 4),
         ("conv", 8.0, "minute", 100, 3, 30.0, 1.0, 5),
+        ("code", 15.0, "second", 180, 40, 30.0, 2.0, 6),
     ],
 )
 def test_no_policy_costs_less_than_the_bound(
@@ -276,3 +277,29 @@ def test_the_plan_asks_one_cold_start_ahead_and_keeps_replicas_through_short_dip
     assert plan.wanted(15.0) == 2  # the dip at 30 s is shorter than a cold start
     assert plan.wanted(30.0) == 1
     assert plan.wanted(100.0) == 1  # after the last slot, its count
+
+
+def test_a_large_pool_is_bounded_without_the_next_slot_and_never_above_a_smaller_one() -> None:
+    rng = np.random.default_rng(3)
+    arrival = np.sort(rng.uniform(0, 3600.0, 20_000))
+    inputs = rng.integers(100, 4000, arrival.size)
+    outputs = rng.integers(1, 400, arrival.size)
+    replica = ReplicaModel()
+
+    def bound(top: int) -> float:
+        problem = OptimumProblem(
+            arrival_s=arrival,
+            work_s=replica.work_seconds(inputs, outputs),
+            prefill_s=inputs / replica.prefill_tokens_per_second,
+            api_usd=(inputs * 3.0 + outputs * 15.0) / 1e6,
+            horizon_s=3600.0,
+            step_s=15.0,
+            cold_start_s=180.0,
+            objective_s=2.0,
+            max_replicas=top,
+            replica_usd_per_hour=1.6438,
+        )
+        return offline_optimum(problem).total_usd
+
+    small, large = bound(8), bound(40)
+    assert 0 < large <= small + 1e-9
