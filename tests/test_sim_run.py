@@ -387,3 +387,20 @@ def test_rows_in_worker_processes_equal_rows_in_this_process() -> None:
         assert run.log is None or together[name].log is not None
         if run.log is not None:
             assert together[name].log.lines == run.log.lines  # type: ignore[union-attr]
+
+
+def test_zero_jobs_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(_parse(["--days", "1", "--no-progress", "--jobs", "0"])) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_slo_priced_cost_adds_the_api_price_of_every_late_request() -> None:
+    # One replica always on, 1,000 prompt tokens/s, queueing only: four 1,000-token prompts at t=0 have
+    # first tokens at 1, 2, 3 and 4 s; with a 2 s SLO the last two are late and priced at the API.
+    spec = _spec(target={"deployment": "vllm", "minReplicas": 0, "maxReplicas": 1}, coldStartSeconds=0)
+    workload = _workload([60.0] * 4, [1000] * 4, [0] * 4, 120.0)
+    settings = RunSettings(replica=ReplicaModel(1000.0, 1e12, 1e12, 256), initial_replicas=1, tick_seconds=15.0)
+    run = run_policy("always_on", workload, spec, settings, progress=False)
+    assert run.ttft is not None and run.ttft.tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert run.slo_attainment == pytest.approx(0.5)
+    assert run.slo_priced_usd == pytest.approx(run.gpu_usd + 2 * api_cost_usd(1000, 0, PRICE))

@@ -210,6 +210,8 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
         raise InputError("--max-num-seqs must be at least 1")
     if args.gpu_cap is not None and args.gpu_cap < 0:
         raise InputError("--gpu-cap must be >= 0")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     return RunSettings(
         replica=ReplicaModel(args.prefill_tps, args.decode_tps, args.sequence_tps, args.max_num_seqs),
         fallback=FallbackModel(ttft_seconds=max(args.fallback_ttft, 0.0)),
