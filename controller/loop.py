@@ -1,8 +1,9 @@
 """The reconcile step shared by the daemon, the simulator and the tests.
 
 One call reads the world through the ports, asks the policy, applies a valid decision and reports it.
-Failures of a port never escape: a failed metric read is "no data" (hold), a failed cluster read skips
-the step, a failed scale is reported and retried on the next step.
+Failures of a port never escape: a failed metric read is "no data" (hold), a failed ledger read is
+"unknown usage" (budget caps hold), a failed cluster read skips the decision (and is reported), a failed
+scale is reported and retried on the next step. The recorder sees every step whole.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.ports import Clock, Cluster, Ledger, MetricsSource, NoData, PoolRef, Recorder, Usage
+from controller.ports import Clock, Cluster, Ledger, MetricsSource, NoData, PoolRef, Recorder, StepReport, Usage
 from policies.spec import GPUPoolSpec
 from policies.types import Decision, Observation, PolicyState
 
@@ -65,7 +66,7 @@ class ControlLoop:
             usage = self.ports.ledger.usage_today(pool, now)
         except Exception as exc:
             log.warning("ledger read for %s/%s failed: %s", pool.namespace, pool.name, exc)
-            usage = Usage(0.0, 0.0)
+            usage = Usage(None, None)  # unknown, never zero: the caps hold
         return Observation(
             current_replicas=status.current,
             ready_replicas=status.ready,
@@ -76,14 +77,20 @@ class ControlLoop:
             no_data_reason=reading.reason if isinstance(reading, NoData) else "",
         )
 
-    def reconcile(self, pool: PoolRef, spec: GPUPoolSpec, state: PolicyState) -> Outcome:
+    def reconcile(
+        self, pool: PoolRef, spec: GPUPoolSpec, state: PolicyState, *, generation: int | None = None
+    ) -> Outcome:
         """Observe, decide, apply when valid and changed, and report."""
         now = self.ports.clock.now()
         try:
             observation = self.observe(pool, now)
         except Exception as exc:
-            log.error("cannot read %s/%s: %s", pool.deployment_namespace, pool.deployment, exc)
-            return Outcome(decision=None, state=state, applied=False, error=str(exc))
+            error = f"cannot read {pool.deployment_namespace}/{pool.deployment}: {exc}"
+            log.debug("%s", error)
+            self.ports.recorder.record(
+                StepReport(pool, now, generation, None, None, False, None, error=error, dry_run=self.dry_run)
+            )
+            return Outcome(decision=None, state=state, applied=False, error=error)
         decision, new_state = self.policy(spec, observation, state, now)
         applied = False
         error = ""
@@ -94,5 +101,17 @@ class ControlLoop:
             except Exception as exc:
                 error = f"scale to {decision.desired_replicas} failed: {exc}"
                 log.error("%s/%s: %s", pool.namespace, pool.name, error)
-        self.ports.recorder.record(pool, decision, applied=applied, previous=observation.current_replicas, now=now)
+        self.ports.recorder.record(
+            StepReport(
+                pool,
+                now,
+                generation,
+                observation,
+                decision,
+                applied,
+                observation.current_replicas,
+                error=error,
+                dry_run=self.dry_run,
+            )
+        )
         return Outcome(decision=decision, state=new_state, applied=applied, error=error)

@@ -10,9 +10,21 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Protocol
 
-from policies.types import Decision, DemandSample
+from policies.types import Decision, DemandSample, Observation
 
-__all__ = ["Clock", "Cluster", "Ledger", "MetricsSource", "NoData", "PoolRef", "Recorder", "ReplicaStatus", "Usage"]
+__all__ = [
+    "Clock",
+    "Cluster",
+    "Ledger",
+    "MetricsSource",
+    "NoData",
+    "PodReplica",
+    "PoolRef",
+    "Recorder",
+    "ReplicaStatus",
+    "StepReport",
+    "Usage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +38,27 @@ class PoolRef:
 
 
 @dataclass(frozen=True, slots=True)
+class PodReplica:
+    """One replica of the Deployment as a pod: who it is, since when its GPU is billed, whether it serves."""
+
+    name: str
+    billing_start: dt.datetime | None
+    """When the pod got its GPU (scheduled onto a node); None while Pending."""
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaStatus:
-    """The Deployment as the cluster reports it."""
+    """The Deployment as the cluster reports it.
+
+    `billing_starts` has one entry per replica holding a GPU now; `pods` names them where the cluster
+    can (a real Deployment's pods), so a scale-down can choose which replicas go.
+    """
 
     current: int
     ready: int
     billing_starts: tuple[dt.datetime, ...] = ()
+    pods: tuple[PodReplica, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +70,29 @@ class NoData:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What today has consumed so far (the day in the pool's timezone)."""
+    """What today has consumed so far (the day in the pool's timezone); None where it is unknown."""
 
-    gpu_hours: float
-    fallback_usd: float
+    gpu_hours: float | None
+    fallback_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """Everything one reconcile step saw and did, for the recorder to fan out (log, Events, status).
+
+    `observation` and `decision` are None when the step could not read the cluster (`error` says why);
+    `previous` is the replica count before the step (None when unknown).
+    """
+
+    pool: PoolRef
+    now: dt.datetime
+    generation: int | None
+    observation: Observation | None
+    decision: Decision | None
+    applied: bool
+    previous: int | None
+    error: str = ""
+    dry_run: bool = False
 
 
 class Clock(Protocol):
@@ -88,6 +134,6 @@ class Ledger(Protocol):
 class Recorder(Protocol):
     """Makes every decision visible: log line, Kubernetes Event, the pool's status."""
 
-    def record(self, pool: PoolRef, decision: Decision, *, applied: bool, previous: int, now: dt.datetime) -> None:
-        """Report one decision; `applied` says whether the replicas were changed."""
+    def record(self, step: StepReport) -> None:
+        """Report one step, also a failed one; `step.applied` says whether the replicas were changed."""
         ...

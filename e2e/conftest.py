@@ -17,14 +17,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
 
 from e2e.cluster import K8sCluster
 from e2e.cluster.binaries import BinariesMissingError, bin_dir, find_binaries
-from e2e.cluster.local import LocalCluster, start_kwok
+from e2e.cluster.local import LocalCluster, random_pod_cidr, start_kwok
 from e2e.cluster.nodes import create_gpu_node
+from e2e.standin import PodFollower, StandinConfig
 
 
 def _wait_default_service_account(core: client.CoreV1Api, namespace: str, timeout: float = 30.0) -> None:
@@ -79,10 +81,11 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster
         kubeconfig = Path(external)
         log_dir = tmp_path_factory.mktemp("kwok-logs")
         kwok = _kwok_for_external_cluster()
-        popen, _, _ = start_kwok(kwok, kubeconfig, log_dir)
+        pod_cidr = random_pod_cidr()
+        popen, _, _ = start_kwok(kwok, kubeconfig, log_dir, pod_cidr)
         api = config.new_client_from_config(config_file=str(kubeconfig))
         try:
-            yield K8sCluster(kubeconfig, api, True, log_dir, bin_dir())
+            yield K8sCluster(kubeconfig, api, True, log_dir, bin_dir(), pod_cidr)
         finally:
             api.close()
             popen.terminate()
@@ -96,7 +99,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster
     with cluster:
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         try:
-            yield K8sCluster(cluster.kubeconfig, api, False, cluster.log_dir, bin_dir())
+            yield K8sCluster(cluster.kubeconfig, api, False, cluster.log_dir, bin_dir(), cluster.pod_cidr)
         finally:
             api.close()
             if cluster.keep_work_dir:
@@ -138,3 +141,35 @@ def gpu_node(k8s_cluster: K8sCluster) -> Iterator[Callable[..., client.V1Node]]:
         except client.ApiException as e:
             if e.status != 404:
                 raise
+
+
+@pytest.fixture
+def standin_pods(k8s_cluster: K8sCluster, namespace: str) -> Iterator[Callable[..., PodFollower]]:
+    """Factory ``standin_pods(deployment=... | selector=..., port=8000, config=None, **options) -> PodFollower``.
+
+    The follower (e2e/standin/follow.py) is started in the test's namespace and keeps
+    a stand-in vLLM replica at each Ready pod's ``podIP:port``; every follower the
+    factory made is closed when the test ends. ``options`` are those of
+    :class:`PodFollower` (``namespace``, ``poll_interval``).
+    """
+    made: list[PodFollower] = []
+
+    def follow(
+        *,
+        deployment: str | None = None,
+        selector: str | None = None,
+        port: int = 8000,
+        config: StandinConfig | None = None,
+        **options: Any,
+    ) -> PodFollower:
+        options.setdefault("namespace", namespace)
+        follower = PodFollower(
+            k8s_cluster.api_client, port=port, selector=selector, deployment=deployment, config=config, **options
+        )
+        follower.start()
+        made.append(follower)
+        return follower
+
+    yield follow
+    for follower in reversed(made):
+        follower.close()

@@ -207,8 +207,10 @@ def decide(spec: GPUPoolSpec, obs: Observation, state: PolicyState, now: dt.date
         return Decision(0, True, Reason.OVERRIDE_OFF, limits.floor_message, limits), state
 
     gpu_cap = spec.budget.max_gpu_hours_per_day
-    gpu_capped = gpu_cap is not None and obs.gpu_hours_today >= gpu_cap
-    if gpu_capped and spec.budget.on_gpu_cap is GPUCapAction.SCALE_TO_ZERO:
+    # Unknown usage (the ledger could not be read) holds the cap: nothing grows past a cap it cannot
+    # check, but neither does an unknown number scale the pool to zero.
+    gpu_capped = gpu_cap is not None and (obs.gpu_hours_today is None or obs.gpu_hours_today >= gpu_cap)
+    if gpu_capped and obs.gpu_hours_today is not None and spec.budget.on_gpu_cap is GPUCapAction.SCALE_TO_ZERO:
         message = (
             f"{obs.gpu_hours_today:.2f} GPU-hours today reached the cap of {gpu_cap:g}; all traffic to the fallback"
         )
@@ -328,9 +330,9 @@ def _decide_on_demand(
             reason = Reason.TOKENS_HIGH if wanted > current else reason
             message = f"offered {offered:.0f} tok/s at {capacity:g} per replica wants {wanted}"
 
-    fallback_capped = (
-        spec.budget.max_fallback_usd_per_day is not None
-        and obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
+    # Unknown spend counts as capped: a cap that cannot be checked holds.
+    fallback_capped = spec.budget.max_fallback_usd_per_day is not None and (
+        obs.fallback_usd_today is None or obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
     )
     fallback_open = spec.fallback.base_url is not None and not fallback_capped
 
@@ -372,7 +374,10 @@ def _decide_on_demand(
             reason = Reason.COST_OVERFLOW
     elif desired > current and fallback_capped:
         reason = Reason.FALLBACK_BUDGET_CAP
-        message = f"{message}; fallback spend ${obs.fallback_usd_today:.2f} reached today's cap, GPUs serve all"
+        if obs.fallback_usd_today is None:
+            message = f"{message}; fallback spend today unknown (ledger unreadable), the cap holds: GPUs serve all"
+        else:
+            message = f"{message}; fallback spend ${obs.fallback_usd_today:.2f} reached today's cap, GPUs serve all"
     step = spec.demand.max_scale_up_step
     if desired > current + step:
         desired = current + step
@@ -395,7 +400,10 @@ def _decide_on_demand(
     # let the cap win over windows).
     if gpu_capped and desired > current:
         desired, reason = current, Reason.GPU_BUDGET_CAP
-        message = f"{message}; GPU-hours today ({obs.gpu_hours_today:.2f}) reached the cap, no scale-up"
+        if obs.gpu_hours_today is None:
+            message = f"{message}; GPU-hours today unknown (ledger unreadable), no scale-up past the cap"
+        else:
+            message = f"{message}; GPU-hours today ({obs.gpu_hours_today:.2f}) reached the cap, no scale-up"
     if desired < limits.floor:
         desired, reason, message = limits.floor, limits.floor_reason, f"{limits.floor_message}; {message}"
     if desired > limits.ceiling:
@@ -442,8 +450,13 @@ def _shrink(
             message = f"{message}; the gateway overflowed {ago:.0f} s ago with {held} Ready, holding {held}"
 
     # The idle grace is for an empty queue; demand that is too small to pay for a GPU goes to the fallback.
-    if desired == 0 and state.last_busy_at is not None and not cost_limited:
-        idle = (now - state.last_busy_at).total_seconds()
+    # A fresh state (a restart) that finds replicas running counts the grace from its own start: it has
+    # not seen the queue empty for longer than that.
+    last_busy = state.last_busy_at
+    if last_busy is None and current > 0:
+        last_busy = state.started_at
+    if desired == 0 and last_busy is not None and not cost_limited:
+        idle = (now - last_busy).total_seconds()
         if idle < spec.demand.idle_grace_seconds:
             desired, reason = 1, Reason.IDLE_GRACE
             message = f"{message}; idle {idle:.0f} s of {spec.demand.idle_grace_seconds} s grace, keeping 1"

@@ -35,10 +35,15 @@ __all__ = [
     "HolidayCalendar",
     "Holidays",
     "LastDecision",
+    "Metrics",
+    "MetricsSourceKind",
     "ObjectMeta",
     "Objective",
     "Override",
     "OverrideMode",
+    "PrometheusQueries",
+    "PrometheusSource",
+    "Provider",
     "Schedule",
     "SecretRef",
     "Target",
@@ -118,6 +123,11 @@ class Target(_Model):
     """Most replicas at any time; windows may lower this but never raise it."""
     gpus_per_replica: Annotated[int, Field(ge=1)] = 1
     """GPUs each replica holds (tensor parallel size); billing multiplies by this."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """Port the vLLM replicas serve on: the gateway sends requests there and the controller scrapes its
+    /metrics (vLLM's default is 8000)."""
+    served_model: Annotated[str | None, Field(min_length=1, max_length=256)] = None
+    """Model name the vLLM replicas serve (their --served-model-name); the pool's first model when empty."""
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Target:
@@ -351,21 +361,205 @@ class SecretRef(_Model):
     """Key within the Secret."""
 
 
-class Fallback(_Model):
-    """The paid OpenAI-compatible API that takes requests the GPUs cannot serve in time."""
+_DEFAULT_INPUT_USD_PER_MILLION = 3.0
+_DEFAULT_OUTPUT_USD_PER_MILLION = 15.0
+# Fields of the single-provider fallback before `providers` existed; named in the migration message.
+_LEGACY_FALLBACK_FIELDS = ("baseUrl", "model", "apiKeySecretRef", "inputUsdPerMillion", "outputUsdPerMillion")
 
-    base_url: Annotated[str | None, Field(max_length=2048, pattern=r"^https?://")] = None
-    """Base URL, e.g. https://api.openai.com/v1; empty disables overflow (requests queue)."""
-    model: Annotated[str | None, Field(max_length=256)] = None
-    """Model name sent to the fallback; the request's own when empty."""
+
+class Provider(_Model):
+    """One paid OpenAI-compatible API the gateway may send requests to, with its prices and timeouts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.apiKeySecretRef) ? 1 : 0) + (has(self.apiKeyEnv) ? 1 : 0)"
+                    " + (has(self.apiKeyFile) ? 1 : 0) <= 1",
+                    "message": "give at most one of apiKeySecretRef, apiKeyEnv, apiKeyFile",
+                }
+            ]
+        }
+    )
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS1123)]
+    """Short name used in metrics, logs and the pool's status (e.g. openai, mid-tier)."""
+    base_url: Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
+    """Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1."""
+    model: Annotated[str | None, Field(min_length=1, max_length=256)] = None
+    """Model name sent to this provider; the request's own when empty."""
     api_key_secret_ref: SecretRef | None = None
-    """Secret holding the fallback's API key."""
-    input_usd_per_million: Annotated[float, Field(ge=0)] = 3.0
+    """Secret (in the pool's namespace) holding the provider's API key."""
+    api_key_env: Annotated[str | None, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = None
+    """Environment variable holding the API key (for a gateway run without a cluster)."""
+    api_key_file: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    """File holding the API key (for a gateway run without a cluster, or a mounted Secret)."""
+    input_usd_per_million: Annotated[float, Field(ge=0)] = _DEFAULT_INPUT_USD_PER_MILLION
     """Price of 1M prompt tokens (default: the seed's mid-tier reference)."""
-    output_usd_per_million: Annotated[float, Field(ge=0)] = 15.0
+    output_usd_per_million: Annotated[float, Field(ge=0)] = _DEFAULT_OUTPUT_USD_PER_MILLION
     """Price of 1M generated tokens (default: the seed's mid-tier reference)."""
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 2.0
+    """Longest wait for a TCP and TLS connection before trying the next provider."""
+    first_byte_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Longest wait for the response's status (streaming: its first event) before trying the next provider."""
+    total_timeout_seconds: Annotated[float, Field(gt=0, le=7200)] = 600.0
+    """Longest a whole request to this provider may take."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Provider:
+        sources = (
+            ("apiKeySecretRef", self.api_key_secret_ref),
+            ("apiKeyEnv", self.api_key_env),
+            ("apiKeyFile", self.api_key_file),
+        )
+        given = [name for name, value in sources if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"provider {self.name!r}: give at most one of {', '.join(given)}")
+        return self
+
+
+class Fallback(_Model):
+    """The paid OpenAI-compatible APIs that take requests the GPUs cannot serve in time, tried in order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.providers)"
+                    " || self.providers.all(p, self.providers.exists_one(q, q.name == p.name))",
+                    "message": "provider names must be unique",
+                }
+            ]
+        }
+    )
+
+    providers: list[Provider] = Field(default_factory=list, max_length=8)
+    """Providers in order of preference: the next is tried when one fails (connect error, timeout, 408,
+    429, 5xx). The first one's prices are what the scaling policy weighs GPUs against. Empty disables
+    overflow: requests queue on the GPUs."""
     max_queue_wait_seconds: Annotated[float, Field(ge=0)] = 2.0
     """Longest expected queue wait on the GPUs before a request overflows to the fallback."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_provider_moved(cls, data: object) -> object:
+        if isinstance(data, dict):
+            legacy = [k for k in _LEGACY_FALLBACK_FIELDS if k in data or _snake(k) in data]
+            if legacy:
+                raise ValueError(
+                    f"{', '.join(legacy)} moved into a provider: write fallback.providers: "
+                    f"[{{name: ..., {', '.join(f'{k}: ...' for k in legacy)}}}] (a list, tried in order)"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Fallback:
+        names = [p.name for p in self.providers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"provider names must be unique (repeated: {', '.join(repeated)})")
+        return self
+
+    @property
+    def base_url(self) -> str | None:
+        """The first provider's base URL; None when the pool has no fallback."""
+        return self.providers[0].base_url if self.providers else None
+
+    @property
+    def input_usd_per_million(self) -> float:
+        """The first provider's input price (the seed's mid-tier reference without one)."""
+        return self.providers[0].input_usd_per_million if self.providers else _DEFAULT_INPUT_USD_PER_MILLION
+
+    @property
+    def output_usd_per_million(self) -> float:
+        """The first provider's output price (the seed's mid-tier reference without one)."""
+        return self.providers[0].output_usd_per_million if self.providers else _DEFAULT_OUTPUT_USD_PER_MILLION
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
+
+
+class MetricsSourceKind(StrEnum):
+    """Where the controller reads the engines' queue from."""
+
+    PODS = "pods"
+    """Scrape /metrics of the target Deployment's Ready pods at their IPs (target.port)."""
+    PROMETHEUS = "prometheus"
+    """Ask a Prometheus server's HTTP API with the queries below."""
+
+
+class PrometheusQueries(_Model):
+    """PromQL for each signal; `$namespace`, `$deployment` and `$pool` are replaced before the query runs.
+
+    Each query must return one series (or an empty vector, which is no data). The token queries return
+    rates in tokens per second.
+    """
+
+    waiting: Annotated[str, Field(min_length=1, max_length=4096)] = (
+        'sum(vllm:num_requests_waiting{namespace="$namespace",pod=~"$deployment-.*"})'
+    )
+    """Requests queued on the engines."""
+    running: Annotated[str, Field(min_length=1, max_length=4096)] = (
+        'sum(vllm:num_requests_running{namespace="$namespace",pod=~"$deployment-.*"})'
+    )
+    """Requests in the engines' running batches."""
+    kv_cache_usage: Annotated[str | None, Field(max_length=4096)] = (
+        'avg(vllm:kv_cache_usage_perc{namespace="$namespace",pod=~"$deployment-.*"})'
+    )
+    """Mean KV-cache use, 0..1 (optional)."""
+    prompt_tokens_per_second: Annotated[str | None, Field(max_length=4096)] = (
+        'sum(rate(vllm:prompt_tokens_total{namespace="$namespace",pod=~"$deployment-.*"}[1m]))'
+    )
+    """Prompt tokens per second served by the engines (optional)."""
+    generation_tokens_per_second: Annotated[str | None, Field(max_length=4096)] = (
+        'sum(rate(vllm:generation_tokens_total{namespace="$namespace",pod=~"$deployment-.*"}[1m]))'
+    )
+    """Generated tokens per second (optional)."""
+
+
+class PrometheusSource(_Model):
+    """A Prometheus server to read the engines' metrics from."""
+
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
+    """Base URL of the Prometheus server, e.g. http://prometheus.monitoring:9090."""
+    bearer_token_secret_ref: SecretRef | None = None
+    """Secret (in the pool's namespace) holding a bearer token for the server, if it needs one."""
+    queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
+    """The PromQL behind each signal."""
+
+
+class Metrics(_Model):
+    """Where demand is read from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.source) || self.source != 'prometheus' || has(self.prometheus)",
+                    "message": "source prometheus needs the prometheus section (its url)",
+                }
+            ]
+        }
+    )
+
+    source: MetricsSourceKind = MetricsSourceKind.PODS
+    """pods scrapes the replicas directly; prometheus asks a Prometheus server."""
+    path: Annotated[str, Field(max_length=256, pattern=r"^/")] = "/metrics"
+    """Path of vLLM's metrics on each replica (source pods)."""
+    scrape_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    """Budget of one read (one pod, or one query); a slower one is no data, it never stalls other pools."""
+    prometheus: PrometheusSource | None = None
+    """The Prometheus server (source prometheus)."""
+    gateway: bool = True
+    """Add the gateway's counters (requests held or sent to the fallback, offered tokens) to the demand,
+    when the controller knows where the gateway runs."""
+
+    @model_validator(mode="after")
+    def _prometheus_given(self) -> Metrics:
+        if self.source is MetricsSourceKind.PROMETHEUS and self.prometheus is None:
+            raise ValueError("source prometheus needs the prometheus section (its url)")
+        return self
 
 
 class Objective(_Model):
@@ -410,6 +604,11 @@ class GPUPoolSpec(_Model):
 
     target: Target
     """The Deployment to scale and its limits."""
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list, max_length=32)
+    """Model names clients send for this pool; the gateway routes requests by them (each name belongs to
+    one pool)."""
+    metrics: Metrics = Field(default_factory=Metrics)
+    """Where demand is read from."""
     schedule: Schedule = Field(default_factory=Schedule)
     """Business-hour windows, holidays and overrides."""
     demand: Demand = Field(default_factory=Demand)
@@ -424,6 +623,18 @@ class GPUPoolSpec(_Model):
     """Daily caps."""
     objective: Objective = Field(default_factory=Objective)
     """The latency objective and late-request handling."""
+
+    @property
+    def served_model(self) -> str | None:
+        """The model name to send to the vLLM replicas (target.servedModel, else the first model)."""
+        return self.target.served_model or (self.models[0] if self.models else None)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> GPUPoolSpec:
+        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
+        if repeated:
+            raise ValueError(f"models must not repeat a name (repeated: {', '.join(repeated)})")
+        return self
 
     @model_validator(mode="after")
     def _windows_within_pool(self) -> GPUPoolSpec:

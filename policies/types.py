@@ -77,15 +77,16 @@ class Observation:
 
     `demand` is None when there is no usable metric (failed scrape, no endpoint, missing gauge): that is
     "no data", never zero load. `replica_billing_starts` holds, for each replica that exists now (ready or
-    starting), the moment its GPU billing began; it may be empty when unknown.
+    starting), the moment its GPU billing began; it may be empty when unknown. Today's usage is None when
+    the ledger could not be read: unknown, never zero, so a budget cap it cannot check holds.
     """
 
     current_replicas: int
     ready_replicas: int
     demand: DemandSample | None
     replica_billing_starts: tuple[dt.datetime, ...] = ()
-    gpu_hours_today: float = 0.0
-    fallback_usd_today: float = 0.0
+    gpu_hours_today: float | None = 0.0
+    fallback_usd_today: float | None = 0.0
     no_data_reason: str = ""
 
 

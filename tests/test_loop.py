@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from controller.loop import ControlLoop, Ports
-from controller.ports import NoData, PoolRef, ReplicaStatus, Usage
+from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
 from policies.scaling import decide
 from policies.spec import GPUPoolSpec
 from policies.types import Decision, DemandSample, PolicyState, Reason
@@ -64,10 +64,13 @@ class ZeroLedger:
 
 @dataclass
 class ListRecorder:
-    seen: list[tuple[Decision, bool, int]] = field(default_factory=list)
+    seen: list[tuple[Decision, bool, int | None]] = field(default_factory=list)
+    steps: list[StepReport] = field(default_factory=list)
 
-    def record(self, pool: PoolRef, decision: Decision, *, applied: bool, previous: int, now: dt.datetime) -> None:
-        self.seen.append((decision, applied, previous))
+    def record(self, step: StepReport) -> None:
+        self.steps.append(step)
+        if step.decision is not None:
+            self.seen.append((step.decision, step.applied, step.previous))
 
 
 def make(queue: float | None, **cluster: bool) -> tuple[ControlLoop, MemoryCluster, ListRecorder, QueueMetrics]:
@@ -99,10 +102,39 @@ def test_a_crashing_metrics_adapter_is_no_data_not_zero() -> None:
     assert cluster.scaled == [] and recorder.seen[0][0].reason is Reason.NO_DATA_HOLD
 
 
-def test_unreadable_cluster_skips_the_step() -> None:
+def test_unreadable_cluster_skips_the_decision_but_is_reported() -> None:
     loop, _, recorder, _ = make(queue=5, broken=True)
-    outcome = loop.reconcile(POOL, SPEC, OLD)
+    outcome = loop.reconcile(POOL, SPEC, OLD, generation=7)
     assert outcome.decision is None and "not found" in outcome.error and recorder.seen == []
+    (step,) = recorder.steps
+    assert step.decision is None and step.observation is None and "not found" in step.error
+    assert step.generation == 7 and step.pool == POOL and not step.applied
+
+
+class BrokenLedger:
+    def usage_today(self, pool: PoolRef, now: dt.datetime) -> Usage:
+        raise ConnectionError("status unreadable")
+
+
+def test_a_failed_ledger_read_is_unknown_usage_and_the_caps_hold() -> None:
+    capped = GPUPoolSpec.model_validate(
+        {"target": {"deployment": "vllm", "maxReplicas": 6}, "budget": {"maxGpuHoursPerDay": 10}}
+    )
+    cluster, recorder = MemoryCluster(current=1), ListRecorder()
+    loop = ControlLoop(Ports(ManualClock(NOW), cluster, QueueMetrics(30), BrokenLedger(), recorder), decide)
+    outcome = loop.reconcile(POOL, capped, OLD)
+    (step,) = recorder.steps
+    assert step.observation is not None and step.observation.gpu_hours_today is None
+    # 30 queued would want 4 replicas; with the cap unverifiable nothing grows, and nothing scales to zero.
+    assert outcome.decision is not None and outcome.decision.desired_replicas == 1
+    assert outcome.decision.reason is Reason.GPU_BUDGET_CAP and "unknown" in outcome.decision.message
+    assert cluster.scaled == []
+
+
+def test_without_caps_an_unknown_ledger_changes_nothing() -> None:
+    cluster, recorder = MemoryCluster(current=1), ListRecorder()
+    loop = ControlLoop(Ports(ManualClock(NOW), cluster, QueueMetrics(30), BrokenLedger(), recorder), decide)
+    assert loop.reconcile(POOL, SPEC, OLD).applied and cluster.scaled == [4]
 
 
 def test_failed_scale_is_reported_and_the_loop_survives() -> None:

@@ -65,7 +65,7 @@ def _spec(granularity: str, cold_start: int) -> GPUPoolSpec:
             },
             "coldStartSeconds": cold_start,
             "billing": {"granularity": granularity, "minimumBilledSeconds": 60},
-            "fallback": {"baseUrl": "https://api.example.com/v1"},
+            "fallback": {"providers": [{"name": "api", "baseUrl": "https://api.example.com/v1"}]},
         }
     )
 

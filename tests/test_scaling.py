@@ -40,7 +40,7 @@ def make_spec(**overrides: Any) -> GPUPoolSpec:
             "idleGraceSeconds": 600,
         },
         "coldStartSeconds": 180,
-        "fallback": {"baseUrl": "https://api.example.com/v1"},
+        "fallback": {"providers": [{"name": "api", "baseUrl": "https://api.example.com/v1"}]},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -154,6 +154,20 @@ def test_no_data_still_lets_the_window_floor_scale_up() -> None:
 def test_fresh_autoscaler_does_not_scale_down() -> None:
     decision, _ = decide(make_spec(), obs(5, sample(TUE_NIGHT, 0)), PolicyState(), TUE_NIGHT)
     assert (decision.desired_replicas, decision.reason) == (5, Reason.STARTUP_HOLD)
+
+
+def test_a_restart_keeps_the_idle_grace_counted_from_its_own_start() -> None:
+    # A fresh state finds one replica running outside the window with an empty queue: it holds for the
+    # scale-down delay (300 s), then keeps the idle grace (600 s) from its start, then goes to zero.
+    spec, state = make_spec(), PolicyState()
+    seen: dict[int, tuple[int, Reason]] = {}
+    for second in range(0, 721, 15):
+        now = TUE_NIGHT + dt.timedelta(seconds=second)
+        decision, state = decide(spec, obs(1, sample(now, 0)), state, now)
+        seen[second] = (decision.desired_replicas, decision.reason)
+    assert seen[0] == seen[285] == (1, Reason.STARTUP_HOLD)
+    assert seen[300] == seen[585] == (1, Reason.IDLE_GRACE)
+    assert seen[600] == seen[720] == (0, Reason.IDLE_TO_ZERO)
 
 
 @pytest.mark.parametrize(
@@ -367,7 +381,7 @@ def test_inputs_are_not_mutated_and_state_is_new() -> None:
 def test_capacity_follows_the_measured_rate_while_money_waits_for_the_average() -> None:
     # The smoothed rate is still near zero after a jump to 15,000 tok/s; replicas follow the jump
     # (without a fallback there is nothing to price), as the HPA follows utilisation.
-    spec = make_spec(fallback={"baseUrl": None})
+    spec = make_spec(fallback={"providers": []})
     before = replace(OLD_STATE, rates=(0.0, 0.0, 0.0), rates_at=TUE_NOON - dt.timedelta(seconds=15))
     decision, state = decide(spec, obs(1, sample(TUE_NOON, 2, tokens=(14000, 1000))), before, TUE_NOON)
     assert (decision.desired_replicas, decision.reason) == (3, Reason.TOKENS_HIGH)

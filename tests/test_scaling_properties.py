@@ -121,7 +121,9 @@ def specs(draw: st.DrawFn, around: dt.datetime) -> GPUPoolSpec:
             "minimumBilledSeconds": draw(st.sampled_from([0, 60, 600])),
             "releaseMarginSeconds": draw(st.sampled_from([0, 120])),
         },
-        "fallback": {"baseUrl": draw(st.none() | st.just("https://api.example.com/v1"))},
+        "fallback": {
+            "providers": draw(st.just([]) | st.just([{"name": "api", "baseUrl": "https://api.example.com/v1"}]))
+        },
         "budget": {
             "maxGpuHoursPerDay": draw(st.none() | st.sampled_from([1.0, 10.0])),
             "maxFallbackUsdPerDay": draw(st.none() | st.sampled_from([1.0, 50.0])),

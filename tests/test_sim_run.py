@@ -42,7 +42,16 @@ def _spec(**overrides: Any) -> GPUPoolSpec:
             ],
         },
         "coldStartSeconds": 180,
-        "fallback": {"baseUrl": "https://api.example.com/v1", "inputUsdPerMillion": 3, "outputUsdPerMillion": 15},
+        "fallback": {
+            "providers": [
+                {
+                    "name": "api",
+                    "baseUrl": "https://api.example.com/v1",
+                    "inputUsdPerMillion": 3,
+                    "outputUsdPerMillion": 15,
+                }
+            ]
+        },
     }
     raw.update(overrides)
     return GPUPoolSpec.model_validate(raw)
@@ -191,7 +200,16 @@ def test_routing_matches_route_request() -> None:
 def test_api_only_cost_is_the_tokens_times_the_prices_exactly() -> None:
     workload = _week(days=1, peak_rps=2.0, seed=11)
     spec = _spec(
-        fallback={"baseUrl": "https://api.example.com/v1", "inputUsdPerMillion": 2.5, "outputUsdPerMillion": 10}
+        fallback={
+            "providers": [
+                {
+                    "name": "api",
+                    "baseUrl": "https://api.example.com/v1",
+                    "inputUsdPerMillion": 2.5,
+                    "outputUsdPerMillion": 10,
+                }
+            ]
+        }
     )
     run = run_policy("api_only", workload, spec, RunSettings(tick_seconds=30.0), progress=False)
     tokens_in = int(workload.input_tokens.sum())
@@ -351,7 +369,7 @@ def test_only_saturation_counts_as_overflow() -> None:
 
 def test_a_pool_without_a_fallback_queues_every_request_whatever_its_cap_action() -> None:
     workload = _week(days=1, peak_rps=3.0, seed=8)
-    spec = _spec(fallback={"baseUrl": None}, budget={"onFallbackCap": "reject"})
+    spec = _spec(fallback={"providers": []}, budget={"onFallbackCap": "reject"})
     run = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0), progress=False)
     assert run.rejected_requests == 0 and run.fallback_requests == 0
     assert run.ttft is not None and np.isfinite(run.ttft).all()

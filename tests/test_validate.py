@@ -58,9 +58,42 @@ def test_shipped_example_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
             "greater than or equal to 0",
         ),
         (
-            "  target: {deployment: d}\n  fallback: {outputUsdPerMillion: -0.5}\n",
-            "spec.fallback.outputUsdPerMillion",
+            "  target: {deployment: d}\n"
+            "  fallback: {providers: [{name: a, baseUrl: https://a.example/v1, outputUsdPerMillion: -0.5}]}\n",
+            "spec.fallback.providers[0].outputUsdPerMillion",
             "greater than or equal to 0",
+        ),
+        (  # the single-provider form of earlier releases gets a message saying what to write instead
+            "  target: {deployment: d}\n  fallback: {baseUrl: https://a.example/v1, inputUsdPerMillion: 3}\n",
+            "spec.fallback",
+            "baseUrl, inputUsdPerMillion moved into a provider: write fallback.providers",
+        ),
+        (
+            "  target: {deployment: d}\n"
+            "  fallback: {providers: [{name: a, baseUrl: https://a.example/v1}, {name: a, baseUrl: https://b.example}]}\n",
+            "spec.fallback",
+            "provider names must be unique (repeated: a)",
+        ),
+        (
+            "  target: {deployment: d}\n"
+            "  fallback: {providers: [{name: a, baseUrl: https://a.example/v1, apiKeyEnv: K, apiKeyFile: /k}]}\n",
+            "spec.fallback.providers[0]",
+            "give at most one of apiKeyEnv, apiKeyFile",
+        ),
+        (
+            "  target: {deployment: d}\n  metrics: {source: prometheus}\n",
+            "spec.metrics",
+            "source prometheus needs the prometheus section",
+        ),
+        (
+            "  target: {deployment: d, port: 70000}\n",
+            "spec.target.port",
+            "less than or equal to 65535",
+        ),
+        (
+            "  target: {deployment: d}\n  models: [llama, llama]\n",
+            "spec",
+            "models must not repeat a name (repeated: llama)",
         ),
         (
             "  target: {deployment: d}\n  schedule: {holidays: {dates: [christmas]}}\n",

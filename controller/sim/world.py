@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.ports import NoData, PoolRef, ReplicaStatus, Usage
+from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
 from controller.sim.engine import PoolEngine
 from policies.billing import gpu_cost_usd
 from policies.spec import GPUPoolSpec
-from policies.types import Decision, DemandSample
+from policies.types import DemandSample
 
 __all__ = ["DecisionLog", "Pod", "SimClock", "SimCluster", "SimLedger", "SimMetrics"]
 
@@ -208,8 +208,12 @@ class DecisionLog:
     reasons: dict[str, int] = field(default_factory=dict)
     _last: tuple[Any, ...] = ()
 
-    def record(self, pool: PoolRef, decision: Decision, *, applied: bool, previous: int, now: dt.datetime) -> None:
+    def record(self, step: StepReport) -> None:
         """Count the reason; keep a line when the desired replicas, reason or validity change, or it applied."""
+        decision, pool, applied, now = step.decision, step.pool, step.applied, step.now
+        if decision is None:  # the simulated cluster is always readable
+            return
+        previous = step.previous
         self.reasons[decision.reason.value] = self.reasons.get(decision.reason.value, 0) + 1
         key = (decision.desired_replicas, decision.reason, decision.valid, previous)
         if not applied and key == self._last:

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, gpus in nodes:
                 create_gpu_node(api, name, gpus)
             print(f"export KUBECONFIG={cluster.kubeconfig}")
-            print(f"# API server {cluster.api_server_url}; logs in {cluster.log_dir}; Ctrl-C stops", flush=True)
+            print(f"# API server {cluster.api_server_url}; pod IPs from {cluster.pod_cidr}")
+            print(f"# logs in {cluster.log_dir}; Ctrl-C stops", flush=True)
             while True:
                 cluster.check_alive()
                 time.sleep(1)

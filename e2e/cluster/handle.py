@@ -26,6 +26,8 @@ class K8sCluster:
     """Component logs (kwok's only, for an external cluster)."""
     bin_dir: Path
     """Where the built binaries are (helm among them when it was built)."""
+    pod_cidr: str = "127.0.0.0/8"
+    """The block kwok takes pod IPs from (inside 127.0.0.0/8; drawn per cluster)."""
 
     def binary(self, name: str) -> Path:
         """Path of a built binary such as ``helm``; fails the test with the fix if it is missing."""

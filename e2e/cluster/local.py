@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import random
 import shutil
 import signal
 import socket
@@ -33,8 +34,13 @@ import yaml
 from e2e.cluster.binaries import CLUSTER_DIR, find_binaries
 from e2e.cluster.pki import SERVICE_CLUSTER_IP_RANGE, Pki, make_pki
 
-__all__ = ["ClusterStartError", "LocalCluster", "start_kwok"]
+__all__ = ["NODE_IP", "ClusterStartError", "LocalCluster", "random_pod_cidr", "start_kwok"]
 
+# The InternalIP kwok gives every fake node, and so every pod's hostIP.
+NODE_IP = "127.0.0.1"
+# Second octets a pod CIDR 127.N.0.0/16 may take: clear of 127.0.0.1 (where every
+# component listens) and of the service range 127.96.0.0/16 (pki.py).
+_POD_CIDR_OCTETS = range(100, 200)
 FAKE_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
 KWOK_STAGES = CLUSTER_DIR / "kwok-stages.yaml"
 
@@ -70,10 +76,27 @@ class _Process:
         return "\n".join(text[-lines:])
 
 
-def start_kwok(kwok: Path, kubeconfig: Path, log_dir: Path) -> tuple[subprocess.Popen[bytes], Path, int]:
+def random_pod_cidr() -> str:
+    """A pod CIDR ``127.N.0.0/16`` with N drawn from 100-199.
+
+    Tests may send traffic only to 127.0.0.0/8, and a stand-in replica listens at
+    its pod's IP (e2e/standin/follow.py): Linux routes all of 127/8 to the loopback
+    interface, so pod IPs come from a block inside it. The block is drawn per
+    cluster because several clusters may run on one machine at once (one per
+    engineer or CI job): with one fixed block, two clusters' first pods would both
+    get 127.N.0.1 and their replicas would fight over the same address and port.
+    """
+    return f"127.{random.choice(_POD_CIDR_OCTETS)}.0.0/16"
+
+
+def start_kwok(
+    kwok: Path, kubeconfig: Path, log_dir: Path, pod_cidr: str | None = None
+) -> tuple[subprocess.Popen[bytes], Path, int]:
     """Start kwok against ``kubeconfig``, managing only nodes annotated ``kwok.x-k8s.io/node=fake``.
 
-    Returns the process, its log file and the port of its health endpoint.
+    Pods on nodes without ``spec.podCIDR`` get IPs from ``pod_cidr`` (a
+    :func:`random_pod_cidr` when None). Returns the process, its log file and the
+    port of its health endpoint.
     """
     port = _free_port()
     log = log_dir / "kwok.log"
@@ -83,8 +106,8 @@ def start_kwok(kwok: Path, kubeconfig: Path, log_dir: Path) -> tuple[subprocess.
         f"--manage-nodes-with-annotation-selector={FAKE_NODE_SELECTOR}",
         f"--config={KWOK_STAGES}",
         f"--server-address=127.0.0.1:{port}",
-        "--cidr=10.244.0.0/16",
-        "--node-ip=127.0.0.1",
+        f"--cidr={pod_cidr or random_pod_cidr()}",
+        f"--node-ip={NODE_IP}",
     ]
     with log.open("wb") as out:
         popen = subprocess.Popen(
@@ -109,6 +132,8 @@ class LocalCluster:
     startup_timeout: float = 90.0
     with_kwok: bool = True
     """Start kwok too; without it nodes and pods get no status (nothing turns Ready)."""
+    pod_cidr: str = field(default_factory=random_pod_cidr)
+    """Where kwok takes pod IPs from: inside 127.0.0.0/8, drawn per cluster (:func:`random_pod_cidr`)."""
     _procs: list[_Process] = field(default_factory=list, init=False, repr=False)
     _owns_work_dir: bool = field(default=False, init=False, repr=False)
     _pki: Pki | None = field(default=None, init=False, repr=False)
@@ -320,7 +345,7 @@ class LocalCluster:
         self._wait(kcm, "/healthz", lambda: self._get_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure))
         self._wait(scheduler, "/healthz", lambda: self._get_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure))
         if self.with_kwok:
-            popen, log, kwok_port = start_kwok(bins["kwok"], self.kubeconfig, self.log_dir)
+            popen, log, kwok_port = start_kwok(bins["kwok"], self.kubeconfig, self.log_dir, self.pod_cidr)
             kwok = _Process("kwok", popen, log)
             self._procs.append(kwok)
             self._wait(kwok, "/healthz", lambda: self._get_ok(f"http://127.0.0.1:{kwok_port}/healthz"))

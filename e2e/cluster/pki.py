@@ -18,8 +18,11 @@ __all__ = ["Pki", "make_pki"]
 # The first address of the service range (--service-cluster-ip-range in
 # local.py) is the ClusterIP of the `kubernetes` Service; in-cluster clients
 # connect to it, so the serving certificate must name it as upstream's does.
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-KUBERNETES_SERVICE_IP = "10.96.0.1"
+# Nothing here dials a ClusterIP (no kube-proxy, no endpoints), but the range is
+# inside 127.0.0.0/8 all the same, so that no address the cluster hands out leaves
+# the machine; the API server accepts a loopback service range.
+SERVICE_CLUSTER_IP_RANGE = "127.96.0.0/16"
+KUBERNETES_SERVICE_IP = "127.96.0.1"
 
 _API_SERVER_DNS_NAMES = (
     "localhost",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from e2e.standin.engine import Engine, QueueFull, Sequence, count_tokens
 
@@ -248,9 +249,13 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-def make_replica_app(engine: Engine) -> web.Application:
-    """The aiohttp application of one replica, serving vLLM's routes from ``engine``."""
-    app = web.Application()
+def make_replica_app(engine: Engine, middlewares: Iterable[Middleware] = ()) -> web.Application:
+    """The aiohttp application of one replica, serving vLLM's routes from ``engine``.
+
+    ``middlewares`` wrap every route (e2e/standin/instrument.py records requests and
+    injects faults on ``/metrics`` this way).
+    """
+    app = web.Application(middlewares=list(middlewares))
     app[ENGINE_KEY] = engine
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/completions", _completions)

@@ -57,6 +57,7 @@ class Engine:
         self._waiting: deque[Sequence] = deque()
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self._reported: dict[str, float] = {}
 
     @property
     def num_running(self) -> int:
@@ -74,10 +75,29 @@ class Engine:
         return min(1.0, used / self.config.kv_cache_tokens)
 
     def refresh_gauges(self) -> None:
-        """Copy the scheduler's state into the gauges (called before each scrape)."""
-        self.metrics.running.set(self.num_running)
-        self.metrics.waiting.set(self.num_waiting)
-        self.metrics.kv_cache_usage.set(self.kv_cache_usage())
+        """Copy the scheduler's state into the gauges (called before each scrape), or the reported values."""
+        reported = self._reported
+        self.metrics.running.set(reported.get("running", self.num_running))
+        self.metrics.waiting.set(reported.get("waiting", self.num_waiting))
+        self.metrics.kv_cache_usage.set(reported.get("kv_cache_usage", self.kv_cache_usage()))
+
+    def report(
+        self, *, waiting: int | None = None, running: int | None = None, kv_cache_usage: float | None = None
+    ) -> None:
+        """Show these queue gauges on ``/metrics`` instead of the scheduler's own (None keeps the real one).
+
+        A test uses it to stage a queue without holding requests open; the
+        counters (tokens, requests) still count only what was really served.
+        Replaces any earlier :meth:`report`; :meth:`report` with no argument ends it.
+        """
+        if waiting is not None and waiting < 0:
+            raise ValueError(f"waiting must be >= 0, got {waiting}")
+        if running is not None and running < 0:
+            raise ValueError(f"running must be >= 0, got {running}")
+        if kv_cache_usage is not None and not 0.0 <= kv_cache_usage <= 1.0:
+            raise ValueError(f"kv_cache_usage must be within [0, 1], got {kv_cache_usage}")
+        values = {"waiting": waiting, "running": running, "kv_cache_usage": kv_cache_usage}
+        self._reported = {name: float(v) for name, v in values.items() if v is not None}
 
     def pause(self) -> None:
         """Stop decoding (scheduling goes on): load then holds still for a test to observe."""

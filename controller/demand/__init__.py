@@ -1,0 +1,1 @@
+"""Demand: from raw readings (vLLM samples, the gateway's counters) to the policy's DemandSample."""
