@@ -191,7 +191,10 @@ def _spec(granularity: str, cold_start: int, max_replicas: int, objective: float
             },
             "coldStartSeconds": cold_start,
             "billing": {"granularity": granularity, "minimumBilledSeconds": 60},
-            "fallback": {"baseUrl": "https://api.example.com/v1", "maxQueueWaitSeconds": 1},
+            "fallback": {
+                "providers": [{"name": "api", "baseUrl": "https://api.example.com/v1"}],
+                "maxQueueWaitSeconds": 1,
+            },
             "objective": {"ttftSeconds": objective},
         }
     )
