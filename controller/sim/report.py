@@ -4,8 +4,8 @@ How to read the table: each row is one policy on the same workload. `total $` is
 replica time, rounded to the provider's billing unit and minimum) plus fallback $ (the API's
 per-token bill). `×LB` divides it by the fluid lower bound (per billing period, whole GPUs and the API
 with no queueing, cold start or idle capacity). `×OPT` divides the run's SLO-priced cost (its GPU $
-plus the fallback's price of every request it did not serve on the GPUs within the SLO, the cheapest
-way that request could have been on time) by `offline_optimum`, a proven lower bound of serving every
+plus the fallback's price of every request it did not serve on the GPUs within the SLO, what sending
+it to the API on time would have cost) by `offline_optimum`, a proven lower bound of serving every
 request within the SLO in the same simulated world; it is never below 1.00, and a policy that leaves
 requests late reads as dear as the API it would have needed. `SLO` is the share of requests whose
 first token came within `--slo-ttft`; TTFT is queue wait plus prefill on the GPUs, or the fallback's
