@@ -431,9 +431,10 @@ def run_all(
     deterministic, so the results are the same); progress is then one bar over finished rows.
     """
     order = list(dict.fromkeys(names))
-    # Both the optimum's row and its plan's need the optimum: solve it once.
-    best = offline_optimum(optimum_problem(workload, spec, settings)) if {OPTIMUM, OPTIMUM_PLAN} <= set(order) else None
     if jobs <= 1 or len(order) <= 1:
+        # Both the optimum's row and its plan's need the optimum: solve it once.
+        both = {OPTIMUM, OPTIMUM_PLAN} <= set(order)
+        best = offline_optimum(optimum_problem(workload, spec, settings)) if both else None
         out: dict[str, PolicyRun] = {}
         for name in order:
             out[name] = run_one(name, workload, spec, settings, progress, best)
@@ -442,7 +443,7 @@ def run_all(
         return out
     from controller.sim.parallel import run_parallel
 
-    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress, best=best)
+    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress)
     out = {name: done[name] for name in order}
     if on_done is not None:
         for run in out.values():
