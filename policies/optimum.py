@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Optimum", "OptimumProblem", "offline_optimum", "plan_cost", "slot_grid"]
+__all__ = ["Optimum", "OptimumProblem", "OptimumTooLarge", "offline_optimum", "plan_cost", "slot_grid", "too_large"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -72,9 +72,15 @@ _DENSITY_BINS = 8
 _MAX_ATOMS = 8
 _CHUNK = 2048
 """Slots evaluated at once (bounds the memory of the vectorised knapsack)."""
+_MAX_ENTRIES = 64_000_000
+"""Largest table of slot bounds solved (512 MB of floats): a week at 1-second ticks with 8 replicas fits."""
 _EXACT_NEXT = 16
 """Up to this many replicas, a slot's bound depends on the next slot's Ready count; above, the window
 reaching into the next slot is counted at the pool's maximum (a looser bound, linear in memory)."""
+
+
+class OptimumTooLarge(ValueError):
+    """The problem has more slots and replica counts than the DP solves in reasonable memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,9 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
     slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1)
     api_total = _sums(slot, p.api_usd, slots)
     # U[s, n, n'], or U[s, n, 0] alone when the next slot is counted at the maximum (see _EXACT_NEXT).
+    problem = too_large(p)
+    if problem:
+        raise OptimumTooLarge(problem)
     U = np.zeros((slots, top + 1, top + 1 if top <= _EXACT_NEXT else 1))
     t_obj = p.objective_s
     savable = (p.prefill_s <= t_obj) & (p.api_usd > 0)
@@ -214,6 +223,18 @@ def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatAr
             p.lanes,
         )
     return api_total, U
+
+
+def too_large(p: OptimumProblem) -> str:
+    """Why the DP would not fit in memory for this problem, or "" when it does."""
+    bounds, _ = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
+    slots, top = bounds.size - 1, p.max_replicas
+    if slots * (top + 1) * (top + 1 if top <= _EXACT_NEXT else 1) <= _MAX_ENTRIES:
+        return ""
+    return (
+        f"offline_optimum: {slots:,} slots of at most {p.step_s:g} s with 0..{top} replicas are too many to "
+        "solve; use a longer control tick or a shorter horizon"
+    )
 
 
 def _sums(index: IntArray, weights: FloatArray, size: int) -> FloatArray:

@@ -422,3 +422,14 @@ def test_the_slo_priced_cost_adds_the_api_price_of_every_late_request() -> None:
     assert run.ttft is not None and run.ttft.tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
     assert run.slo_attainment == pytest.approx(0.5)
     assert run.slo_priced_usd == pytest.approx(run.gpu_usd + 2 * api_cost_usd(1000, 0, PRICE))
+
+
+def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A week at 2-second ticks with up to 16 replicas: 302,400 slots x 17 x 17 counts is beyond the DP's table.
+    path = tmp_path / "out.json"
+    argv = ["--tick", "2", "--set", "target.maxReplicas=16", "--policy", "api_only", "--no-progress", "--json", str(path)]
+    assert cli.run(_parse(argv)) == 0
+    assert "leaving out offline_optimum and optimum_plan" in capsys.readouterr().err
+    assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]

@@ -31,10 +31,21 @@ from controller.sim.engine import (
     ReplicaModel,
 )
 from controller.sim.report import render_table, to_json
-from controller.sim.runner import EBBTIDE, OFFLINE, POLICY_NAMES, PolicyRun, RunSettings, run_all
+from controller.sim.runner import (
+    EBBTIDE,
+    OFFLINE,
+    OPTIMUM,
+    OPTIMUM_PLAN,
+    POLICY_NAMES,
+    PolicyRun,
+    RunSettings,
+    optimum_problem,
+    run_all,
+)
 from controller.sim.traces import TraceError, TraceFormat, read_trace
 from controller.sim.workload import Workload, build_week, load_profile, peak_rps_for_monthly_tokens, replay
 from controller.validate import field_path, load_pools
+from policies.optimum import too_large
 from policies.spec import GPUPoolSpec
 
 __all__ = ["DEFAULTS", "register", "run"]
@@ -257,6 +268,10 @@ def run(args: argparse.Namespace) -> int:
     for reference in OFFLINE:
         if reference not in names:
             names.append(reference)  # cheap, and every row's cost is read against them
+    unsolvable = too_large(optimum_problem(workload, spec, settings))
+    if unsolvable:  # the policies still run; only the optimum's rows (and ×OPT) are left out
+        print(f"ebbtide simulate: note: {unsolvable}; leaving out {OPTIMUM} and {OPTIMUM_PLAN}", file=sys.stderr)
+        names = [n for n in names if n not in (OPTIMUM, OPTIMUM_PLAN)]
     names.sort(key=POLICY_NAMES.index)
     tokens = workload.total_tokens
     days = workload.duration_s / 86400
@@ -270,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # the Ebbtide policy module missing from an incomplete install
         print(f"ebbtide simulate: error: cannot load the {EBBTIDE} policy: {exc}", file=sys.stderr)
         return 2
+
     elapsed = time.perf_counter() - began
     print(render_table(runs))
     print(f"(simulated in {elapsed:.1f} s; SLO: first token within {settings.slo_ttft_seconds:g} s)")
