@@ -429,7 +429,17 @@ def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
 ) -> None:
     # A week at 2-second ticks with up to 16 replicas: 302,400 slots x 17 x 17 counts is beyond the DP's table.
     path = tmp_path / "out.json"
-    argv = ["--tick", "2", "--set", "target.maxReplicas=16", "--policy", "api_only", "--no-progress", "--json", str(path)]
+    argv = [
+        "--tick",
+        "2",
+        "--set",
+        "target.maxReplicas=16",
+        "--policy",
+        "api_only",
+        "--no-progress",
+        "--json",
+        str(path),
+    ]
     assert cli.run(_parse(argv)) == 0
     assert "leaving out offline_optimum and optimum_plan" in capsys.readouterr().err
     assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]
