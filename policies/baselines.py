@@ -2,9 +2,10 @@
 
 Each online baseline is a pure function with the policy signature `(spec, observation, state, now) ->
 (decision, state)`, its parameters bound from a typed settings value by the registry entry's `build`.
-The table also lists the two references that are not online policies: `api_only` (a policy that runs
-no GPU; its gateway sends every request to the fallback) and `lower_bound` (an offline optimum computed
-by `policies.lower_bound`, with no policy to run).
+The table also lists the three references that are not online policies: `api_only` (a policy that runs
+no GPU; its gateway sends every request to the fallback), `lower_bound` (the fluid bound of
+`policies.lower_bound`) and `offline_optimum` (the constrained bound of `policies.optimum`), the last two
+with no policy to run.
 
 The KEDA and HPA baselines mirror those autoscalers' documented defaults:
 - KEDA polls triggers every 30 s (`pollingInterval`) and returns to `minReplicaCount` 0 only after
@@ -311,7 +312,10 @@ class Baseline:
     description: str
     routing: Routing
     build: Callable[[GPUPoolSpec, Sizing], BaselinePolicy] | None
-    """Binds the policy's settings for a pool and workload; None for the offline lower bound."""
+    """Binds the policy's settings for a pool and workload; None for the offline references."""
+    static: bool = False
+    """The decision depends on neither the observation, the state nor the time (a simulator may stop
+    asking once it has been applied)."""
 
 
 BASELINES: tuple[Baseline, ...] = (
@@ -320,8 +324,9 @@ BASELINES: tuple[Baseline, ...] = (
         "fixed replicas sized for the busiest hour (80 % busy, within maxReplicas), day and night; no overflow",
         Routing.QUEUE,
         _build_always_on,
+        static=True,
     ),
-    Baseline("api_only", "no GPU; every request to the fallback API", Routing.FALLBACK, _build_api_only),
+    Baseline("api_only", "no GPU; every request to the fallback API", Routing.FALLBACK, _build_api_only, static=True),
     Baseline(
         "hpa",
         "HPA on GPU utilisation (offered work per replica) at 80 %, HPA defaults, min 1; no overflow",
@@ -336,8 +341,16 @@ BASELINES: tuple[Baseline, ...] = (
     ),
     Baseline(
         "lower_bound",
-        "offline optimum with perfect foresight: per billing period the cheapest mix of whole GPUs and API "
+        "fluid bound with perfect foresight: per billing period the cheapest mix of whole GPUs and API "
         "for that period's tokens, without queueing, cold start or idle capacity",
+        Routing.FALLBACK,
+        None,
+    ),
+    Baseline(
+        "offline_optimum",
+        "offline optimum with perfect foresight under the simulated world's constraints (whole replicas "
+        "billed from the GPU with cold starts, the replica model, the TTFT objective or the API's price): "
+        "a proven lower bound computed by policies.optimum",
         Routing.FALLBACK,
         None,
     ),

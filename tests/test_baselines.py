@@ -47,7 +47,7 @@ def _obs(
 
 def test_registry_is_one_sorted_table() -> None:
     names = [b.name for b in BASELINES]
-    assert names == sorted(names) == ["always_on", "api_only", "hpa", "keda", "lower_bound"]
+    assert names == sorted(names) == ["always_on", "api_only", "hpa", "keda", "lower_bound", "offline_optimum"]
     assert all(b.description for b in BASELINES)
 
 

@@ -259,10 +259,22 @@ def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFi
         outputs.append(path.read_bytes())
     assert outputs[0] == outputs[1]
     document = json.loads(outputs[0])
-    assert list(document["policies"]) == ["ebbtide", "always_on", "api_only", "hpa", "keda", "lower_bound"]
+    assert list(document["policies"]) == [
+        "ebbtide",
+        "always_on",
+        "api_only",
+        "hpa",
+        "keda",
+        "lower_bound",
+        "offline_optimum",
+        "optimum_plan",
+    ]
     for figures in document["policies"].values():
         for key in (
             "total_usd",
+            "slo_priced_usd",
+            "x_lower_bound",
+            "x_offline_optimum",
             "gpu_usd",
             "fallback_usd",
             "gpu_hours",
@@ -370,3 +382,64 @@ def test_a_request_without_tokens_is_served_when_a_replica_is_ready() -> None:
     engine.set_ready(1)
     engine.finish(60.0)
     assert engine.ttft.tolist() == pytest.approx([32.0, 31.0], abs=1e-5)
+
+
+def test_rows_in_worker_processes_equal_rows_in_this_process() -> None:
+    from controller.sim.report import to_json
+    from controller.sim.runner import POLICY_NAMES, run_all
+
+    workload = build_week(
+        read_trace(EXAMPLES / "azure_code_2023.csv"),
+        load_profile(EXAMPLES / "azure2024_diurnal.json", "code"),
+        days=1,
+        start=MONDAY,
+        peak_rps=1.0,
+        seed=7,
+    )
+    spec, settings = _spec(), RunSettings(tick_seconds=30.0)
+    alone = run_all(workload, spec, settings, POLICY_NAMES, progress=False, jobs=1)
+    together = run_all(workload, spec, settings, POLICY_NAMES, progress=False, jobs=2)
+    assert list(together) == list(alone) == list(POLICY_NAMES)
+    assert to_json(together, {}) == to_json(alone, {})
+    for name, run in alone.items():
+        assert run.log is None or together[name].log is not None
+        if run.log is not None:
+            assert together[name].log.lines == run.log.lines  # type: ignore[union-attr]
+
+
+def test_zero_jobs_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(_parse(["--days", "1", "--no-progress", "--jobs", "0"])) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_slo_priced_cost_adds_the_api_price_of_every_late_request() -> None:
+    # One replica always on, 1,000 prompt tokens/s, queueing only: four 1,000-token prompts at t=0 have
+    # first tokens at 1, 2, 3 and 4 s; with a 2 s SLO the last two are late and priced at the API.
+    spec = _spec(target={"deployment": "vllm", "minReplicas": 0, "maxReplicas": 1}, coldStartSeconds=0)
+    workload = _workload([60.0] * 4, [1000] * 4, [0] * 4, 120.0)
+    settings = RunSettings(replica=ReplicaModel(1000.0, 1e12, 1e12, 256), initial_replicas=1, tick_seconds=15.0)
+    run = run_policy("always_on", workload, spec, settings, progress=False)
+    assert run.ttft is not None and run.ttft.tolist() == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert run.slo_attainment == pytest.approx(0.5)
+    assert run.slo_priced_usd == pytest.approx(run.gpu_usd + 2 * api_cost_usd(1000, 0, PRICE))
+
+
+def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A week at 2-second ticks with up to 16 replicas: 302,400 slots x 17 x 17 counts is beyond the DP's table.
+    path = tmp_path / "out.json"
+    argv = [
+        "--tick",
+        "2",
+        "--set",
+        "target.maxReplicas=16",
+        "--policy",
+        "api_only",
+        "--no-progress",
+        "--json",
+        str(path),
+    ]
+    assert cli.run(_parse(argv)) == 0
+    assert "leaving out offline_optimum and optimum_plan" in capsys.readouterr().err
+    assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]

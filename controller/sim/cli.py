@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,10 +31,21 @@ from controller.sim.engine import (
     ReplicaModel,
 )
 from controller.sim.report import render_table, to_json
-from controller.sim.runner import EBBTIDE, POLICY_NAMES, PolicyRun, RunSettings, run_all
+from controller.sim.runner import (
+    EBBTIDE,
+    OFFLINE,
+    OPTIMUM,
+    OPTIMUM_PLAN,
+    POLICY_NAMES,
+    PolicyRun,
+    RunSettings,
+    optimum_problem,
+    run_all,
+)
 from controller.sim.traces import TraceError, TraceFormat, read_trace
 from controller.sim.workload import Workload, build_week, load_profile, peak_rps_for_monthly_tokens, replay
 from controller.validate import field_path, load_pools
+from policies.optimum import too_large
 from policies.spec import GPUPoolSpec
 
 __all__ = ["DEFAULTS", "register", "run"]
@@ -138,6 +150,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     out.add_argument("--plot", type=Path, help="write a PNG of demand, replicas, windows and cumulative cost")
     out.add_argument("--decisions", type=Path, help="write every policy's decision log (JSON lines)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="rows simulated at once in worker processes (default: the CPUs, at most 4; 1: in this process)",
+    )
     p.set_defaults(func=run)
 
 
@@ -203,6 +221,8 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
         raise InputError("--max-num-seqs must be at least 1")
     if args.gpu_cap is not None and args.gpu_cap < 0:
         raise InputError("--gpu-cap must be >= 0")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     return RunSettings(
         replica=ReplicaModel(args.prefill_tps, args.decode_tps, args.sequence_tps, args.max_num_seqs),
         fallback=FallbackModel(ttft_seconds=max(args.fallback_ttft, 0.0)),
@@ -245,8 +265,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"ebbtide simulate: error: {exc}", file=sys.stderr)
         return 2
     names = list(dict.fromkeys(args.policy)) if args.policy else list(POLICY_NAMES)
-    if "lower_bound" not in names:
-        names.append("lower_bound")  # cheap, and every row's cost is read against it
+    for reference in OFFLINE:
+        if reference not in names:
+            names.append(reference)  # cheap, and every row's cost is read against them
+    unsolvable = too_large(optimum_problem(workload, spec, settings))
+    if unsolvable:  # the policies still run; only the optimum's rows (and ×OPT) are left out
+        print(f"ebbtide simulate: note: {unsolvable}; leaving out {OPTIMUM} and {OPTIMUM_PLAN}", file=sys.stderr)
+        names = [n for n in names if n not in (OPTIMUM, OPTIMUM_PLAN)]
     names.sort(key=POLICY_NAMES.index)
     tokens = workload.total_tokens
     days = workload.duration_s / 86400
@@ -256,10 +281,11 @@ def run(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     began = time.perf_counter()
     try:
-        runs: dict[str, PolicyRun] = run_all(workload, spec, settings, names, progress=progress)
+        runs: dict[str, PolicyRun] = run_all(workload, spec, settings, names, progress=progress, jobs=args.jobs)
     except ImportError as exc:  # the Ebbtide policy module missing from an incomplete install
         print(f"ebbtide simulate: error: cannot load the {EBBTIDE} policy: {exc}", file=sys.stderr)
         return 2
+
     elapsed = time.perf_counter() - began
     print(render_table(runs))
     print(f"(simulated in {elapsed:.1f} s; SLO: first token within {settings.slo_ttft_seconds:g} s)")

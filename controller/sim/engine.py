@@ -25,11 +25,13 @@ gateway has lanes; the baselines model plain vLLM, one FIFO.
 
 The loop over requests is plain Python over one control tick's arrivals at a time; everything else is
 vectorised. Start times are recovered exactly, even when the number of Ready replicas changes while a
-request waits, by recording each lane's served-work curve V(t) (piecewise linear) and inverting it.
+request waits, by recording each lane's served-work curve V(t) (piecewise linear) and inverting it
+(the lanes and their curves live in `controller.sim.lanes`).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from controller.sim.lanes import REL_EPS, Lane, curve_time, drain, in_flight, invert, reached
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
 from policies.overflow import Route, Routing, route_request
@@ -71,10 +74,9 @@ DEFAULT_MAX_NUM_SEQS = 256
 DEFAULT_FALLBACK_TTFT = 0.8
 
 # Times are offsets (s) from the simulation start; the workload's arrivals are never negative.
-# Served work must pass a position by more than this (relative) for the request to count as started,
-# so float noise never starts a request while nothing serves it.
-_REL_EPS = 1e-12
 _MIN_WORK = 1e-6
+_SCALAR_SETTLE = 12
+"""Up to this many unsettled requests in a lane, settling runs in plain floats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,63 +148,6 @@ class DemandReading:
     overflow_tokens_per_second: float = 0.0
 
 
-class _Lane:
-    """One priority lane of GPU requests: a fluid FIFO with its served-work curve and unsettled requests."""
-
-    __slots__ = ("backlog", "bt", "bv", "pending_idx", "pending_pos", "served")
-
-    def __init__(self) -> None:
-        self.backlog = 0.0
-        self.served = 0.0
-        # The served-work curve back to the lowest unsettled position: breakpoints (time, served work).
-        self.bt: list[float] = [0.0]
-        self.bv: list[float] = [0.0]
-        # Requests whose prefill is not done yet: indices and work positions, in arrival (= FIFO) order.
-        self.pending_idx: list[npt.NDArray[np.int64]] = []
-        self.pending_pos: list[FloatArray] = []
-
-    def mark(self, t: float) -> None:
-        """A breakpoint at `t`: the curve's slope may change here."""
-        self.bt.append(t)
-        self.bv.append(self.served)
-
-    def pending(self) -> int:
-        return sum(int(p.size) for p in self.pending_pos)
-
-
-def _drain(
-    ready: int, t0: float, t1: float, b1: float, s1: float, b2: float, s2: float, one: _Lane, two: _Lane
-) -> tuple[float, float, float, float]:
-    """Serve from t0 to t1 at `ready` replica-seconds per second, the normal lane first (preemptive).
-
-    Takes and returns the lanes' (backlog, served) as plain floats, for the per-request loop; appends
-    the breakpoints where a lane's curve changes slope.
-    """
-    if ready <= 0 or (b1 <= 0.0 and b2 <= 0.0):
-        return b1, s1, b2, s2
-    t = t0
-    if b1 > 0.0:
-        cap = ready * (t1 - t0)
-        if cap < b1:
-            return b1 - cap, s1 + cap, b2, s2
-        t = t0 + b1 / ready
-        s1 += b1
-        b1 = 0.0
-        one.bt.append(t)
-        one.bv.append(s1)
-        if b2 <= 0.0:
-            return b1, s1, b2, s2
-        two.bt.append(t)  # the late lane starts moving when the normal lane empties
-        two.bv.append(s2)
-    cap = ready * (t1 - t)
-    if cap < b2:
-        return b1, s1, b2 - cap, s2 + cap
-    s2 += b2
-    two.bt.append(t + b2 / ready)
-    two.bv.append(s2)
-    return b1, s1, 0.0, s2
-
-
 class PoolEngine:
     """Serves one workload under a changing number of Ready replicas; see the module docstring."""
 
@@ -244,9 +189,17 @@ class PoolEngine:
         self._next = 0
         self._t = 0.0
         self._ready = 0
-        self._lanes = (_Lane(), _Lane())
+        self._lanes = (Lane(), Lane())
         self._running: deque[FloatArray] = deque()
         self._overflowing: deque[FloatArray] = deque()
+        # Running token counts, so a reading sums its rate window in O(1) (integers: exact).
+        zero = np.zeros(1, dtype=np.int64)
+        self._cum_in = np.concatenate((zero, np.cumsum(workload.input_tokens, dtype=np.int64)))
+        self._cum_out = np.concatenate((zero, np.cumsum(workload.output_tokens, dtype=np.int64)))
+        # The same for saturated overflow, extended as requests are routed (their flags never change).
+        self._sat_in = np.zeros(n + 1, dtype=np.int64)
+        self._sat_out = np.zeros(n + 1, dtype=np.int64)
+        self._sat_upto = 0
 
     @property
     def now(self) -> float:
@@ -284,7 +237,7 @@ class PoolEngine:
 
     def _drain_to(self, t: float) -> None:
         one, two = self._lanes
-        one.backlog, one.served, two.backlog, two.served = _drain(
+        one.backlog, one.served, two.backlog, two.served = drain(
             self._ready, self._t, t, one.backlog, one.served, two.backlog, two.served, one, two
         )
         self._t = t
@@ -314,7 +267,7 @@ class PoolEngine:
         outputs = self.workload.output_tokens
         for k, t in enumerate(times):
             if ready > 0 and (b1 > 0.0 or b2 > 0.0):
-                b1, s1, b2, s2 = _drain(ready, t_last, t, b1, s1, b2, s2, one, two)
+                b1, s1, b2, s2 = drain(ready, t_last, t, b1, s1, b2, s2, one, two)
             t_last = t
             lane = 0
             if routing is Routing.FALLBACK:
@@ -410,34 +363,42 @@ class PoolEngine:
         """Settle start times up to now and read waiting, running, overflow and offered token rates."""
         now = self._t
         self._settle_started(now)
-        pending = sum(lane.pending() for lane in self._lanes)
-        running = 0
-        while self._running and float(self._running[0].max(initial=-1.0)) <= now:
-            self._running.popleft()
-        for chunk in self._running:
-            running += int(np.count_nonzero(chunk > now))
-        while self._overflowing and float(self._overflowing[0].max(initial=-1.0)) <= now:
-            self._overflowing.popleft()
-        overflow = sum(int(np.count_nonzero(chunk > now)) for chunk in self._overflowing)
+        one, two = self._lanes
+        pending = (one.pending() if one.pending_pos else 0) + (two.pending() if two.pending_pos else 0)
+        running = in_flight(self._running, now)
+        overflow = in_flight(self._overflowing, now)
         batch_limit = self._ready * self.replica.max_num_seqs
         excess = max(running - batch_limit, 0)
-        arrival = self.workload.arrival_s
-        lo = int(np.searchsorted(arrival, now - self.rate_window_seconds, side="left"))
+        lo = int(np.searchsorted(self.workload.arrival_s, now - self.rate_window_seconds, side="left"))
         hi = self._next
+        self._count_saturated(hi)
         # Over what has been observed: in the first minute the window is as long as the run so far.
         window = min(self.rate_window_seconds, max(now, 1.0))
-        sent_away = self.saturated[lo:hi]
-        overflow_tokens = float(self.workload.input_tokens[lo:hi][sent_away].sum()) + float(
-            self.workload.output_tokens[lo:hi][sent_away].sum()
-        )
+        overflow_tokens = float(self._sat_in[hi] - self._sat_in[lo]) + float(self._sat_out[hi] - self._sat_out[lo])
         return DemandReading(
             waiting=float(pending + excess),
             running=float(running - excess),
             overflow_in_flight=float(overflow),
-            input_tokens_per_second=float(self.workload.input_tokens[lo:hi].sum()) / window,
-            output_tokens_per_second=float(self.workload.output_tokens[lo:hi].sum()) / window,
+            input_tokens_per_second=float(self._cum_in[hi] - self._cum_in[lo]) / window,
+            output_tokens_per_second=float(self._cum_out[hi] - self._cum_out[lo]) / window,
             overflow_tokens_per_second=overflow_tokens / window,
         )
+
+    def _count_saturated(self, hi: int) -> None:
+        """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
+        lo = self._sat_upto
+        if hi <= lo:
+            return
+        sent_away = self.saturated[lo:hi]
+        if sent_away.any():
+            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * sent_away)
+            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo] + np.cumsum(
+                self.workload.output_tokens[lo:hi] * sent_away
+            )
+        else:
+            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo]
+            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo]
+        self._sat_upto = hi
 
     def _settle_started(self, now: float) -> None:
         """Give every GPU request whose prefill is done by `now` its start, TTFT and finish time.
@@ -447,8 +408,15 @@ class PoolEngine:
         replica) in the middle of its prefill gets its first token only after the pause.
         """
         for lane in self._lanes:
+            if not lane.pending_pos:
+                # Nothing unsettled: the curve restarts here (what marking and trimming would leave).
+                lane.bt = [now]
+                lane.bv = [lane.served]
+                continue
             lane.mark(now)
-            if lane.pending_pos:
+            if len(lane.pending_pos) == 1 and lane.pending_pos[0].size <= _SCALAR_SETTLE:
+                self._settle_few(lane)
+            elif lane.pending_pos:
                 positions = np.concatenate(lane.pending_pos)
                 indices = np.concatenate(lane.pending_idx)
                 prefill = self.prefill[indices]
@@ -456,12 +424,12 @@ class PoolEngine:
                 if lane.backlog <= 0.0:
                     k = int(positions.size)
                 else:
-                    k = int(np.searchsorted(prefilled, lane.served - _REL_EPS * max(lane.served, 1.0), side="left"))
+                    k = int(np.searchsorted(prefilled, lane.served - REL_EPS * max(lane.served, 1.0), side="left"))
                 if k:
                     done = indices[:k]
                     arrival = self.workload.arrival_s[done]
-                    start = np.maximum(_invert(lane, positions[:k]), arrival)
-                    first_token = np.maximum(start + prefill[:k], _reached(lane, prefilled[:k]))
+                    start = np.maximum(invert(lane, positions[:k]), arrival)
+                    first_token = np.maximum(start + prefill[:k], reached(lane, prefilled[:k]))
                     self.ttft[done] = first_token - arrival
                     finish = first_token + self.workload.output_tokens[done] / self.replica.sequence_tokens_per_second
                     self._running.append(finish)
@@ -475,6 +443,46 @@ class PoolEngine:
             else:
                 lane.bt = [now]
                 lane.bv = [lane.served]
+
+    def _settle_few(self, lane: Lane) -> None:
+        """`_settle_started` for one lane with a few unsettled requests, in plain floats.
+
+        The same arithmetic, step for step, as the vectorised path (so results are identical); numpy's
+        per-call overhead dominates below a dozen requests.
+        """
+        positions: list[float] = lane.pending_pos[0].tolist()
+        indices: list[int] = lane.pending_idx[0].tolist()
+        prefill = [float(self.prefill[i]) for i in indices]
+        prefilled = [pos + pre for pos, pre in zip(positions, prefill, strict=True)]
+        bt, bv = lane.bt, lane.bv
+        if lane.backlog <= 0.0:
+            k = len(positions)
+        else:
+            k = bisect.bisect_left(prefilled, lane.served - REL_EPS * max(lane.served, 1.0))
+        if k:
+            arrival = self.workload.arrival_s
+            outputs = self.workload.output_tokens
+            seq_tps = self.replica.sequence_tokens_per_second
+            finish = []
+            for m in range(k):
+                i = indices[m]
+                arrived = float(arrival[i])
+                start = max(curve_time(bt, bv, positions[m], bisect.bisect_right(bv, positions[m]), 0.0), arrived)
+                target = prefilled[m]
+                if target <= bv[0]:
+                    reached = bt[0]
+                else:
+                    j = bisect.bisect_left(bv, target - REL_EPS * max(abs(target), 1.0))
+                    reached = curve_time(bt, bv, target, j, 1.0)
+                first_token = max(start + prefill[m], reached)
+                self.ttft[i] = first_token - arrived
+                finish.append(first_token + int(outputs[i]) / seq_tps)
+            self._running.append(np.asarray(finish, dtype=np.float64))
+        if k < len(positions):
+            lane.pending_pos = [lane.pending_pos[0][k:]]
+            lane.pending_idx = [lane.pending_idx[0][k:]]
+        else:
+            lane.pending_pos, lane.pending_idx = [], []
 
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
@@ -492,36 +500,3 @@ class PoolEngine:
         """What the fallback billed for everything sent to it."""
         tokens_in, tokens_out = self.fallback_tokens()
         return api_cost_usd(tokens_in, tokens_out, self.price)
-
-
-def _invert(lane: _Lane, positions: FloatArray) -> FloatArray:
-    """When service of each position began: the last moment the lane's served-work curve was at or below it.
-
-    Taking the last moment (not the first) matters where the curve is flat while work waits (no Ready
-    replica, or the normal lane ahead): service begins where the curve starts to rise again.
-    """
-    values = np.asarray(lane.bv, dtype=np.float64)
-    return _on_curve(lane, positions, np.searchsorted(values, positions, side="right"), flat=0.0)
-
-
-def _reached(lane: _Lane, targets: FloatArray) -> FloatArray:
-    """The first moment the lane's served-work curve reached each target (its last point if never)."""
-    values = np.asarray(lane.bv, dtype=np.float64)
-    # A target the curve reached up to float noise counts as reached (as in settling: a request with no
-    # output ends exactly where its prefill does).
-    j = np.searchsorted(values, targets - _REL_EPS * np.maximum(np.abs(targets), 1.0), side="left")
-    return np.where(targets <= values[0], lane.bt[0], _on_curve(lane, targets, j, flat=1.0))
-
-
-def _on_curve(lane: _Lane, targets: FloatArray, j: npt.NDArray[np.intp], *, flat: float) -> FloatArray:
-    """Interpolate the time of each target on the curve segment ending at breakpoint `j` (the last
-    breakpoint's time beyond the curve); on a flat segment, `flat` picks its start (0) or end (1)."""
-    times = np.asarray(lane.bt, dtype=np.float64)
-    values = np.asarray(lane.bv, dtype=np.float64)
-    beyond = j >= values.size
-    j = np.clip(j, 1, values.size - 1)
-    v0, v1 = values[j - 1], values[j]
-    t0, t1 = times[j - 1], times[j]
-    span = v1 - v0
-    frac = np.divide(targets - v0, span, out=np.full_like(targets, flat), where=span > 0)
-    return np.where(beyond, times[-1], t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0))

@@ -25,6 +25,8 @@ _COLOURS = {
     "hpa": "tab:red",
     "keda": "tab:purple",
     "lower_bound": "black",
+    "offline_optimum": "dimgray",
+    "optimum_plan": "tab:brown",
 }
 
 
@@ -99,8 +101,9 @@ def plot_runs(path: Path, workload: Workload, spec: GPUPoolSpec, runs: Mapping[s
     # Cumulative cost.
     cost_grid = np.linspace(0.0, workload.duration_s, 600)
     for name, run in runs.items():
-        if name == "lower_bound":
-            bottom.axhline(run.total_usd, color="black", linestyle=":", linewidth=1.0, label="lower_bound (total)")
+        if name in ("lower_bound", "offline_optimum"):
+            colour, style = ("black", ":") if name == "lower_bound" else ("dimgray", "--")
+            bottom.axhline(run.total_usd, color=colour, linestyle=style, linewidth=1.0, label=f"{name} (total)")
             continue
         bottom.plot(
             cost_grid / 3600.0, _cumulative_cost(run, workload, spec, cost_grid), label=name, color=_COLOURS.get(name)

@@ -2,10 +2,14 @@
 
 How to read the table: each row is one policy on the same workload. `total $` is GPU $ (billed
 replica time, rounded to the provider's billing unit and minimum) plus fallback $ (the API's
-per-token bill). `×LB` divides it by the offline lower bound, a cost no online policy can reach;
-1.0 would be perfect foresight. `SLO` is the share of requests whose first token came within
-`--slo-ttft`; TTFT is queue wait plus prefill on the GPUs, or the fallback's own latency. A policy is
-only better if it is cheaper at an equal or better SLO.
+per-token bill). `×LB` divides it by the fluid lower bound (per billing period, whole GPUs and the API
+with no queueing, cold start or idle capacity). `×OPT` divides the run's SLO-priced cost (its GPU $
+plus the fallback's price of every request it did not serve on the GPUs within the SLO, what sending
+it to the API on time would have cost) by `offline_optimum`, a proven lower bound of serving every
+request within the SLO in the same simulated world; it is never below 1.00, and a policy that leaves
+requests late reads as dear as the API it would have needed. `SLO` is the share of requests whose
+first token came within `--slo-ttft`; TTFT is queue wait plus prefill on the GPUs, or the fallback's
+own latency. A policy is only better if it is cheaper at an equal or better SLO.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from controller.sim.runner import PolicyRun
+from controller.sim.runner import LOWER_BOUND, OPTIMUM, PolicyRun
 
 __all__ = ["render_table", "to_json"]
 
@@ -28,6 +32,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("total $", ">"),
     ("$/1M tok", ">"),
     ("×LB", ">"),
+    ("×OPT", ">"),
     ("scale ev", ">"),
     ("TTFT p50", ">"),
     ("p95", ">"),
@@ -44,8 +49,13 @@ def _seconds(value: float | None) -> str:
     return f"{value:.2f}s" if value < 100 else f"{value:.0f}s"
 
 
-def _row(run: PolicyRun, bound: float | None) -> list[str]:
-    ratio = "-" if not bound else f"{run.total_usd / bound:.2f}"
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference
+
+
+def _row(run: PolicyRun, bound: float | None, optimum: float | None) -> list[str]:
+    x_lb = _ratio(run.total_usd, bound)
+    x_opt = _ratio(run.slo_priced_usd, optimum)
     slo = run.slo_attainment
     return [
         run.name,
@@ -56,7 +66,8 @@ def _row(run: PolicyRun, bound: float | None) -> list[str]:
         f"{run.fallback_usd:,.2f}",
         f"{run.total_usd:,.2f}",
         f"{run.usd_per_million_tokens:.3f}",
-        ratio,
+        "-" if x_lb is None else f"{x_lb:.2f}",
+        "-" if x_opt is None else f"{x_opt:.2f}",
         "-" if run.scale_events is None else str(run.scale_events),
         _seconds(run.ttft_percentile(50)),
         _seconds(run.ttft_percentile(95)),
@@ -65,11 +76,19 @@ def _row(run: PolicyRun, bound: float | None) -> list[str]:
     ]
 
 
+def _references(runs: Mapping[str, PolicyRun]) -> tuple[float | None, float | None]:
+    """The lower bound's and offline optimum's totals (None when absent or zero)."""
+    found = []
+    for name in (LOWER_BOUND, OPTIMUM):
+        run = runs.get(name)
+        found.append(run.total_usd if run is not None and run.total_usd > 0 else None)
+    return found[0], found[1]
+
+
 def render_table(runs: Mapping[str, PolicyRun]) -> str:
-    """A fixed-width table, rows in the given order, costs also as ratios to the lower bound."""
-    bound_run = runs.get("lower_bound")
-    bound = bound_run.total_usd if bound_run is not None and bound_run.total_usd > 0 else None
-    rows = [[name for name, _ in _COLUMNS], *(_row(run, bound) for run in runs.values())]
+    """A fixed-width table, rows in the given order, costs also as ratios to the two offline references."""
+    bound, optimum = _references(runs)
+    rows = [[name for name, _ in _COLUMNS], *(_row(run, bound, optimum) for run in runs.values())]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = []
     for n, row in enumerate(rows):
@@ -88,10 +107,13 @@ def _num(value: float | None, digits: int = 6) -> float | None:
     return round(value, digits)
 
 
-def run_json(run: PolicyRun) -> dict[str, Any]:
+def run_json(run: PolicyRun, bound: float | None = None, optimum: float | None = None) -> dict[str, Any]:
     """One policy's figures for the JSON report (infinite latencies, i.e. never served, are null)."""
     return {
         "total_usd": _num(run.total_usd),
+        "slo_priced_usd": _num(run.slo_priced_usd),
+        "x_lower_bound": _num(_ratio(run.total_usd, bound)),
+        "x_offline_optimum": _num(_ratio(run.slo_priced_usd, optimum)),
         "gpu_usd": _num(run.gpu_usd),
         "fallback_usd": _num(run.fallback_usd),
         "gpu_hours": _num(run.gpu_hours),
@@ -112,4 +134,8 @@ def run_json(run: PolicyRun) -> dict[str, Any]:
 
 def to_json(runs: Mapping[str, PolicyRun], inputs: Mapping[str, Any]) -> dict[str, Any]:
     """`{"policies": {NAME: {...}}, "inputs": {...}}`; deterministic for a given workload and settings."""
-    return {"policies": {name: run_json(run) for name, run in runs.items()}, "inputs": dict(inputs)}
+    bound, optimum = _references(runs)
+    return {
+        "policies": {name: run_json(run, bound, optimum) for name, run in runs.items()},
+        "inputs": dict(inputs),
+    }

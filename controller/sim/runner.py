@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
@@ -25,23 +26,39 @@ from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, S
 from policies.baselines import BASELINES, Sizing, baseline
 from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
+from policies.optimum import Optimum, OptimumProblem, offline_optimum
 from policies.overflow import Routing
+from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
 __all__ = [
     "EBBTIDE",
+    "LOWER_BOUND",
+    "OFFLINE",
+    "OPTIMUM",
+    "OPTIMUM_PLAN",
     "POLICY_NAMES",
     "PolicyRun",
     "RunSettings",
     "lower_bound_run",
+    "optimum_plan_run",
+    "optimum_problem",
+    "optimum_run",
+    "run_all",
+    "run_one",
     "run_policy",
     "sizing_for",
 ]
 
 EBBTIDE = "ebbtide"
-POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES))
-"""Report order: Ebbtide first, then the registry's baselines (sorted)."""
+LOWER_BOUND = "lower_bound"
+OPTIMUM = "offline_optimum"
+OPTIMUM_PLAN = "optimum_plan"
+OFFLINE: tuple[str, ...] = (LOWER_BOUND, OPTIMUM)
+"""Rows computed offline, with no policy to run."""
+POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES), OPTIMUM_PLAN)
+"""Report order: Ebbtide first, then the registry's baselines (sorted), then the optimum's plan replayed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +99,9 @@ class PolicyRun:
     route: np.ndarray | None = None
     """Per-request route codes (engine.RouteCode), for cost over time."""
     timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    slo_priced_usd: float | None = None
+    """GPU $ plus the fallback's price of every request not served on the GPUs within the SLO: what
+    the run costs when each late request is priced as sent to the API (comparable to offline_optimum)."""
 
     @property
     def total_usd(self) -> float:
@@ -136,6 +156,10 @@ def policy_for(name: str, spec: GPUPoolSpec, sizing: Sizing) -> tuple[Policy, Ro
     return entry.build(spec, sizing), entry.routing
 
 
+def _is_static(name: str) -> bool:
+    return name not in (EBBTIDE, OPTIMUM_PLAN) and baseline(name).static
+
+
 def _ticks(duration: float, step: float) -> Iterable[float]:
     count = math.floor(duration / step) + 1
     return (i * step for i in range(count))
@@ -151,10 +175,17 @@ def run_policy(
     routing: Routing | None = None,
     progress: bool | None = None,
     pool: PoolRef | None = None,
+    static: bool | None = None,
 ) -> PolicyRun:
-    """Simulate one policy (by name, or the given function and routing) over the workload."""
+    """Simulate one policy (by name, or the given function and routing) over the workload.
+
+    A `static` policy (default: as the registry says; False for a given function) is asked until two
+    ticks in a row return the same decision unapplied; its later ticks could only repeat it, so they
+    are counted in the decision log's reasons without being run.
+    """
     if policy is None or routing is None:
         policy, routing = policy_for(name, spec, sizing_for(workload, settings.replica))
+        static = _is_static(name) if static is None else static
     pool = pool or PoolRef("sim", "default", spec.target.deployment, spec.target.namespace or "default")
     price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
     clock = SimClock(workload.start)
@@ -190,6 +221,9 @@ def run_policy(
     ready_series = np.empty(steps, dtype=np.int64)
     desired_series = np.empty(steps, dtype=np.int64)
     previous = 0.0
+    repeats: str | None = None  # the reason a static policy repeats from now on
+    skipped = 0
+    last: tuple[object, ...] | None = None
     for i, t in enumerate(
         tqdm(_ticks(workload.duration_s, step), total=steps, desc=name, disable=not show, unit="tick", leave=False)
     ):
@@ -204,13 +238,23 @@ def run_policy(
         if today != day:
             day = today
             engine.new_day()
-        outcome = loop.reconcile(pool, spec, state)
-        state = outcome.state
-        engine.set_ready(cluster.ready_count(t))
+        if repeats is None:
+            outcome = loop.reconcile(pool, spec, state)
+            state = outcome.state
+            if static and outcome.decision is not None and not outcome.applied:
+                key = (outcome.decision, len(cluster.pods))
+                if key == last:
+                    repeats = outcome.decision.reason.value
+                last = key
+            engine.set_ready(cluster.ready_count(t))
+        else:
+            skipped += 1
         times[i] = t
         ready_series[i] = engine.ready
         desired_series[i] = len(cluster.pods)
         previous = t
+    if repeats is not None and skipped:
+        log.reasons[repeats] = log.reasons.get(repeats, 0) + skipped
     engine.finish(workload.duration_s)
     gpu_hours, gpu_usd = ledger.gpu_bill(workload.duration_s)
     fb_in, fb_out = engine.fallback_tokens()
@@ -231,7 +275,22 @@ def run_policy(
         log=log,
         route=engine.route,
         timeline={"t": times, "ready": ready_series, "replicas": desired_series},
+        slo_priced_usd=gpu_usd + _late_api_usd(workload, price, engine.route, engine.ttft, settings.slo_ttft_seconds),
     )
+
+
+def _api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
+    return np.asarray(
+        (workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million)
+        / 1e6,
+        dtype=np.float64,
+    )
+
+
+def _late_api_usd(workload: Workload, price: ApiPrice, route: np.ndarray, ttft: np.ndarray, slo: float) -> float:
+    """The fallback's price of every request not served on the GPUs within `slo` (fallback ones included)."""
+    on_time_gpu = (route == RouteCode.GPU) & (ttft <= slo)
+    return float(_api_usd(workload, price)[~on_time_gpu].sum())
 
 
 def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
@@ -247,7 +306,7 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         price=ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million),
     )
     return PolicyRun(
-        name="lower_bound",
+        name=LOWER_BOUND,
         requests=len(workload),
         fallback_requests=round(bound.fallback_requests),
         rejected_requests=0,
@@ -263,6 +322,99 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
     )
 
 
+def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> OptimumProblem:
+    """The constrained problem `offline_optimum` solves: this workload in this simulated world."""
+    replica = settings.replica
+    price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
+    top = spec.target.max_replicas
+    if settings.gpu_cap is not None:
+        top = min(top, settings.gpu_cap // spec.target.gpus_per_replica)
+    return OptimumProblem(
+        arrival_s=workload.arrival_s,
+        # The engine's work: every request takes at least a moment of a replica.
+        work_s=np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), 1e-6),
+        prefill_s=workload.input_tokens / replica.prefill_tokens_per_second,
+        api_usd=_api_usd(workload, price),
+        horizon_s=max(workload.duration_s, settings.tick_seconds),
+        step_s=settings.tick_seconds,
+        cold_start_s=float(spec.cold_start_seconds),
+        objective_s=settings.slo_ttft_seconds,
+        max_replicas=top,
+        replica_usd_per_hour=spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica,
+        gpus_per_replica=spec.target.gpus_per_replica,
+        initial_replicas=min(settings.initial_replicas, top),
+    )
+
+
+def optimum_run(
+    workload: Workload, spec: GPUPoolSpec, settings: RunSettings, *, best: Optimum | None = None
+) -> PolicyRun:
+    """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule); `best` if known."""
+    best = best or offline_optimum(optimum_problem(workload, spec, settings))
+    return PolicyRun(
+        name=OPTIMUM,
+        requests=len(workload),
+        fallback_requests=round(best.fallback_requests),
+        rejected_requests=0,
+        gpu_hours=best.gpu_hours,
+        gpu_usd=best.gpu_usd,
+        fallback_input_tokens=0,
+        fallback_output_tokens=0,
+        fallback_usd=best.fallback_usd,
+        scale_events=None,
+        ttft=None,
+        slo_ttft_seconds=settings.slo_ttft_seconds,
+        total_tokens=workload.total_tokens,
+        timeline={"t": best.slot_start_s, "ready": best.ready},
+        slo_priced_usd=best.total_usd,
+    )
+
+
+def optimum_plan_run(
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    *,
+    progress: bool | None = None,
+    best: Optimum | None = None,
+) -> PolicyRun:
+    """`offline_optimum`'s replica plan run through the simulated world with Ebbtide's gateway.
+
+    Foresight in scaling only (the gateway routes online, as Ebbtide's does): an achievable cost, so
+    the true optimum lies between `offline_optimum` and this row's SLO-priced cost.
+    """
+    best = best or offline_optimum(optimum_problem(workload, spec, settings))
+    plan = ReplicaPlan(workload.start, best.slot_start_s, best.ready, float(spec.cold_start_seconds))
+    return run_policy(
+        OPTIMUM_PLAN,
+        workload,
+        spec,
+        settings,
+        policy=partial(follow_plan, plan=plan),
+        routing=Routing.OVERFLOW,
+        progress=progress,
+        static=False,
+    )
+
+
+def run_one(
+    name: str,
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    progress: bool | None,
+    best: Optimum | None = None,
+) -> PolicyRun:
+    """One row of the report: a policy's run, or an offline reference (`best`: the optimum, if known)."""
+    if name == LOWER_BOUND:
+        return lower_bound_run(workload, spec, settings)
+    if name == OPTIMUM:
+        return optimum_run(workload, spec, settings, best=best)
+    if name == OPTIMUM_PLAN:
+        return optimum_plan_run(workload, spec, settings, progress=progress, best=best)
+    return run_policy(name, workload, spec, settings, progress=progress)
+
+
 def run_all(
     workload: Workload,
     spec: GPUPoolSpec,
@@ -271,17 +423,30 @@ def run_all(
     *,
     progress: bool | None = None,
     on_done: Callable[[PolicyRun], None] | None = None,
+    jobs: int = 1,
 ) -> dict[str, PolicyRun]:
-    """Every named policy (and the lower bound) on the same workload, in report order."""
-    out: dict[str, PolicyRun] = {}
-    for name in names:
-        run = (
-            lower_bound_run(workload, spec, settings)
-            if name == "lower_bound"
-            else run_policy(name, workload, spec, settings, progress=progress)
-        )
-        out[name] = run
-        if on_done is not None:
+    """Every named policy (and reference) on the same workload, in report order.
+
+    With `jobs` > 1 the rows run in that many worker processes (each row is independent and
+    deterministic, so the results are the same); progress is then one bar over finished rows.
+    """
+    order = list(dict.fromkeys(names))
+    if jobs <= 1 or len(order) <= 1:
+        # Both the optimum's row and its plan's need the optimum: solve it once.
+        both = {OPTIMUM, OPTIMUM_PLAN} <= set(order)
+        best = offline_optimum(optimum_problem(workload, spec, settings)) if both else None
+        out: dict[str, PolicyRun] = {}
+        for name in order:
+            out[name] = run_one(name, workload, spec, settings, progress, best)
+            if on_done is not None:
+                on_done(out[name])
+        return out
+    from controller.sim.parallel import run_parallel
+
+    done = run_parallel(order, workload, spec, settings, jobs=jobs, progress=progress)
+    out = {name: done[name] for name in order}
+    if on_done is not None:
+        for run in out.values():
             on_done(run)
     return out
 

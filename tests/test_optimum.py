@@ -1,0 +1,308 @@
+"""offline_optimum: its DP against brute force, and a true lower bound of the simulated world.
+
+Three checks: (1) the DP finds the least model cost over every replica plan, as an enumeration of all
+plans does; (2) on tiny worlds, no plan of scale-ups at ticks and no routing of requests (to the API,
+the normal lane or the late lane, each served by the event-by-event reference engine) costs less than
+the bound once late requests are priced at the API; (3) on shipped and random small scenarios, every
+policy's SLO-priced cost is at least the bound, and the bound is at least the fluid lower bound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.ports import PoolRef
+from controller.sim.engine import ReplicaModel
+from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_one
+from controller.sim.traces import read_trace
+from controller.sim.workload import build_week, load_profile
+from controller.sim.world import SimClock, SimCluster
+from policies.billing import gpu_cost_usd
+from policies.optimum import OptimumProblem, offline_optimum, plan_cost, slot_grid
+from policies.spec import GPUPoolSpec
+from tests.test_sim_engine_reference import _Reference
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces"
+MONDAY = dt.datetime(2024, 5, 13, tzinfo=dt.UTC)
+EIGHTHS = 8.0
+OBJECTIVE = 2.0
+STEP = 2.0
+COLD = 2.0
+HORIZON = 6.0
+USD_PER_TOKEN = 0.25  # a request of a few eighths costs about as much at the API as a second of a replica
+
+
+def _problem(
+    arrivals: list[float], inputs: list[int], outputs: list[int], *, top: int, usd_per_hour: float
+) -> OptimumProblem:
+    a = np.asarray(arrivals, dtype=np.float64)
+    i = np.asarray(inputs, dtype=np.float64)
+    o = np.asarray(outputs, dtype=np.float64)
+    return OptimumProblem(
+        arrival_s=a,
+        work_s=np.maximum((i + o) / EIGHTHS, 1e-6),
+        prefill_s=i / EIGHTHS,
+        api_usd=(i + o) * USD_PER_TOKEN,
+        horizon_s=HORIZON,
+        step_s=STEP,
+        cold_start_s=COLD,
+        objective_s=OBJECTIVE,
+        max_replicas=top,
+        replica_usd_per_hour=usd_per_hour,
+    )
+
+
+def _random_case(rng: np.random.Generator) -> tuple[list[float], list[int], list[int]]:
+    m = int(rng.integers(1, 5))
+    arrivals = sorted((rng.integers(0, int(HORIZON * EIGHTHS), m) / EIGHTHS).tolist())
+    inputs = rng.integers(1, 16, m).tolist()
+    outputs = rng.integers(0, 12, m).tolist()
+    return arrivals, inputs, outputs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_dp_finds_the_cheapest_plan_of_its_model(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arrivals, inputs, outputs = _random_case(rng)
+    problem = _problem(arrivals, inputs, outputs, top=2, usd_per_hour=float(rng.choice([360.0, 3600.0, 36000.0])))
+    bounds, _ = slot_grid(HORIZON, STEP, COLD)
+    brute = min(plan_cost(problem, np.asarray(plan)) for plan in itertools.product(range(3), repeat=bounds.size))
+    best = offline_optimum(problem)
+    assert best.total_usd == pytest.approx(brute, abs=1e-9)
+    assert plan_cost(problem, best.ready) == pytest.approx(best.total_usd, abs=1e-9)
+
+
+def _world_cost(
+    plan: tuple[int, ...],
+    assignment: tuple[int, ...],
+    arrivals: list[float],
+    inputs: list[int],
+    outputs: list[int],
+    usd_per_hour: float,
+) -> float:
+    """GPU bill (by the second) plus the API price of every request not on time on the GPUs, in the
+    simulated cluster with `plan[k]` replicas asked for at tick k and requests routed as assigned
+    (0: API, 1: normal lane, 2: late lane), served by the reference engine."""
+    spec = GPUPoolSpec.model_validate(
+        {
+            "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 2},
+            "coldStartSeconds": int(COLD),
+            "billing": {"gpuHourlyUsd": usd_per_hour, "granularity": "second", "minimumBilledSeconds": 0},
+        }
+    )
+    clock = SimClock(MONDAY)
+    cluster = SimCluster(clock, spec)
+    pool = PoolRef("sim", "default", "vllm", "default")
+    changes: list[tuple[float, int]] = []
+    for k, desired in enumerate(plan):
+        clock.offset = k * STEP
+        cluster.scale(pool, desired)
+    moments = sorted({k * STEP for k in range(len(plan))} | {k * STEP + COLD for k in range(len(plan))})
+    # Replay the ready counts: a pod is Ready from ready_at until it was removed.
+    pods = cluster.finished + cluster.pods
+    for t in moments:
+        ready = sum(
+            1 for p in pods if p.ready_at is not None and p.ready_at <= t and (p.removed_at is None or p.removed_at > t)
+        )
+        changes.append((t, ready))
+    _, gpu_usd = gpu_cost_usd(cluster.lifetimes(HORIZON), spec.billing)
+    after = [r for t, r in changes if t <= HORIZON][-1]
+    reference = _Reference(None, 0.0, False, 0)
+    timeline = sorted([(t, 0, r) for t, r in changes if t < HORIZON] + [(t, 1, i) for i, t in enumerate(arrivals)])
+    for t, kind, value in timeline:
+        reference.advance(t)
+        if kind == 0:
+            reference.ready = value
+        elif assignment[value]:
+            reference.lanes[assignment[value] - 1].append(
+                [float(value), (inputs[value] + outputs[value]) / EIGHTHS, inputs[value] / EIGHTHS]
+            )
+    reference.advance(HORIZON)
+    reference.ready = after
+    reference.advance(1e9)
+    priced = gpu_usd
+    for i in range(len(arrivals)):
+        on_time = False
+        if assignment[i] and i in reference.prefilled:
+            first = max(reference.started[i] + inputs[i] / EIGHTHS, reference.prefilled[i])
+            on_time = first - arrivals[i] <= OBJECTIVE
+        if not on_time:
+            priced += (inputs[i] + outputs[i]) * USD_PER_TOKEN
+    return priced
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_no_plan_and_routing_of_a_tiny_world_beats_the_bound(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    arrivals, inputs, outputs = _random_case(rng)
+    usd_per_hour = float(rng.choice([360.0, 3600.0, 36000.0]))
+    bound = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour)).total_usd
+    ticks = int(HORIZON / STEP)
+    best = min(
+        _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour)
+        for plan in itertools.product(range(3), repeat=ticks)
+        for assignment in itertools.product(range(3), repeat=len(arrivals))
+    )
+    assert bound <= best + 1e-9
+
+
+def test_one_request_the_bound_is_the_true_optimum() -> None:
+    # One request at 4 s: a replica started at tick 2 is Ready at 4 and serves it on time; 2 s of cold
+    # start and 2 s of service cost $2 at $0.50/s, against $3 at the API.
+    arrivals, inputs, outputs = [4.0], [8], [4]
+    bound = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=1800.0))
+    assert bound.total_usd == pytest.approx(2.0)
+    best = min(
+        _world_cost(plan, assignment, arrivals, inputs, outputs, 1800.0)
+        for plan in itertools.product(range(3), repeat=3)
+        for assignment in itertools.product(range(3), repeat=1)
+    )
+    assert best == pytest.approx(bound.total_usd)
+
+
+def test_an_expensive_gpu_sends_everything_to_the_api() -> None:
+    bound = offline_optimum(_problem([1.0, 3.0], [8, 8], [0, 0], top=2, usd_per_hour=3600.0 * 100))
+    assert bound.gpu_usd == 0.0
+    assert bound.fallback_usd == pytest.approx(2 * 8 * USD_PER_TOKEN)
+    assert bound.fallback_requests == pytest.approx(2.0)
+
+
+def test_a_replica_cannot_be_ready_before_its_cold_start() -> None:
+    # A request at 0 s with 0.5 s of prefill: no replica is Ready before 2 s, too late for a first token
+    # by 2 s, so it goes to the API however cheap the GPU.
+    bound = offline_optimum(_problem([0.0], [4], [0], top=2, usd_per_hour=1.0))
+    assert bound.total_usd == pytest.approx(4 * USD_PER_TOKEN)
+
+
+def _spec(granularity: str, cold_start: int, max_replicas: int, objective: float) -> GPUPoolSpec:
+    return GPUPoolSpec.model_validate(
+        {
+            "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": max_replicas},
+            "schedule": {
+                "timezone": "America/New_York",
+                "windows": [
+                    {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00", "minReplicas": 1}
+                ],
+            },
+            "coldStartSeconds": cold_start,
+            "billing": {"granularity": granularity, "minimumBilledSeconds": 60},
+            "fallback": {
+                "providers": [{"name": "api", "baseUrl": "https://api.example.com/v1"}],
+                "maxQueueWaitSeconds": 1,
+            },
+            "objective": {"ttftSeconds": objective},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("service", "peak_rps", "granularity", "cold_start", "max_replicas", "tick", "objective", "seed"),
+    [
+        ("code", 0.3, "second", 180, 8, 15.0, 2.0, 1),
+        ("code", 3.0, "second", 180, 8, 30.0, 2.0, 2),
+        ("code", 15.0, "hour", 180, 4, 30.0, 2.0, 3),
+        ("conv", 2.0, "second", 120, 6, 20.0, 3.0, 4),
+        ("conv", 8.0, "minute", 100, 3, 30.0, 1.0, 5),
+        ("code", 15.0, "second", 180, 40, 30.0, 2.0, 6),
+    ],
+)
+def test_no_policy_costs_less_than_the_bound(
+    service: str,
+    peak_rps: float,
+    granularity: str,
+    cold_start: int,
+    max_replicas: int,
+    tick: float,
+    objective: float,
+    seed: int,
+) -> None:
+    workload = build_week(
+        read_trace(EXAMPLES / "azure_code_2023.csv"),
+        load_profile(EXAMPLES / "azure2024_diurnal.json", service),
+        days=1,
+        start=MONDAY,
+        peak_rps=peak_rps,
+        seed=seed,
+    )
+    spec = _spec(granularity, cold_start, max_replicas, objective)
+    settings = RunSettings(tick_seconds=tick, slo_ttft_seconds=objective)
+    optimum = optimum_run(workload, spec, settings)
+    assert optimum.total_usd >= lower_bound_run(workload, spec, settings).total_usd - 1e-9
+    for name in POLICY_NAMES:
+        if name in OFFLINE:
+            continue
+        run = run_one(name, workload, spec, settings, progress=False)
+        assert run.slo_priced_usd is not None
+        assert optimum.total_usd <= run.slo_priced_usd + 1e-9, f"{name}: ${run.slo_priced_usd:.2f} below the bound"
+        if run.slo_attainment == 1.0:
+            assert optimum.total_usd <= run.total_usd + 1e-9
+
+
+def test_the_bound_is_exact_in_the_billing_when_load_is_light() -> None:
+    # Sparse small requests, cheap GPUs: the plan keeps one replica from its first Ready moment on; the
+    # bound's GPU bill is that replica's time plus one cold start, and nothing goes to the API.
+    replica = ReplicaModel()
+    arrival = np.arange(200.0, 3600.0, 10.0)
+    inputs = np.full(arrival.size, 1000, dtype=np.int64)
+    outputs = np.full(arrival.size, 10, dtype=np.int64)
+    problem = OptimumProblem(
+        arrival_s=arrival,
+        work_s=replica.work_seconds(inputs, outputs),
+        prefill_s=inputs / replica.prefill_tokens_per_second,
+        api_usd=(inputs * 3.0 + outputs * 15.0) / 1e6 * 100,
+        horizon_s=3600.0,
+        step_s=15.0,
+        cold_start_s=180.0,
+        objective_s=2.0,
+        max_replicas=8,
+        replica_usd_per_hour=1.6438,
+    )
+    best = offline_optimum(problem)
+    assert best.fallback_usd == pytest.approx(0.0, abs=1e-9)
+    assert best.starts == 1
+    first_ready = float(best.slot_start_s[np.flatnonzero(best.ready)[0]])
+    assert first_ready <= 200.0
+    assert best.gpu_hours == pytest.approx((3600.0 - first_ready + 180.0) / 3600.0)
+
+
+def test_the_plan_asks_one_cold_start_ahead_and_keeps_replicas_through_short_dips() -> None:
+    from policies.plan import ReplicaPlan
+
+    plan = ReplicaPlan(
+        MONDAY, np.asarray([0.0, 15.0, 30.0, 45.0, 60.0]), np.asarray([0, 2, 0, 1, 1], dtype=np.int64), 20.0
+    )
+    assert plan.wanted(0.0) == 2  # Ready at 15 s: asked for now
+    assert plan.wanted(15.0) == 2  # the dip at 30 s is shorter than a cold start
+    assert plan.wanted(30.0) == 1
+    assert plan.wanted(100.0) == 1  # after the last slot, its count
+
+
+def test_a_large_pool_is_bounded_without_the_next_slot_and_never_above_a_smaller_one() -> None:
+    rng = np.random.default_rng(3)
+    arrival = np.sort(rng.uniform(0, 3600.0, 20_000))
+    inputs = rng.integers(100, 4000, arrival.size)
+    outputs = rng.integers(1, 400, arrival.size)
+    replica = ReplicaModel()
+
+    def bound(top: int) -> float:
+        problem = OptimumProblem(
+            arrival_s=arrival,
+            work_s=replica.work_seconds(inputs, outputs),
+            prefill_s=inputs / replica.prefill_tokens_per_second,
+            api_usd=(inputs * 3.0 + outputs * 15.0) / 1e6,
+            horizon_s=3600.0,
+            step_s=15.0,
+            cold_start_s=180.0,
+            objective_s=2.0,
+            max_replicas=top,
+            replica_usd_per_hour=1.6438,
+        )
+        return offline_optimum(problem).total_usd
+
+    small, large = bound(8), bound(40)
+    assert 0 < large <= small + 1e-9
