@@ -79,7 +79,7 @@ def test_a_queue_burst_scales_up_within_one_tick(
         eventually(lambda: deployment_replicas(api, namespace) == 3, TICK + POLL + 5, f"scale-up\n{controller.tail()}")
         took = time.monotonic() - burst
         assert took <= TICK + POLL + 1.5, f"took {took:.1f} s for a tick of {TICK} s"
-        scaled = [d for d in controller.decisions("chat") if d.get("applied")]
+        scaled = eventually(lambda: [d for d in controller.decisions("chat") if d.get("applied")], 5, "the log line")
         assert scaled[-1]["reason"] == "queue-high" and scaled[-1]["queue"] == 12, scaled[-1]
         # The new pods come up and are scraped too: all three are read, the queue is still 12.
         pods.wait_for(3)
@@ -105,10 +105,12 @@ def test_idle_goes_to_zero_after_the_grace_and_not_before(
         eventually(lambda: deployment_replicas(api, namespace) == 0, grace + 8, f"idle to zero\n{controller.tail()}")
         idle = time.monotonic() - idle_since
         assert grace - 1.5 <= idle <= grace + 4, f"went to zero after {idle:.1f} s idle (grace {grace} s)"
-        reasons = [d["reason"] for d in controller.decisions("chat")]
-        assert "idle-grace" in reasons and reasons[-1] in ("idle-to-zero", "steady", "pool-min"), reasons
-        applied = [d for d in controller.decisions("chat") if d.get("applied")]
-        assert applied[-1]["reason"] == "idle-to-zero" and applied[-1]["to"] == 0
+        # The log line of the patch comes a moment after the patch itself.
+        applied = eventually(
+            lambda: [d for d in controller.decisions("chat") if d.get("applied") and d["to"] == 0], 5, "the log line"
+        )
+        assert applied[-1]["reason"] == "idle-to-zero"
+        assert "idle-grace" in [d["reason"] for d in controller.decisions("chat")]
         print(f"idle to zero after {idle:.1f} s (grace {grace} s)")
 
 
@@ -203,7 +205,8 @@ def test_a_hung_pod_does_not_stall_another_pool(
         followers[name] = standin_pods(deployment=name, port=8000)
         followers[name].wait_for(1)
         spec = _spec(idleGraceSeconds=2)
-        spec["target"] = {**spec["target"], "deployment": name, "minReplicas": 0}
+        # A may go to zero (so holding it means something); B keeps one for the burst.
+        spec["target"] = {**spec["target"], "deployment": name, "minReplicas": 0 if name == "vllm-a" else 1}
         spec["metrics"] = {"scrapeTimeoutSeconds": 1.5}
         create_pool(api, namespace, name.replace("vllm", "pool"), spec)
     (hung,) = followers["vllm-a"].replicas().values()
