@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,11 @@ def _controller_manifests(system: str, suffix: str) -> list[dict[str, Any]]:
     return out
 
 
-def _kubeconfig(k8s_cluster: K8sCluster, system: str, path: Path) -> Path:
+def _kubeconfig(k8s_cluster: K8sCluster, system: str, path: Path, account: str = "ebbtide-controller") -> Path:
     answer = request_json(
         k8s_cluster.api_client,
         "POST",
-        f"/api/v1/namespaces/{system}/serviceaccounts/ebbtide-controller/token",
+        f"/api/v1/namespaces/{system}/serviceaccounts/{account}/token",
         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 900}},
     )
     admin = k8s_cluster.api_client.configuration
@@ -113,3 +114,18 @@ def test_the_controller_works_with_exactly_its_rbac(k8s_cluster: K8sCluster, nam
                 with contextlib.suppress(ApiException):
                     request_json(api, "DELETE", object_path(body))
         request_json(api, "DELETE", f"/api/v1/namespaces/{system}")
+
+
+def test_without_permissions_once_fails_fast_naming_what_it_may_not_do(
+    k8s_cluster: K8sCluster, namespace: str, tmp_path: Path
+) -> None:
+    """The namespace's `default` ServiceAccount may do nothing: --once exits 1 at once, saying so."""
+    install_crds(k8s_cluster.api_client)
+    kubeconfig = _kubeconfig(k8s_cluster, namespace, tmp_path / "nobody.kubeconfig", account="default")
+    started = time.monotonic()
+    code, lines = run_once(kubeconfig, namespace)
+    took = time.monotonic() - started
+    assert code == 1, lines
+    errors = [line["message"] for line in lines if line.get("level") == "error"]
+    assert any("HTTP 403" in e and "gpupools" in e and "manifests/rbac/" in e for e in errors), errors
+    assert took < 20, f"took {took:.0f} s to give up on a 403"

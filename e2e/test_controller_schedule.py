@@ -77,8 +77,8 @@ def test_a_window_is_prewarmed_one_cold_start_ahead_and_ready_when_it_opens(
         assert deployment_replicas(api, namespace) == 0
         timeout = (prewarm_at - dt.datetime.now(dt.UTC)).total_seconds() + 10
         eventually(lambda: deployment_replicas(api, namespace) == 1, timeout, f"the pre-warm\n{controller.tail()}")
-        scaled = [d for d in controller.decisions("office") if d.get("applied")]
-        assert scaled and scaled[0]["reason"] == "prewarm", controller.tail()
+        scaled = eventually(lambda: [d for d in controller.decisions("office") if d.get("applied")], 5, "the log line")
+        assert scaled[0]["reason"] == "prewarm", controller.tail()
         applied_at = parse_time(scaled[0]["time"])
         assert applied_at is not None
         lateness = (applied_at - prewarm_at).total_seconds()

@@ -303,8 +303,11 @@ class Daemon:
 
     async def once(self) -> int:
         """One pass over every pool, then exit: 0 when every pool was read, 1 otherwise."""
-        if not await self.snapshots.wait_synced(_SYNC_TIMEOUT_SECONDS):
-            log.error("could not list the cluster within %.0f s: %s", _SYNC_TIMEOUT_SECONDS, self.snapshots.errors())
+        if not await self.snapshots.wait_synced(_SYNC_TIMEOUT_SECONDS, give_up_on_refusal=True):
+            for kind, error in sorted(self.snapshots.errors().items()):
+                log.error("cannot list %s: %s", kind, error)
+            if not self.snapshots.errors():
+                log.error("could not list the cluster within %.0f s", _SYNC_TIMEOUT_SECONDS)
             return 1
         if self.elector is not None:
             deadline = time.monotonic() + self.elector.lease_seconds + 2 * self.elector.retry

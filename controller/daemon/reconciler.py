@@ -155,6 +155,7 @@ class Reconciler:
     def step(self, pool: LivePool, now: dt.datetime) -> Outcome | None:
         """One pool's step: refused pools report their refusal, the rest reconcile."""
         if pool.refusal is not None or pool.spec is None:
+            self.blocked.pop(pool.key, None)  # the refusal is the reason now, not an earlier pause
             refusal = pool.refusal
             error = f"{refusal.reason}: {refusal.message}" if refusal is not None else "InvalidSpec"
             step = StepReport(

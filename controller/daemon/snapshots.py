@@ -209,12 +209,17 @@ class Snapshots:
                 return f"the {w.kind} cache is stale: list/watch failing for {failing:.0f} s ({w.last_error})"
         return None
 
-    async def wait_synced(self, timeout: float) -> bool:
-        """Wait until every kind has been listed once; False on timeout."""
-        try:
-            await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in self.all)), timeout)
-        except TimeoutError:
-            return False
+    async def wait_synced(self, timeout: float, *, give_up_on_refusal: bool = False) -> bool:
+        """Wait until every kind has been listed once; False on timeout (or, if asked, as soon as the API
+        server refuses a list outright: 401, 403 or 404 do not heal by waiting)."""
+        deadline = time.monotonic() + timeout
+        while not self.synced():
+            if time.monotonic() > deadline:
+                return False
+            refused = any(e.startswith(("HTTP 401", "HTTP 403", "HTTP 404")) for e in self.errors().values())
+            if give_up_on_refusal and refused:
+                return False
+            await asyncio.sleep(0.05)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

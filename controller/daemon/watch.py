@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-__all__ = ["Key", "Watched"]
+__all__ = ["Key", "Watched", "explain"]
 
 log = logging.getLogger("ebbtide.snapshots")
 
@@ -186,7 +186,7 @@ class Watched(Generic[T]):
             except Exception as exc:
                 if stop.is_set():
                     break
-                self.last_error = _describe(exc)
+                self.last_error = explain(self.kind, _describe(exc))
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 delay = _BACKOFF_SECONDS[min(failures, len(_BACKOFF_SECONDS) - 1)]
@@ -201,3 +201,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, client.ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def explain(kind: str, error: str) -> str:
+    """A list/watch error with what to do about the usual causes (no CRD, missing RBAC)."""
+    if kind == "gpupools" and error.startswith("HTTP 404"):
+        return f"{error}: the GPUPool CRD is not installed (kubectl apply -f manifests/crds/)"
+    if error.startswith("HTTP 403"):
+        return f"{error}: the controller may not list/watch {kind} (see manifests/rbac/)"
+    if error.startswith("HTTP 401"):
+        return f"{error}: the credentials were refused (kubeconfig or ServiceAccount token)"
+    return error
