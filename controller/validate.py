@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from policies.spec import GPUPool
 
-__all__ = ["Problem", "field_path", "load_pools", "validate_documents", "validate_file"]
+__all__ = ["Problem", "error_messages", "field_path", "load_pools", "validate_documents", "validate_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _messages(exc: ValidationError) -> list[tuple[str, str]]:
+def error_messages(exc: ValidationError, prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(field path, message) for each problem of a validation error, worded for a user; `prefix` is
+    prepended to each location (e.g. ("spec",) for a spec validated on its own)."""
     found = []
     for error in exc.errors(include_url=False):
         message = error["msg"].removeprefix("Value error, ")
@@ -46,7 +48,7 @@ def _messages(exc: ValidationError) -> list[tuple[str, str]]:
             message = "unknown field"
         elif error["type"] == "missing":
             message = "required field is missing"
-        found.append((field_path(tuple(error["loc"])), message))
+        found.append((field_path((*prefix, *error["loc"])), message))
     return found
 
 
@@ -65,7 +67,7 @@ def validate_documents(documents: list[Any]) -> tuple[list[GPUPool], list[Proble
         try:
             pools.append(GPUPool.model_validate(document))
         except ValidationError as exc:
-            problems.extend(Problem(number, path, message) for path, message in _messages(exc))
+            problems.extend(Problem(number, path, message) for path, message in error_messages(exc))
     return pools, problems
 
 

@@ -20,7 +20,7 @@ from controller.daemon.snapshots import DeploymentInfo, HpaInfo, Key, is_paused
 from controller.kube.pods import parse_time
 from controller.loop import Outcome
 from controller.ports import PoolRef, StepReport
-from controller.validate import field_path
+from controller.validate import error_messages
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
@@ -73,15 +73,7 @@ def spec_problem(raw_spec: object) -> tuple[GPUPoolSpec | None, str]:
     try:
         return GPUPoolSpec.model_validate(raw_spec), ""
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown field"
-            elif error["type"] == "missing":
-                message = "required field is missing"
-            path = field_path(("spec", *error["loc"]))
-            problems.append(f"{path}: {message}")
+        problems = [f"{path}: {message}" for path, message in error_messages(exc, ("spec",))]
         return None, "; ".join(problems)
 
 
