@@ -226,18 +226,22 @@ def test_follower_tracks_pool_pods_secret_and_fallback_status(
     core, apps, custom = _apis(api)
     node = f"gpu-{namespace}"[:63]
     gpu_node(node, gpus=4)
+    # The pool first, before its Deployment and its Secret exist: served, with no endpoint and no key.
+    custom.create_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, PLURAL, gpupool("chat", "vllm-chat", "http://127.0.0.1:9/v1")
+    )
+    view = _view_when(follower, lambda v: v["synced"], "the pool")
+    assert view["endpoints"] == [] and view["keys"] == {"paid": None}
+    assert view["models"] == ["tide-model"]
+
     secret = {"metadata": {"name": "fallback-key"}, "data": {"api-key": base64.b64encode(b"sk-one").decode()}}
     core.create_namespaced_secret(namespace, secret)
     apps.create_namespaced_deployment(namespace, deployment("vllm-chat", node, replicas=1))
     # A second Deployment in the namespace whose pods must not be taken for the pool's.
     apps.create_namespaced_deployment(namespace, deployment("other", node, replicas=1))
-    custom.create_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, PLURAL, gpupool("chat", "vllm-chat", "http://127.0.0.1:9/v1")
-    )
 
     view = _view_when(follower, lambda v: len(v["endpoints"]) == 1, "the pool with its one Ready pod")
-    assert view["synced"] and view["models"] == ["tide-model"]
-    assert view["keys"] == {"paid": "sk-one"}
+    view = _view_when(follower, lambda v: v["keys"] == {"paid": "sk-one"}, "the key from the new Secret")
     assert view["fallback_open"] is True
     assert view["endpoints"] == _pod_ips(core, namespace, ready=True)
 
