@@ -209,76 +209,95 @@ def test_a_vllm_stream_reaches_the_client_byte_for_byte(priority_vllm: RealVllm)
 # ---- 2. the late lane ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Timed:
-    """One streamed request: when it was sent and when its first event arrived (monotonic)."""
-
-    sent: float
-    route: str = ""
-    first_event: float = float("inf")
-
-    @property
-    def ttft(self) -> float:
-        """Seconds from send to the first event."""
-        return self.first_event - self.sent
-
-
-def _stream_timed(base_url: str, max_tokens: int) -> Timed:
+def _stream(base_url: str, max_tokens: int, leave: threading.Event | None = None) -> str:
+    """Stream one completion to its end and return the route the gateway took; with ``leave``, an
+    on-time request goes away (closes its stream) once ``leave`` is set, as a client that gave up."""
     body = {"model": MODEL_NAME, "prompt": "def tide():", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
-    timed = Timed(time.monotonic())
-    with httpx.Client(timeout=600) as http, http.stream("POST", base_url + "/completions", json=body) as response:
+    with httpx.Client(timeout=900) as http, http.stream("POST", base_url + "/completions", json=body) as response:
         assert response.status_code == 200, response.read()
-        timed.route = response.headers["x-ebbtide-route"]
-        for line in response.iter_lines():
-            if line.startswith("data: ") and timed.first_event == float("inf"):
-                timed.first_event = time.monotonic()
-    return timed
+        route = str(response.headers["x-ebbtide-route"])
+        for _ in response.iter_lines():
+            if leave is not None and leave.is_set() and route.endswith("gpu"):
+                break
+    return route
+
+
+def _priority(exchange: Exchange) -> Any:
+    return orjson.loads(exchange.request).get("priority")
 
 
 def test_on_time_requests_get_their_first_token_before_late_ones(priority_vllm: RealVllm) -> None:
-    # Work is counted in tokens at the spec's throughput (100/s here), each request at its max_tokens or
-    # the gateway's mean completion (about 245 tokens at first), whichever is less: with a 5.5 s
-    # objective the first three of a burst are on time and the rest late, and the two sent together
-    # once the burst's on-time ones are done are both on time. vLLM's own speed decides only
-    # how long each wave of four takes (400 tokens: long enough that the last waves still wait).
-    output = 400
+    # Work is counted in tokens at the spec's throughput, each request at its max_tokens or the gateway's
+    # mean completion (about 250 tokens at first), whichever is less. At 10 tokens/s a request is ~25 s
+    # of work, so little drains while the burst arrives: with an 85 s objective about the first four of
+    # a burst of 16 are on time (they fill vLLM's four slots) and the rest late. Then the on-time ones'
+    # clients leave: vLLM starts four late ones and eight still wait. Two requests sent now find no
+    # on-time work ahead and are on time, so vLLM's priority scheduler must start them before those
+    # eight; first-in-first-out would start them last. What vLLM saw (priorities, when each request
+    # arrived, when its first byte came back) is read at the tap: one clock, no client threads.
+    output = 1000
+    burst_size = 4 * MAX_NUM_SEQS
     settings = GatewaySettings(scrape_interval_seconds=0.5, check_priority=True)
-    pool = _pool(demand={"replicaTokensPerSecond": 100}, objective={"ttftSeconds": 5.5, "deferLateRequests": True},
-                 fallback={"maxQueueWaitSeconds": 600})  # fmt: skip
+    pool = _pool(demand={"replicaTokensPerSecond": 10}, objective={"ttftSeconds": 85, "deferLateRequests": True},
+                 fallback={"maxQueueWaitSeconds": 900})  # fmt: skip
+    leave = threading.Event()
     with Tap(priority_vllm.url) as tap, gateway_for([(pool, [tap.address])], settings=settings) as gw:
-        assert _stream_timed(gw.base_url, 2).route == "gpu"  # warm up: the endpoint is routable
-        burst_size = 3 * MAX_NUM_SEQS
+        assert _stream(gw.base_url, 2) == "gpu"  # warm up: the endpoint is routable
         start = len(tap.generated())
-        with ThreadPoolExecutor(burst_size + 4) as pool_:
+        with ThreadPoolExecutor(burst_size + 2) as threads:
             burst = []
             for _ in range(burst_size):  # one at a time, so that the lanes follow arrival order
-                burst.append(pool_.submit(_stream_timed, gw.base_url, output))
+                burst.append(threads.submit(_stream, gw.base_url, output, leave))
                 time.sleep(0.05)
-            # The burst's on-time requests finish first; then two more on-time ones arrive while late
-            # ones still wait in vLLM's queue: the priority scheduler serves them first.
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and not _on_time_done(tap, start, burst_size):
-                time.sleep(0.1)
-            later = [pool_.submit(_stream_timed, gw.base_url, output) for _ in range(2)]
-            results = [f.result() for f in burst]
-            late_ones = [r for r in results if r.route == "gpu-late"]
-            on_time = [r for r in results if r.route == "gpu"] + [f.result() for f in later]
-    print("ttft on time", [round(r.ttft, 2) for r in on_time], "late", [round(r.ttft, 2) for r in late_ones])
-    assert len(late_ones) >= 6 and all(r.route == "gpu" for r in on_time[-2:]), [r.route for r in results]
-    priorities = [orjson.loads(e.request).get("priority") for e in tap.generated()[start:]]
-    assert priorities.count(settings.late_priority) == len(late_ones), priorities
-    # The two on-time requests sent after the burst overtook late ones queued before them...
-    for r in on_time[-2:]:
-        overtaken = [x for x in late_ones if x.sent < r.sent and x.first_event > r.first_event]
-        assert overtaken, f"an on-time request ({r.ttft:.2f} s to first token) overtook no late one"
-    # ...and on-time requests wait less for their first token than late ones.
-    median = sorted(r.ttft for r in on_time)[len(on_time) // 2]
-    late_median = sorted(r.ttft for r in late_ones)[len(late_ones) // 2]
-    assert median < late_median, (median, late_median)
+            _wait(lambda: _started_on_time(tap, start, burst_size), "the burst at vLLM, its on-time ones running")
+            leave.set()
+            _wait(lambda: _started_late(tap, start) >= MAX_NUM_SEQS, "late ones started in the slots freed")
+            time.sleep(0.5)  # the gateway has seen the on-time ones end: no on-time work ahead
+            later = [threads.submit(_stream, gw.base_url, output) for _ in range(2)]
+            routes = [f.result() for f in burst + later]
+    exchanges = tap.generated()[start:]
+    timeline = _timeline(exchanges)
+    print("\n" + timeline)
+    late = [e for e in exchanges if _priority(e) == settings.late_priority]
+    assert len(late) >= 2 * MAX_NUM_SEQS, timeline
+    assert len(late) == routes.count("gpu-late"), (routes, timeline)
+    assert [_priority(e) for e in exchanges[burst_size:]] == [None, None], timeline
+    for r in exchanges[burst_size:]:
+        # The late requests still waiting in vLLM's queue when this on-time one arrived: it must
+        # start before most of them (all but those vLLM starts in the same step as it).
+        waiting = [x for x in late if x.arrived < r.arrived < x.first_byte]
+        overtaken = [x for x in waiting if x.first_byte > r.first_byte]
+        assert len(waiting) >= MAX_NUM_SEQS and len(overtaken) * 2 >= len(waiting), timeline
 
 
-def _on_time_done(tap: Tap, start: int, size: int) -> bool:
-    """Whether the whole burst reached vLLM and its on-time requests finished (fully relayed)."""
+def _wait(check: Any, what: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _started_on_time(tap: Tap, start: int, size: int) -> bool:
+    """Whether the whole burst reached vLLM and every on-time request of it is streaming."""
     exchanges = tap.generated()[start : start + size]
-    on_time = [e for e in exchanges if "priority" not in orjson.loads(e.request)]
-    return len(exchanges) == size and all(e.response.endswith(b"[DONE]\n\n") for e in on_time)
+    on_time = [e for e in exchanges if _priority(e) is None]
+    return len(exchanges) == size and bool(on_time) and all(e.first_byte for e in on_time)
+
+
+def _started_late(tap: Tap, start: int) -> int:
+    """Late requests vLLM has begun to stream."""
+    return sum(1 for e in tap.generated()[start:] if _priority(e) is not None and e.first_byte)
+
+
+def _timeline(exchanges: list[Exchange]) -> str:
+    """Each exchange's priority, arrival, first byte and end (seconds from the first arrival)."""
+    t0 = min(e.arrived for e in exchanges)
+
+    def at(moment: float) -> str:
+        return f"{moment - t0:.2f}" if moment else "-"  # never, or cut (a client that left)
+
+    return "\n".join(
+        f"priority {_priority(e)}: arrived {at(e.arrived)} first byte {at(e.first_byte)} done {at(e.done)}"
+        for e in exchanges
+    )
