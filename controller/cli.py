@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "controller.daemon.cli",
     "controller.dayplan",
     "controller.sim.cli",
+    "gateway.cli",
 )
 
 

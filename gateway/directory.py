@@ -1,0 +1,201 @@
+"""The pools the gateway serves, their Ready endpoints and providers: the one table the app reads.
+
+Static mode (`--pool FILE --endpoints POOL=HOST:PORT,...`) fills it once; cluster mode (gateway.cluster)
+keeps calling `set_pool` as GPUPools, Ready pods and Secrets change, and `remove_pool` when a pool goes.
+Both are plain synchronous calls made on the gateway's event loop. Endpoints, provider health and the
+in-flight counts survive an update: an update replaces what changed and keeps the rest.
+
+    directory.set_pool(pool, [("vllm-0", "10.0.0.5:8000")], fallback_open=True,
+                       starting=[pod_started_at], provider_keys={"openai": "sk-..."})
+    directory.mark_synced()     # /readyz answers 200 from now on
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+from gateway.accounting import GatewayMetrics, PoolMetrics
+from gateway.providers import ProviderState
+from gateway.upstream import Endpoint
+from policies.spec import GPUPool, GPUPoolSpec
+
+__all__ = ["PoolDirectory", "PoolKey", "PoolState"]
+
+PoolKey = tuple[str, str]
+"""(namespace, name) of a GPUPool."""
+
+_LOG = logging.getLogger("ebbtide.gateway")
+# Before the first usage report, a request is taken to generate this many tokens when it sets no max_tokens.
+_INITIAL_COMPLETION_TOKENS = 256.0
+_EWMA_WEIGHT = 0.05
+
+
+class PoolState:
+    """One pool as the gateway routes it: spec, endpoints, providers, in-flight work, hold and series."""
+
+    def __init__(self, pool: GPUPool, metrics: PoolMetrics) -> None:
+        self.key: PoolKey = (pool.metadata.namespace, pool.metadata.name)
+        self.pool = pool
+        self.spec: GPUPoolSpec = pool.spec
+        self.metrics = metrics
+        self.endpoints: dict[str, Endpoint] = {}
+        self.probe_readiness = False
+        self.providers: list[ProviderState] = []
+        self.fallback_open = True
+        self.starting_etas: tuple[float, ...] = ()
+        self.work_normal = 0.0
+        """Tokens of this gateway's in-flight GPU requests in the normal lane (estimated at dispatch)."""
+        self.work_late = 0.0
+        self.mean_completion = _INITIAL_COMPLETION_TOKENS
+        self.mean_request = _INITIAL_COMPLETION_TOKENS * 2
+        self.held = 0
+        self.ready_event = asyncio.Event()
+        self._created = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        """`namespace/name`, for messages."""
+        return f"{self.key[0]}/{self.key[1]}"
+
+    @property
+    def served_model(self) -> str | None:
+        """The model name the replicas serve."""
+        return self.spec.served_model
+
+    def routable(self, now: float) -> list[Endpoint]:
+        """Endpoints that take a new request now."""
+        return [e for e in self.endpoints.values() if e.routable(now)]
+
+    def refresh_ready(self, now: float | None = None) -> None:
+        """Wake held requests when an endpoint is routable (and stop waking them when none is)."""
+        if any(e.routable(time.monotonic() if now is None else now) for e in self.endpoints.values()):
+            self.ready_event.set()
+        else:
+            self.ready_event.clear()
+
+    def others_work(self) -> float:
+        """Tokens of work on the engines that is not this gateway's, from the last scrapes."""
+        return sum(e.others for e in self.endpoints.values() if e.ready) * self.mean_request
+
+    def fallback_usable(self, now: float) -> bool:
+        """The fallback is open (status) and at least one provider may take a request now."""
+        return self.fallback_open and any(p.available(now) for p in self.providers)
+
+    def ready_eta(self, now: float, controller_tick: float) -> float:
+        """When a replica is expected to be Ready (monotonic seconds): the earliest starting one's cold start,
+        or a fresh scale-up (the controller sees the held request within a tick) when none is starting."""
+        if self.starting_etas:
+            return max(min(self.starting_etas), now)
+        if self.probe_readiness:
+            # Static addresses that do not answer yet: starting since they were first seen down.
+            downs = [e.down_since for e in self.endpoints.values() if e.down_since is not None]
+            start = min(downs) if downs else self._created
+            return max(start + self.spec.cold_start_seconds, now)
+        return now + controller_tick + self.spec.cold_start_seconds
+
+    def learn(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Fold one GPU request's reported usage into the per-request work estimate."""
+        self.mean_completion += _EWMA_WEIGHT * (completion_tokens - self.mean_completion)
+        self.mean_request += _EWMA_WEIGHT * (prompt_tokens + completion_tokens - self.mean_request)
+
+
+class PoolDirectory:
+    """Every pool by key and by model name."""
+
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self.metrics = metrics or GatewayMetrics()
+        self.pools: dict[PoolKey, PoolState] = {}
+        self.by_model: dict[str, PoolState] = {}
+        self._synced = False
+
+    @property
+    def synced(self) -> bool:
+        """Whether the directory holds the configured pools (readiness)."""
+        return self._synced
+
+    def mark_synced(self) -> None:
+        """Say the directory is filled: /readyz answers 200."""
+        self._synced = True
+
+    def set_pool(
+        self,
+        pool: GPUPool,
+        endpoints: Iterable[tuple[str, str]],
+        *,
+        fallback_open: bool = True,
+        starting: Sequence[dt.datetime] = (),
+        provider_keys: Mapping[str, str | None] | None = None,
+        probe_readiness: bool = False,
+    ) -> list[str]:
+        """Add or update a pool; return problems (model names another pool already claims).
+
+        `endpoints` are (pod name, "ip:port") of the Ready pods (controller.kube.pods.ready_endpoints);
+        `starting` when each not-yet-Ready pod started (its cold start counts from there); with
+        `probe_readiness` (static mode) an endpoint takes requests only while its /metrics answers.
+        """
+        key = (pool.metadata.namespace, pool.metadata.name)
+        state = self.pools.get(key)
+        if state is None:
+            state = PoolState(pool, self.metrics.pool(*key))
+            self.pools[key] = state
+        state.pool, state.spec = pool, pool.spec
+        state.fallback_open = fallback_open
+        state.probe_readiness = probe_readiness
+        now_wall, now = dt.datetime.now(dt.UTC), time.monotonic()
+        cold = pool.spec.cold_start_seconds
+        state.starting_etas = tuple(now + (s - now_wall).total_seconds() + cold for s in starting)
+        self._set_endpoints(state, endpoints)
+        self._set_providers(state, provider_keys or {})
+        state.refresh_ready(now)
+        return self._index_models()
+
+    def remove_pool(self, namespace: str, name: str) -> None:
+        """Forget a pool (its GPUPool was deleted); requests in flight finish on what they hold."""
+        state = self.pools.pop((namespace, name), None)
+        if state is not None:
+            state.endpoints.clear()
+            state.ready_event.set()  # held requests wake, find nothing Ready and move on
+            self._index_models()
+
+    def _set_endpoints(self, state: PoolState, endpoints: Iterable[tuple[str, str]]) -> None:
+        path = state.spec.metrics.path
+        fresh: dict[str, Endpoint] = {}
+        for name, address in endpoints:
+            known = state.endpoints.get(address)
+            if known is None:
+                known = Endpoint(name, address, path, ready=not state.probe_readiness)
+            else:
+                known.name = name
+                if not state.probe_readiness:
+                    known.ready = True
+            fresh[address] = known
+        state.endpoints = fresh
+
+    def _set_providers(self, state: PoolState, keys: Mapping[str, str | None]) -> None:
+        known = {p.name: p for p in state.providers}
+        fresh: list[ProviderState] = []
+        for spec in state.spec.fallback.providers:
+            old = known.get(spec.name)
+            key = keys.get(spec.name)
+            fresh.append(old.update(spec, key) if old is not None else ProviderState(spec, key))
+        state.providers = fresh
+
+    def _index_models(self) -> list[str]:
+        problems: list[str] = []
+        index: dict[str, PoolState] = {}
+        for key in sorted(self.pools):
+            state = self.pools[key]
+            for model in state.spec.models or ([state.served_model] if state.served_model else []):
+                owner = index.get(model)
+                if owner is not None:
+                    problems.append(f"model {model!r} of pool {state.name} is already served by pool {owner.name}")
+                    continue
+                index[model] = state
+        for problem in problems:
+            _LOG.warning(problem)
+        self.by_model = index
+        return problems

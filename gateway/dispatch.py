@@ -1,0 +1,285 @@
+"""Serving one routed request: hold, GPU, fallback chain, errors, and the accounting of what happened.
+
+The fallback chain tries the pool's providers in order, skipping those cooling down, until one answers
+or the client's deadline passes; a 400/401/403/404/422 is never retried elsewhere. A GPU attempt that
+fails before its first byte reached the client (connect error, vLLM's 503 at its queue limit, another
+5xx) moves to the fallback when it is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from controller.demand.series import RouteLabel
+from gateway.accounting import usd
+from gateway.config import GatewaySettings
+from gateway.directory import PoolState
+from gateway.errors import ApiError
+from gateway.hold import HoldResult, hold
+from gateway.inbound import ClientRequest, gpu_body, provider_body
+from gateway.providers import ProviderState
+from gateway.relay import AttemptFailed, Refused, Relayed, relay
+from gateway.routing import Action, Plan, plan_request
+from policies.overflow import Lane
+
+__all__ = ["Dispatcher"]
+
+_LOG = logging.getLogger("ebbtide.gateway")
+_GPU_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
+_GPU_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def _route_headers(route: RouteLabel, provider: str | None = None) -> Mapping[str, str]:
+    if provider is None:
+        return {"X-Ebbtide-Route": route.value}
+    return {"X-Ebbtide-Route": route.value, "X-Ebbtide-Provider": provider}
+
+
+_GPU_ROUTE_HEADERS = {route: _route_headers(route) for route in RouteLabel}
+
+
+class Dispatcher:
+    """Serves requests once their pool is known."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: GatewaySettings) -> None:
+        self.session = session
+        self.settings = settings
+
+    def _plan(self, pool: PoolState, req: ClientRequest) -> Plan:
+        s = self.settings
+        return plan_request(
+            pool,
+            prompt_tokens=req.prompt_tokens,
+            now=time.monotonic(),
+            arrival=req.arrival,
+            controller_tick=s.controller_tick_seconds,
+            max_hold_seconds=s.max_hold_seconds,
+        )
+
+    async def serve(
+        self, request: web.Request, pool: PoolState, req: ClientRequest, received: float
+    ) -> web.StreamResponse:
+        """Route and serve one request; `received` is when its handler started (perf_counter)."""
+        plan = self._plan(pool, req)
+        held = False
+        if plan.action is Action.HOLD:
+            held = True
+            started = time.perf_counter()
+            result = await hold(pool, plan.hold_until, self.settings.max_held)
+            received += time.perf_counter() - started  # the hold is not latency the gateway adds
+            if result is HoldResult.READY:
+                plan = self._plan(pool, req)
+                if plan.action is Action.HOLD:  # only the pool's removal gets here
+                    raise ApiError(503, f"pool {pool.name} has no Ready replica", code="no_replica")
+            elif pool.providers and pool.fallback_usable(time.monotonic()):
+                plan = Plan(Action.FALLBACK, plan.decision)
+            else:
+                self._count_rejected(pool, req)
+                why = "the hold queue is full" if result is HoldResult.FULL else "no replica became Ready in time"
+                raise ApiError(503, f"pool {pool.name}: {why}", code="no_replica", headers={"Retry-After": "5"})
+        if plan.action is Action.REJECT:
+            self._count_rejected(pool, req)
+            raise ApiError(
+                429,
+                f"pool {pool.name}: the fallback is closed by today's spending cap and the GPUs are full",
+                code="fallback_closed",
+                headers={"Retry-After": "60"},
+            )
+        if plan.action is Action.UNAVAILABLE:
+            self._count_rejected(pool, req)
+            wait = min(p.cooldown_until for p in pool.providers) - time.monotonic()
+            raise ApiError(
+                503,
+                f"pool {pool.name}: no replica is Ready and every fallback provider is cooling down after failures",
+                code="fallback_unavailable",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        if plan.action is Action.GPU and plan.endpoint is not None:
+            relayed = await self._gpu(request, pool, req, plan, held, received)
+            if relayed is not None:
+                return relayed
+            plan.ready = max(plan.ready, 1)
+        route = RouteLabel.HELD_FALLBACK if held else RouteLabel.FALLBACK
+        return await self._fallback(request, pool, req, route, saturated=plan.ready > 0 and not held, received=received)
+
+    async def _gpu(
+        self, request: web.Request, pool: PoolState, req: ClientRequest, plan: Plan, held: bool, received: float
+    ) -> web.StreamResponse | None:
+        """Serve on a replica; None when it failed before answering and the fallback should take it."""
+        endpoint = plan.endpoint
+        assert endpoint is not None
+        late = plan.lane is Lane.LATE
+        route = RouteLabel.HELD_GPU if held else (RouteLabel.GPU_LATE if late else RouteLabel.GPU)
+        priority = self.settings.late_priority if late and endpoint.priority_ok is not False else None
+        work = req.expected_tokens(pool.mean_completion)
+        url = endpoint.chat_url if req.chat else endpoint.completions_url
+        gauge = pool.metrics.in_flight["gpu"]
+        endpoint.in_flight += 1
+        if late:
+            pool.work_late += work
+        else:
+            pool.work_normal += work
+        gauge.inc()
+        try:
+            body = gpu_body(req, pool.served_model, priority)
+            pool.metrics.added_latency.observe(time.perf_counter() - received)
+            try:
+                result = await self._relay_gpu(request, req, url, body, route)
+            except Refused as refused:
+                if priority is not None and refused.status == 400 and b"priority" in refused.body:
+                    endpoint.priority_ok = False
+                    _LOG.warning(
+                        "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name
+                    )
+                    result = await self._relay_gpu(request, req, url, gpu_body(req, pool.served_model, None), route)
+                else:
+                    raise
+        except AttemptFailed as failed:
+            if failed.reason == "connect":
+                endpoint.connect_failed(time.monotonic())
+                pool.refresh_ready()
+            if pool.providers and pool.fallback_usable(time.monotonic()):
+                return None
+            status = failed.status if failed.status in (429, 503) else 502
+            raise ApiError(
+                status, f"pool {pool.name}: the replica failed ({failed.reason})", code="upstream_error"
+            ) from None
+        except Refused as refused:
+            return web.Response(
+                status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type}
+            )
+        finally:
+            endpoint.in_flight -= 1
+            if late:
+                pool.work_late -= work
+            else:
+                pool.work_normal -= work
+            gauge.dec()
+        if not result.estimated:
+            pool.learn(result.prompt_tokens, result.completion_tokens)
+        pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated)
+        return result.response
+
+    async def _relay_gpu(
+        self, request: web.Request, req: ClientRequest, url: str, body: bytes, route: RouteLabel
+    ) -> Relayed:
+        return await relay(
+            request,
+            self.session,
+            url,
+            body,
+            headers=_GPU_HEADERS,
+            timeout=_GPU_TIMEOUT,
+            first_byte=None,
+            stream=req.stream,
+            strip_usage=req.stream and not req.wants_usage,
+            prompt_estimate=req.prompt_tokens,
+            response_headers=_GPU_ROUTE_HEADERS[route],
+        )
+
+    async def _fallback(
+        self,
+        request: web.Request,
+        pool: PoolState,
+        req: ClientRequest,
+        route: RouteLabel,
+        *,
+        saturated: bool,
+        received: float,
+    ) -> web.StreamResponse:
+        failures: list[str] = []
+        retry_after: float | None = None
+        last_status = 502
+        gauge = pool.metrics.in_flight["fallback"]
+        first = True
+        for provider in pool.providers:
+            now = time.monotonic()
+            if not provider.available(now):
+                failures.append(f"{provider.name}: cooling down")
+                continue
+            timeout = provider.timeout
+            first_byte = provider.spec.first_byte_timeout_seconds
+            if req.deadline is not None:
+                left = req.deadline - now
+                if left <= 0:
+                    failures.append("the client's deadline passed")
+                    last_status = 504
+                    break
+                timeout = aiohttp.ClientTimeout(total=min(provider.spec.total_timeout_seconds, left),
+                                                sock_connect=provider.spec.connect_timeout_seconds)  # fmt: skip
+                first_byte = min(first_byte, left)
+            provider.acquire(now)
+            gauge.inc()
+            verdict = False
+            try:
+                if first:
+                    pool.metrics.added_latency.observe(time.perf_counter() - received)
+                    first = False
+                result = await relay(
+                    request,
+                    self.session,
+                    provider.chat_url if req.chat else provider.completions_url,
+                    provider_body(req, provider.spec.model),
+                    headers=provider.headers,
+                    timeout=timeout,
+                    first_byte=first_byte,
+                    stream=req.stream,
+                    strip_usage=req.stream and not req.wants_usage,
+                    prompt_estimate=req.prompt_tokens,
+                    response_headers=_route_headers(route, provider.name),
+                )
+            except AttemptFailed as failed:
+                verdict = True
+                seconds = provider.failed(time.monotonic(), failed.retry_after)
+                pool.metrics.provider_failed(provider.name, failed.reason)
+                _LOG.warning("provider %s of pool %s failed (%s); cooling down %.0f s", provider.name, pool.name,
+                             failed.reason, seconds)  # fmt: skip
+                failures.append(f"{provider.name}: {failed.reason}")
+                if failed.status is not None:
+                    last_status = failed.status
+                elif failed.reason == "timeout":
+                    last_status = 504
+                if failed.retry_after is not None:
+                    retry_after = failed.retry_after if retry_after is None else min(retry_after, failed.retry_after)
+                continue
+            except Refused as refused:
+                verdict = True
+                provider.succeeded()
+                return self._refused(pool, req, provider, refused)
+            finally:
+                gauge.dec()
+                if not verdict:
+                    provider.released()
+            provider.succeeded()
+            dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
+                          provider.spec.output_usd_per_million)  # fmt: skip
+            pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
+                                  saturated=saturated, provider=provider.name, dollars=dollars)  # fmt: skip
+            return result.response
+        self._count_rejected(pool, req)
+        return self._all_failed(pool, failures, last_status, retry_after)
+
+    def _refused(self, pool: PoolState, req: ClientRequest, provider: ProviderState, refused: Refused) -> web.Response:
+        self._count_rejected(pool, req)
+        if refused.status in (401, 403):
+            # The provider refused the gateway's own key: the client's request is fine, the gateway is not.
+            raise ApiError(502, f"provider {provider.name} refused the gateway's credentials (HTTP {refused.status})",
+                           code="provider_auth")  # fmt: skip
+        return web.Response(status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type})
+
+    def _all_failed(self, pool: PoolState, failures: list[str], status: int, retry_after: float | None) -> web.Response:
+        if not failures:
+            failures = ["no provider configured"]
+        if status not in (429, 503, 504):
+            status = 502
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+        raise ApiError(status, f"pool {pool.name}: every fallback provider failed ({'; '.join(failures)})",
+                       code="fallback_failed", headers=headers)  # fmt: skip
+
+    def _count_rejected(self, pool: PoolState, req: ClientRequest) -> None:
+        pool.metrics.finished(RouteLabel.REJECTED, req.prompt_tokens, 0, estimated=True)

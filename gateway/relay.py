@@ -1,0 +1,235 @@
+"""One attempt at one upstream: send the body, relay the answer to the client, read its usage.
+
+Non-streaming answers are passed on whole (status, content type, bytes). Streams are relayed chunk by
+chunk as they arrive (`readany`, no line reads), but the client's response starts only with the first
+content event: until then a failure (a failover status, a connect error, a timeout before the first
+event, an error event, the stream ending early) raises `AttemptFailed` and the caller may try the next
+upstream. After it, a failure ends the client's stream with an OpenAI-style error event: two upstreams
+never share one stream. Leaving early (the client went away, or the handler was cancelled) closes the
+upstream connection, which is what makes vLLM abort the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.errors import error_event
+from gateway.providers import is_failover_status, retry_after_seconds
+from gateway.sse import SseScanner
+
+__all__ = ["AttemptFailed", "Refused", "Relayed", "relay"]
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_MAX_ERROR_BODY = 64 * 1024
+_BYTES_PER_TOKEN = 4
+
+
+class AttemptFailed(Exception):
+    """The upstream failed before anything reached the client: another upstream may be tried."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Refused(Exception):
+    """The upstream answered with a status that is the request's fault (no failover): 400, 404, 422..."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+@dataclass(slots=True)
+class Relayed:
+    """What an attempt delivered."""
+
+    response: web.StreamResponse
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    """No usage came back: the token counts are estimates."""
+    broken: bool = False
+    """A stream that failed after its first content event (ended with an error event)."""
+
+
+def _usage_counts(usage: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    if not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        return prompt, completion
+    return None
+
+
+def _output_estimate(answer: Mapping[str, Any]) -> int:
+    """Generated tokens of an answer without usage, from its text's length."""
+    chars = 0
+    for choice in answer.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            chars += len(text) if isinstance(text, str) else 0
+    return max(1, chars // _BYTES_PER_TOKEN)
+
+
+async def _open(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+    first_byte: float | None,
+) -> aiohttp.ClientResponse:
+    try:
+        async with asyncio.timeout(first_byte):
+            upstream = await session.post(url, data=body, headers=headers, timeout=timeout)
+    except TimeoutError:
+        raise AttemptFailed("timeout") from None
+    except aiohttp.ClientConnectorError:
+        raise AttemptFailed("connect") from None
+    except (aiohttp.ClientError, OSError):
+        raise AttemptFailed("connection") from None
+    if upstream.status == 200:
+        return upstream
+    try:
+        if is_failover_status(upstream.status):
+            raise AttemptFailed(
+                f"http-{upstream.status}",
+                status=upstream.status,
+                retry_after=retry_after_seconds(upstream.headers.get("Retry-After")),
+            )
+        try:
+            data = await upstream.content.read(_MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            data = b""
+        raise Refused(upstream.status, data, upstream.headers.get("Content-Type", "application/json"))
+    finally:
+        upstream.close()
+
+
+async def relay(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+    first_byte: float | None,
+    stream: bool,
+    strip_usage: bool,
+    prompt_estimate: int,
+    response_headers: Mapping[str, str],
+) -> Relayed:
+    """Send one request upstream and relay the answer; see the module docstring for what raises."""
+    upstream = await _open(session, url, body, headers, timeout, first_byte)
+    try:
+        if not stream:
+            return await _whole(upstream, prompt_estimate, response_headers)
+        return await _stream(request, upstream, first_byte, strip_usage, prompt_estimate, response_headers)
+    finally:
+        # Not read to the end (the client left, a timeout): closing, not releasing, drops the connection
+        # and with it the upstream request.
+        upstream.close()
+
+
+async def _whole(upstream: aiohttp.ClientResponse, prompt_estimate: int, extra: Mapping[str, str]) -> Relayed:
+    try:
+        data = await upstream.read()
+    except TimeoutError:
+        raise AttemptFailed("timeout") from None
+    except (aiohttp.ClientError, OSError):
+        raise AttemptFailed("connection") from None
+    counts = None
+    estimate = len(data) // _BYTES_PER_TOKEN
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        counts = _usage_counts(parsed.get("usage"))
+        if counts is None:
+            estimate = _output_estimate(parsed)
+    headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"), **extra}
+    response = web.Response(body=data, headers=headers)
+    if counts is None:
+        return Relayed(response, prompt_estimate, estimate, estimated=True)
+    return Relayed(response, counts[0], counts[1], estimated=False)
+
+
+async def _stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    first_byte: float | None,
+    strip_usage: bool,
+    prompt_estimate: int,
+    extra: Mapping[str, str],
+) -> Relayed:
+    scanner = SseScanner(strip_usage=strip_usage)
+    content = upstream.content
+    before: list[bytes] = []
+    try:
+        async with asyncio.timeout(first_byte):
+            while not scanner.committed:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                piece = scanner.feed(chunk)
+                if scanner.error is not None:
+                    raise AttemptFailed("stream-error")
+                if piece:
+                    before.append(piece)
+    except TimeoutError:
+        raise AttemptFailed("timeout") from None
+    except (aiohttp.ClientError, OSError):
+        raise AttemptFailed("stream") from None
+    if not scanner.committed:
+        raise AttemptFailed("stream-ended")
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **extra})
+    await response.prepare(request)
+    for piece in before:
+        await response.write(piece)
+    broken = False
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            piece = scanner.feed(chunk)
+            if piece:
+                await response.write(piece)
+        tail = scanner.flush()
+        if tail:
+            await response.write(tail)
+        if not scanner.done:
+            broken = True
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, TimeoutError):
+        broken = True
+    if broken:
+        with contextlib.suppress(ConnectionError):
+            await response.write(
+                error_event(502, "the upstream stream failed before it finished", code="upstream_error")
+            )
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    counts = _usage_counts(scanner.usage)
+    if counts is None:
+        return Relayed(response, prompt_estimate, scanner.content_events, estimated=True, broken=broken)
+    return Relayed(response, counts[0], counts[1], estimated=False, broken=broken)

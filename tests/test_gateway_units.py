@@ -1,0 +1,228 @@
+"""The gateway's pure parts: the SSE scanner, Retry-After and cooldown, auth, parsing and upstream bodies,
+the flag parsers and the routing plan (on real PoolState objects, no fakes needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import orjson
+import pytest
+
+from gateway.auth import ClientAuth
+from gateway.config import ConfigError, parse_endpoints, parse_listen, provider_keys
+from gateway.directory import PoolDirectory
+from gateway.errors import ApiError
+from gateway.inbound import VLLM_ONLY_FIELDS, gpu_body, parse_request, provider_body
+from gateway.providers import ProviderState, is_failover_status, retry_after_seconds
+from gateway.routing import Action, plan_request
+from gateway.sse import SseScanner
+from gateway.upstream import queue_lines
+from policies.overflow import Lane
+from tests.gateway_support import make_pool, provider
+
+ROLE = b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+TOKEN = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def _feed_split(scanner: SseScanner, data: bytes, size: int) -> bytes:
+    out = b"".join(scanner.feed(data[i : i + size]) for i in range(0, len(data), size))
+    return out + scanner.flush()
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
+def test_scanner_passes_bytes_unchanged_and_reads_usage_whatever_the_chunking(size: int) -> None:
+    stream = ROLE + TOKEN + USAGE + DONE
+    scanner = SseScanner(strip_usage=False)
+    assert _feed_split(scanner, stream, size) == stream
+    assert scanner.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert scanner.done and scanner.committed
+
+
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_scanner_strips_only_the_usage_chunk(size: int) -> None:
+    scanner = SseScanner(strip_usage=True)
+    assert _feed_split(scanner, ROLE + TOKEN + USAGE + DONE, size) == ROLE + TOKEN + DONE
+    assert scanner.usage is not None and scanner.usage["completion_tokens"] == 3
+
+
+def test_scanner_role_chunk_does_not_commit_but_a_token_does() -> None:
+    scanner = SseScanner(strip_usage=False)
+    scanner.feed(ROLE + b": keep-alive\n\n")
+    assert not scanner.committed
+    scanner.feed(TOKEN)
+    assert scanner.committed
+
+
+def test_scanner_error_event_before_content_is_seen_and_after_content_is_not_an_abort() -> None:
+    error = b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n'
+    before = SseScanner(strip_usage=False)
+    before.feed(ROLE + error)
+    assert before.error == {"message": "overloaded", "type": "server_error"} and not before.committed
+    after = SseScanner(strip_usage=False)
+    after.feed(TOKEN + error)
+    assert after.committed and after.error is None
+
+
+def test_scanner_handles_crlf_and_multiline_data_and_a_huge_event() -> None:
+    scanner = SseScanner(strip_usage=True)
+    crlf = (
+        b'data: {"choices":[{"delta":{"content":"x"}}]}\r\n\r\n'
+        b'data: {"choices":[],\r\ndata: "usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n\r\n'
+    )
+    assert scanner.feed(crlf) == b'data: {"choices":[{"delta":{"content":"x"}}]}\r\n\r\n'
+    assert scanner.usage == {"prompt_tokens": 1, "completion_tokens": 2}
+    big = b'data: {"choices":[{"delta":{"content":"' + b"a" * 300_000 + b'"}}]}\n\n'
+    passthrough = SseScanner(strip_usage=False)
+    assert _feed_split(passthrough, big + DONE, 65_536) == big + DONE
+    assert passthrough.content_events == 1
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    now = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Tue, 01 Dec 2026 12:00:30 GMT", now) == pytest.approx(30.0)
+    assert retry_after_seconds("100000", now) == 600.0
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None
+    assert retry_after_seconds("-5", now) == 0.0
+
+
+def test_cooldown_doubles_from_5_to_60_then_resets_and_honours_retry_after() -> None:
+    pool = make_pool(providers=[provider("p", "http://127.0.0.1:1/v1")])
+    state = ProviderState(pool.spec.fallback.providers[0], "key")
+    now = 1000.0
+    assert [state.failed(now) for _ in range(6)] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    assert not state.available(now + 59) and state.available(now + 60)
+    state.acquire(now + 60)  # the probe after the cooldown
+    assert not state.available(now + 60), "only one probe at a time"
+    state.succeeded()
+    assert state.available(now + 60) and state.failed(now) == 5.0
+    assert state.failed(now, retry_after=2.5) == 2.5 and state.available(now + 2.5)
+    assert state.headers["Authorization"] == "Bearer key"
+    assert [s for s in (400, 401, 403, 404, 422) if is_failover_status(s)] == []
+    assert all(is_failover_status(s) for s in (408, 429, 500, 502, 503, 504, 529))
+
+
+def test_client_auth_constant_time_check() -> None:
+    auth = ClientAuth(["k1", "k2"])
+    assert auth.check("Bearer k2") and auth.check("bearer k1")
+    assert not auth.check("Bearer k3") and not auth.check("k1") and not auth.check(None) and not auth.check("Bearer ")
+    with pytest.raises(ValueError):
+        ClientAuth([""])
+
+
+def test_parse_request_errors_name_the_field() -> None:
+    def status_param(raw: bytes, chat: bool = True) -> tuple[int, str | None]:
+        with pytest.raises(ApiError) as err:
+            parse_request(raw, chat=chat, arrival=0.0, timeout_header=None)
+        return err.value.status, err.value.param
+
+    assert status_param(b"") == (400, None)
+    assert status_param(b"{nope") == (400, None)
+    assert status_param(b"[1]") == (400, None)
+    assert status_param(b'{"messages":[{"role":"user","content":"x"}]}') == (400, "model")
+    assert status_param(b'{"model":5,"messages":[1]}') == (400, "model")
+    assert status_param(b'{"model":"m","messages":[]}') == (400, "messages")
+    assert status_param(b'{"model":"m","messages":[1],"stream":"yes"}') == (400, "stream")
+    assert status_param(b'{"model":"m","messages":[1],"max_tokens":-1}') == (400, "max_tokens")
+    assert status_param(b'{"model":"m","messages":[1],"stream_options":3}') == (400, "stream_options")
+    assert status_param(b'{"model":"m"}', chat=False) == (400, "prompt")
+
+
+def test_upstream_bodies() -> None:
+    raw = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "priority": -9,
+                      "top_k": 3, "stream": True}).encode()  # fmt: skip
+    req = parse_request(raw, chat=True, arrival=10.0, timeout_header="30")
+    assert req.deadline == 40.0 and req.stream and not req.wants_usage
+    gpu = orjson.loads(gpu_body(req, "served", None))
+    assert gpu["model"] == "served" and "priority" not in gpu and gpu["stream_options"] == {"include_usage": True}
+    assert orjson.loads(gpu_body(req, "served", 1))["priority"] == 1
+    paid = orjson.loads(provider_body(req, "paid-model"))
+    assert paid["model"] == "paid-model" and not (set(paid) & VLLM_ONLY_FIELDS)
+    assert paid["stream_options"] == {"include_usage": True}
+    plain = b'{"model":"served","prompt":"hi"}'
+    unchanged = parse_request(plain, chat=False, arrival=0.0, timeout_header=None)
+    assert gpu_body(unchanged, "served", None) is plain, "nothing to change: the client's bytes as they came"
+
+
+def test_flag_parsers() -> None:
+    assert parse_listen("0.0.0.0:8080") == ("0.0.0.0", 8080)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    for bad in ("8080", "host:port", "h:70000"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+    assert parse_endpoints(["chat=127.0.0.1:8000, 127.0.0.2:8000", "ns/b=[::1]:1"]) == {
+        "chat": ["127.0.0.1:8000", "127.0.0.2:8000"], "ns/b": ["[::1]:1"],
+    }  # fmt: skip
+    for bad in ("chat", "=1.2.3.4:5", "chat=1.2.3.4", "chat=h:0"):
+        with pytest.raises(ConfigError):
+            parse_endpoints([bad])
+
+
+def test_provider_keys_from_env_and_file_and_clear_errors(tmp_path: object) -> None:
+    from pathlib import Path
+
+    key_file = Path(str(tmp_path)) / "key"
+    key_file.write_text("file-key\n")
+    pool = make_pool(providers=[provider("a", "http://127.0.0.1:1/v1", apiKeyEnv="A_KEY"),
+                                provider("b", "http://127.0.0.1:2/v1", apiKeyFile=str(key_file)),
+                                provider("c", "http://127.0.0.1:3/v1")])  # fmt: skip
+    assert provider_keys(pool, environ={"A_KEY": "env-key"}) == {"a": "env-key", "b": "file-key", "c": None}
+    with pytest.raises(ConfigError, match="A_KEY is not set"):
+        provider_keys(pool, environ={})
+    secret = make_pool(providers=[provider("s", "http://127.0.0.1:1/v1", apiKeySecretRef={"name": "k"})])
+    with pytest.raises(ConfigError, match="apiKeySecretRef needs cluster mode"):
+        provider_keys(secret, environ={})
+    assert provider_keys(secret, read_secret=lambda ns, name, key: f"{ns}/{name}/{key}") == {"s": "default/k/api-key"}
+
+
+def test_queue_lines_keeps_only_the_queue_gauges() -> None:
+    text = (
+        "# HELP vllm:num_requests_waiting w\n# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{engine="0"} 3.0\nvllm:num_requests_running{engine="0"} 2.0\n'
+        'vllm:generation_tokens_total{engine="0"} 99.0\n'
+    )
+    kept = queue_lines(text)
+    assert "generation" not in kept and "num_requests_waiting{" in kept and "num_requests_running{" in kept
+
+
+def _pool_state(spec: dict[str, object], providers: int = 1, endpoints: int = 1):  # type: ignore[no-untyped-def]
+    pool = make_pool(providers=[provider(f"p{i}", f"http://127.0.0.1:{i + 1}/v1") for i in range(providers)], spec=spec)
+    directory = PoolDirectory()
+    directory.set_pool(pool, [(f"e{i}", f"127.0.0.1:{1000 + i}") for i in range(endpoints)])
+    return directory.pools[("default", "chat")]
+
+
+def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
+    # 1000 tokens/s, a 2 s wait limit and a 1 s objective: the lanes at 0, 1.5 s and 2.5 s of work ahead.
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000},
+                         "fallback": {"maxQueueWaitSeconds": 2},
+                         "objective": {"ttftSeconds": 1.0}})  # fmt: skip
+    now = time.monotonic()
+    kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.action is Action.GPU and plan.lane is Lane.ON_TIME and plan.endpoint is not None
+    state.work_normal = 1500.0
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.action is Action.GPU and plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait"
+    state.work_late = 1000.0
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
+
+
+def test_plan_at_zero_replicas_holds_only_when_a_replica_is_due_in_time() -> None:
+    state = _pool_state({"coldStartSeconds": 30, "objective": {"ttftSeconds": 10.0}}, endpoints=0)
+    now = time.monotonic()
+    kwargs = {"prompt_tokens": 10, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    assert plan_request(state, **kwargs).action is Action.FALLBACK  # type: ignore[arg-type]
+    state.starting_etas = (now + 4.0,)  # a pod started 26 s ago: Ready in about 4 s
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.action is Action.HOLD and plan.hold_until == pytest.approx(now + 10.0 - 10 / 100000)
+    state.fallback_open = False  # the budget cap closed it (onFallbackCap: queue): wait for the GPUs
+    state.starting_etas = ()
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.action is Action.HOLD and plan.hold_until == pytest.approx(now + 60.0)
