@@ -44,6 +44,8 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self._scraper: asyncio.Task[None] | None = None
+        self.draining = False
+        """Shutting down: /readyz answers 503 so no new traffic is sent here, requests under way finish."""
 
     async def start(self, *, scrape: bool = True) -> None:
         """Open the upstream session and start the scraper."""
@@ -89,6 +91,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             raise ApiError(
                 413, f"the request body exceeds {gw.settings.max_body_bytes} bytes", code="body_too_large"
             ) from None
+        except web.RequestPayloadError as err:
+            # A body that breaks off, or whose Content-Encoding does not decode: the client's fault.
+            raise ApiError(400, f"the request body could not be read: {err.__cause__ or err}") from None
         req = parse_request(
             raw, chat=chat, arrival=time.monotonic(), timeout_header=request.headers.get("X-Stainless-Timeout")
         )
@@ -140,7 +145,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[GATEWAY].directory.synced:
+    gw = request.app[GATEWAY]
+    if gw.draining:
+        return web.Response(status=503, text="not ready: shutting down\n")
+    if gw.directory.synced:
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: the pools are not loaded yet\n")
 

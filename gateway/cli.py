@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.defaults import GATEWAY_LISTEN
+from controller.defaults import GATEWAY_LISTEN, LOG_FORMAT
 from gateway.app import Gateway
 from gateway.auth import ClientAuth
 from gateway.config import (
@@ -32,6 +32,7 @@ from gateway.config import (
     provider_keys,
 )
 from gateway.directory import PoolDirectory
+from gateway.logs import configure_logging
 from gateway.server import start_site
 
 __all__ = ["register", "run"]
@@ -72,8 +73,15 @@ def register(subparsers: Any) -> None:
         default=defaults.scrape_interval_seconds,
         help="seconds between reads of each replica's /metrics",
     )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=defaults.shutdown_grace_seconds,
+        help="seconds requests under way get to finish on SIGTERM",
+    )
     p.add_argument("--no-priority-check", action="store_true", help="skip the one-token check that vLLM takes priority")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", default=LOG_FORMAT, choices=("json", "text"), help="default %(default)s")
     p.set_defaults(func=_main)
 
 
@@ -81,12 +89,12 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
     host, port = parse_listen(args.listen)
     if args.max_body_bytes < 1024:
         raise ConfigError("--max-body-bytes must be at least 1024")
-    if args.max_held < 0 or args.max_hold_seconds < 0 or args.scrape_interval <= 0:
-        raise ConfigError("--max-held and --max-hold-seconds must be >= 0, --scrape-interval > 0")
+    if args.max_held < 0 or args.max_hold_seconds < 0 or args.scrape_interval <= 0 or args.shutdown_grace < 0:
+        raise ConfigError("--max-held, --max-hold-seconds and --shutdown-grace must be >= 0, --scrape-interval > 0")
     return GatewaySettings(
         host=host, port=port, max_body_bytes=args.max_body_bytes, max_held=args.max_held,
         max_hold_seconds=args.max_hold_seconds, scrape_interval_seconds=args.scrape_interval,
-        check_priority=not args.no_priority_check,
+        check_priority=not args.no_priority_check, shutdown_grace_seconds=args.shutdown_grace,
     )  # fmt: skip
 
 
@@ -135,11 +143,13 @@ async def run(gateway: Gateway, *, cluster: dict[str, Any] | None = None) -> Non
         _LOG.error("cluster mode stopped: %s", follower.exception())
     for task in watched:
         task.cancel()
+    gateway.draining = True
+    _LOG.info("shutting down: requests under way get %.0f s", gateway.settings.shutdown_grace_seconds)
     await runner.cleanup()
 
 
 def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         settings = _settings(args)
         auth = ClientAuth(load_client_keys(Path(args.api_keys_file))) if args.api_keys_file else None

@@ -56,6 +56,8 @@ class GatewaySettings:
     """Most concurrent upstream connections (aiohttp's default of 100 would queue requests in the gateway)."""
     check_priority: bool = True
     """Check once per new endpoint that vLLM accepts `priority` (a one-token request)."""
+    shutdown_grace_seconds: float = 30.0
+    """On SIGTERM, /readyz turns 503 and requests under way get this long to finish (streams are long)."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:

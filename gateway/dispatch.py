@@ -8,6 +8,7 @@ fails before its first byte reached the client (connect error, vLLM's 503 at its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from policies.overflow import Lane
 __all__ = ["Dispatcher"]
 
 _LOG = logging.getLogger("ebbtide.gateway")
+_GPU_ATTEMPTS = 3
+"""Replicas tried for one request when connections fail (each failed one leaves the rotation for a while)."""
 _GPU_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
 _GPU_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
@@ -99,18 +102,30 @@ class Dispatcher:
                 code="fallback_unavailable",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
-        if plan.action is Action.GPU and plan.endpoint is not None:
-            relayed = await self._gpu(request, pool, req, plan, held, received)
-            if relayed is not None:
-                return relayed
+        if plan.action is Action.GPU:
+            for _ in range(_GPU_ATTEMPTS):
+                outcome = await self._gpu(request, pool, req, plan, held, received)
+                if not isinstance(outcome, AttemptFailed):
+                    return outcome
+                if outcome.reason == "connect":
+                    # That endpoint is out of rotation now: another Ready one is cheaper than the fallback.
+                    plan = self._plan(pool, req)
+                    if plan.action is Action.GPU:
+                        continue
+                if pool.providers and pool.fallback_usable(time.monotonic()):
+                    break
+                status = outcome.status if outcome.status in (429, 503) else 502
+                raise ApiError(
+                    status, f"pool {pool.name}: the replica failed ({outcome.reason})", code="upstream_error"
+                )
             plan.ready = max(plan.ready, 1)
         route = RouteLabel.HELD_FALLBACK if held else RouteLabel.FALLBACK
         return await self._fallback(request, pool, req, route, saturated=plan.ready > 0 and not held, received=received)
 
     async def _gpu(
         self, request: web.Request, pool: PoolState, req: ClientRequest, plan: Plan, held: bool, received: float
-    ) -> web.StreamResponse | None:
-        """Serve on a replica; None when it failed before answering and the fallback should take it."""
+    ) -> web.StreamResponse | AttemptFailed:
+        """Serve on a replica; the failure when it failed before anything reached the client."""
         endpoint = plan.endpoint
         assert endpoint is not None
         late = plan.lane is Lane.LATE
@@ -131,7 +146,7 @@ class Dispatcher:
             try:
                 result = await self._relay_gpu(request, req, url, body, route)
             except Refused as refused:
-                if priority is not None and refused.status == 400 and b"priority" in refused.body:
+                if priority is not None and refused.status == 400 and b"priority" in refused.body.lower():
                     endpoint.priority_ok = False
                     _LOG.warning(
                         "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name
@@ -143,16 +158,16 @@ class Dispatcher:
             if failed.reason == "connect":
                 endpoint.connect_failed(time.monotonic())
                 pool.refresh_ready()
-            if pool.providers and pool.fallback_usable(time.monotonic()):
-                return None
-            status = failed.status if failed.status in (429, 503) else 502
-            raise ApiError(
-                status, f"pool {pool.name}: the replica failed ({failed.reason})", code="upstream_error"
-            ) from None
+            return failed
         except Refused as refused:
+            self._count_rejected(pool, req)
             return web.Response(
                 status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type}
             )
+        except (ConnectionError, asyncio.CancelledError):
+            # The client left: count the request as offered load (what it generated is not known).
+            pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True)
+            raise
         finally:
             endpoint.in_flight -= 1
             if late:
@@ -251,11 +266,19 @@ class Dispatcher:
                 verdict = True
                 provider.succeeded()
                 return self._refused(pool, req, provider, refused)
+            except (ConnectionError, asyncio.CancelledError):
+                pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True, provider=provider.name)
+                raise
             finally:
                 gauge.dec()
                 if not verdict:
                     provider.released()
-            provider.succeeded()
+            if result.broken:
+                # Its stream broke after reaching the client (ended there with an error event).
+                provider.failed(time.monotonic())
+                pool.metrics.provider_failed(provider.name, "stream-broken")
+            else:
+                provider.succeeded()
             dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
                           provider.spec.output_usd_per_million)  # fmt: skip
             pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,

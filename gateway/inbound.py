@@ -127,6 +127,14 @@ def parse_request(raw: bytes, *, chat: bool, arrival: float, timeout_header: str
     )
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        # orjson writes at most 255 levels of nesting (it reads 1024): such a body is not a real request.
+        raise ApiError(400, "the request body nests too deeply (more than 255 levels)") from None
+
+
 def _with_usage(body: dict[str, Any]) -> None:
     options = body.get("stream_options")
     body["stream_options"] = (
@@ -151,7 +159,7 @@ def gpu_body(req: ClientRequest, served_model: str | None, priority: int | None)
         out["priority"] = priority
     if inject_usage:
         _with_usage(out)
-    return orjson.dumps(out)
+    return _dumps(out)
 
 
 def provider_body(req: ClientRequest, model: str | None) -> bytes:
@@ -160,4 +168,4 @@ def provider_body(req: ClientRequest, model: str | None) -> bytes:
     out["model"] = model or req.model
     if req.stream:
         _with_usage(out)
-    return orjson.dumps(out)
+    return _dumps(out)

@@ -75,6 +75,12 @@ class ProviderState:
     )
 
     def __init__(self, spec: Provider, api_key: str | None) -> None:
+        self._configure(spec, api_key)
+        self.cooldown_until = 0.0
+        self.failures = 0
+        self.probing = False
+
+    def _configure(self, spec: Provider, api_key: str | None) -> None:
         self.spec = spec
         self.api_key = api_key
         base = spec.base_url.rstrip("/")
@@ -87,9 +93,6 @@ class ProviderState:
         self.timeout = aiohttp.ClientTimeout(
             total=spec.total_timeout_seconds, sock_connect=spec.connect_timeout_seconds
         )
-        self.cooldown_until = 0.0
-        self.failures = 0
-        self.probing = False
 
     @property
     def name(self) -> str:
@@ -97,11 +100,12 @@ class ProviderState:
         return self.spec.name
 
     def update(self, spec: Provider, api_key: str | None) -> ProviderState:
-        """This provider with a changed spec or key; its health carries over when the URL is the same."""
-        fresh = ProviderState(spec, api_key)
-        if spec.base_url == self.spec.base_url:
-            fresh.cooldown_until, fresh.failures, fresh.probing = self.cooldown_until, self.failures, self.probing
-        return fresh
+        """This provider with a changed spec or key. The same URL keeps the same object, so its health
+        (and what requests in flight report into it) carries over; a new URL starts fresh."""
+        if spec.base_url != self.spec.base_url:
+            return ProviderState(spec, api_key)
+        self._configure(spec, api_key)
+        return self
 
     def available(self, now: float) -> bool:
         """Whether a request may be sent now: not cooling down, and no probe of it is under way."""

@@ -204,8 +204,9 @@ async def _stream(
         raise AttemptFailed("stream-ended")
     response = web.StreamResponse(headers={**_SSE_HEADERS, **extra})
     await response.prepare(request)
-    for piece in before:
-        await response.write(piece)
+    if before:
+        # Held back until the first content event (the role chunk, comments): sent in one write.
+        await response.write(b"".join(before) if len(before) > 1 else before[0])
     broken = False
     try:
         while True:
@@ -222,7 +223,8 @@ async def _stream(
             broken = True
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, TimeoutError):
         broken = True
-    if broken:
+    broken = broken or scanner.late_error
+    if broken and not scanner.late_error:
         with contextlib.suppress(ConnectionError):
             await response.write(
                 error_event(502, "the upstream stream failed before it finished", code="upstream_error")

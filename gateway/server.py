@@ -25,7 +25,10 @@ async def start_site(gateway: Gateway, host: str, port: int, *, scrape: bool = T
     Handler cancellation is on: a client that disconnects cancels its request, upstream included.
     """
     runner = web.AppRunner(
-        build_app(gateway, scrape=scrape), access_log=None, handler_cancellation=True, shutdown_timeout=5.0
+        build_app(gateway, scrape=scrape),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=gateway.settings.shutdown_grace_seconds,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)

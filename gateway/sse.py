@@ -35,7 +35,7 @@ def _data(event: bytes) -> bytes | None:
 class SseScanner:
     """Side-reads one stream; `feed` returns the bytes to pass on (the chunk itself unless stripping)."""
 
-    __slots__ = ("_tail", "committed", "content_events", "done", "error", "strip_usage", "usage")
+    __slots__ = ("_tail", "committed", "content_events", "done", "error", "late_error", "strip_usage", "usage")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage
@@ -47,11 +47,25 @@ class SseScanner:
         """`data: [DONE]` has been seen."""
         self.error: Any = None
         """An error event's `error` object seen before the first content event."""
+        self.late_error = False
+        """An error event came after the first content event (relayed: the stream ends with it)."""
         self.usage: dict[str, Any] | None = None
         self.content_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
         """Scan a chunk; return what to relay (the chunk unchanged, or without the usage event)."""
+        if (
+            self.committed
+            and not self._tail
+            and chunk.endswith(b"\n\n")
+            and b'"usage"' not in chunk
+            and b'"error"' not in chunk
+        ):
+            # The common case once the stream is under way: whole events, none of them the usage chunk.
+            self.content_events += chunk.count(b"\n\n")
+            if b"data: [DONE]" in chunk:
+                self.done = True
+            return chunk
         buf = self._tail + chunk if self._tail else chunk
         pos = 0
         out: list[bytes] | None = [] if self.strip_usage else None
@@ -93,8 +107,11 @@ class SseScanner:
             except orjson.JSONDecodeError:
                 obj = None
             if isinstance(obj, dict):
-                if not self.committed and "error" in obj:
-                    self.error = obj["error"]
+                if "error" in obj:
+                    if self.committed:
+                        self.late_error = True
+                    else:
+                        self.error = obj["error"]
                     return True
                 usage = obj.get("usage")
                 if isinstance(usage, dict):

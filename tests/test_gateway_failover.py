@@ -95,7 +95,7 @@ def test_no_failover_on_the_requests_own_errors(pair: Any, status: int) -> None:
     with _gateway(pair) as gw, pytest.raises(openai.APIStatusError) as err:
         _chat(gw)
     assert err.value.status_code == status and len(b.requests) == 0
-    assert set(err.value.body) >= {"message", "type"}  # type: ignore[arg-type]
+    assert isinstance(err.value.body, dict) and set(err.value.body) >= {"message", "type"}
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -146,6 +146,8 @@ def test_stream_failing_after_its_first_content_ends_with_an_error_event(pair: A
                     got.append(chunk.choices[0].delta.content or "")
         assert "".join(got) == " tok0 tok1"
         assert len(b.requests) == 0, "a stream under way never moves to another provider"
+        assert _chat(gw).headers["x-ebbtide-provider"] == "b", "the broken provider cools down"
+        assert metric(scrape_text(gw), "ebbtide_gateway_provider_failures_total", reason="stream-broken") == 1
 
 
 def test_connect_refused_and_first_byte_timeout_move_on(pair: Any) -> None:

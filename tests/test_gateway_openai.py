@@ -49,10 +49,16 @@ def test_sync_chat_and_completions_plain_and_streaming(gw: Any) -> None:
     text = client.completions.create(model="chat-model", prompt="one two three")
     assert text.usage is not None and text.usage.prompt_tokens == 3 and text.usage.completion_tokens == 8
     chunks = list(client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True))
-    assert (
-        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split()
-        == ["ebb", "and", "flow", "of", "the", "tide", "lifts", "every"]
-    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split() == [
+        "ebb",
+        "and",
+        "flow",
+        "of",
+        "the",
+        "tide",
+        "lifts",
+        "every",
+    ]
     assert all(c.usage is None for c in chunks), "the client did not ask for usage: the usage chunk is stripped"
     texts = list(client.completions.create(model="chat-model", prompt="x", stream=True,
                                            stream_options={"include_usage": True}))  # fmt: skip

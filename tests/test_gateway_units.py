@@ -64,7 +64,7 @@ def test_scanner_error_event_before_content_is_seen_and_after_content_is_not_an_
     assert before.error == {"message": "overloaded", "type": "server_error"} and not before.committed
     after = SseScanner(strip_usage=False)
     after.feed(TOKEN + error)
-    assert after.committed and after.error is None
+    assert after.committed and after.error is None and after.late_error
 
 
 def test_scanner_handles_crlf_and_multiline_data_and_a_huge_event() -> None:
@@ -226,3 +226,36 @@ def test_plan_at_zero_replicas_holds_only_when_a_replica_is_due_in_time() -> Non
     state.starting_etas = ()
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.HOLD and plan.hold_until == pytest.approx(now + 60.0)
+
+
+def test_scanner_fast_path_once_committed_still_sees_the_end_and_the_usage() -> None:
+    scanner = SseScanner(strip_usage=True)
+    assert scanner.feed(ROLE + TOKEN) == ROLE + TOKEN
+    assert scanner.feed(TOKEN + TOKEN) == TOKEN + TOKEN and scanner.content_events == 3
+    assert scanner.feed(USAGE + DONE) == DONE and scanner.usage is not None and scanner.done
+
+
+def test_a_pool_update_keeps_provider_health_and_endpoint_counts() -> None:
+    pool = make_pool(providers=[provider("p", "http://127.0.0.1:1/v1")])
+    directory = PoolDirectory()
+    directory.set_pool(pool, [("e0", "127.0.0.1:1000")], provider_keys={"p": "old"})
+    state = directory.pools[("default", "chat")]
+    before, endpoint = state.providers[0], state.endpoints["127.0.0.1:1000"]
+    before.failed(time.monotonic())
+    endpoint.in_flight = 3
+    directory.set_pool(pool, [("e0", "127.0.0.1:1000"), ("e1", "127.0.0.1:1001")], provider_keys={"p": "new"})
+    assert state.providers[0] is before and not before.available(time.monotonic()), "still cooling down"
+    assert before.headers["Authorization"] == "Bearer new"
+    assert state.endpoints["127.0.0.1:1000"] is endpoint and endpoint.in_flight == 3
+    moved = make_pool(providers=[provider("p", "http://127.0.0.1:2/v1")])
+    directory.set_pool(moved, [])
+    assert state.providers[0] is not before and state.providers[0].available(time.monotonic())
+    assert state.endpoints == {} and not state.ready_event.is_set()
+
+
+def test_a_body_nested_deeper_than_orjson_writes_is_a_400_not_a_crash() -> None:
+    deep = b'{"model":"chat-model","prompt":"x","extra":' + b"[" * 300 + b"]" * 300 + b"}"
+    req = parse_request(deep, chat=False, arrival=0.0, timeout_header=None)
+    with pytest.raises(ApiError) as err:
+        provider_body(req, "paid-model")
+    assert err.value.status == 400 and "nests too deeply" in err.value.message

@@ -1,0 +1,222 @@
+"""Routing through route_request on real queues: overflow starts when the stand-in vLLM's queue passes
+the pool's limit and stops when it drains; vLLM's 503 goes to the fallback; the late lane's `priority`
+reaches vLLM, is checked at start, and never reaches a paid provider."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from aiohttp import web
+
+from e2e.standin import BackgroundCluster, StandinConfig
+from e2e.standin.provider import VLLM_ONLY_FIELDS, BackgroundProvider, ProviderConfig
+from gateway import GatewaySettings
+from tests.gateway_support import (
+    AppThread,
+    gateway_for,
+    make_pool,
+    metric,
+    provider,
+    recording_replica,
+    scrape_text,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def paid() -> Iterator[BackgroundProvider]:
+    with BackgroundProvider(ProviderConfig(rejected_fields=VLLM_ONLY_FIELDS)) as p:
+        yield p
+
+
+def _route(gw: Any, **kwargs: Any) -> str:
+    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat-model", messages=MESSAGES, max_tokens=4, **kwargs
+    )
+    raw.parse()
+    return str(raw.headers["x-ebbtide-route"])
+
+
+def _direct(url: str, count: int) -> list[threading.Thread]:
+    """Requests sent straight to the replica (another gateway, another client): they fill its queue."""
+
+    def one() -> None:
+        httpx.post(f"{url}/v1/completions", json={"model": "standin-model", "prompt": "x"}, timeout=60)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _engine_queue(url: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return metric(text, "vllm:num_requests_waiting"), metric(text, "vllm:num_requests_running")
+
+
+def test_overflow_starts_when_the_queue_passes_the_limit_and_stops_when_it_drains(paid: BackgroundProvider) -> None:
+    # 1000 tokens/s and a 2 s wait limit: about four requests (at the first estimate of ~500 tokens each)
+    # ahead of a new one is the limit; the objective is loose so only the wait limit binds.
+    spec = {"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 2},
+            "objective": {"ttftSeconds": 60}}  # fmt: skip
+    with BackgroundCluster(StandinConfig(max_num_seqs=4, output_tokens=4)) as vllm:
+        url = vllm.url(vllm.ports[0])
+        pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+        with gateway_for([(pool, [url.removeprefix("http://")])]) as gw:
+            assert _route(gw) == "gpu"
+            vllm.pause()
+            early = _direct(url, 2)
+            wait_until(lambda: _engine_queue(url) == (0, 2), what="two requests running on the engine")
+            time.sleep(0.5)  # a few scrape rounds
+            below: dict[str, str] = {}
+            held_back = threading.Thread(target=lambda: below.update(route=_route(gw)), daemon=True)
+            held_back.start()  # two ahead: still within the limit, it queues on the (paused) replica
+            wait_until(lambda: _engine_queue(url) == (0, 3), what="the gateway's request on the engine")
+            late = _direct(url, 8)
+            wait_until(lambda: _engine_queue(url) == (7, 4), what="the engine's queue past the limit")
+            time.sleep(0.5)
+            assert _route(gw) == "fallback"
+            assert _route(gw, stream=False) == "fallback"
+            text = scrape_text(gw)
+            assert metric(text, "ebbtide_gateway_saturation_requests_total", pool="chat") == 2
+            assert metric(text, "ebbtide_gateway_saturation_tokens_total", kind="completion") > 0
+            vllm.resume()
+            for t in [*early, *late, held_back]:
+                t.join(30)
+            assert below == {"route": "gpu"}
+            wait_until(lambda: _engine_queue(url) == (0, 0), what="the queue drained")
+            time.sleep(0.5)
+            assert _route(gw) == "gpu", "the queue drained: back on the GPUs"
+
+
+def test_vllm_503_at_its_queue_limit_goes_to_the_fallback(paid: BackgroundProvider) -> None:
+    with BackgroundCluster(StandinConfig(max_num_seqs=1, max_num_queued_reqs=1)) as vllm:
+        url = vllm.url(vllm.ports[0])
+        vllm.pause()
+        blocker = _direct(url, 1)
+        wait_until(lambda: _engine_queue(url) == (0, 1), what="the engine full")
+        pool = make_pool(providers=[provider("paid", paid.base_url)])
+        with gateway_for([(pool, [url.removeprefix("http://")])]) as gw:
+            paid.clear_requests()
+            # A late-lane priority would be added on the GPU; the provider refuses vLLM-only fields.
+            assert _route(gw, extra_body={"top_k": 2}) == "fallback"
+            assert metric(scrape_text(gw), "ebbtide_gateway_saturation_requests_total") == 1
+            assert not set(paid.requests[-1].body) & VLLM_ONLY_FIELDS
+        vllm.resume()
+        blocker[0].join(30)
+
+
+def test_late_lane_priority_reaches_vllm_and_the_start_check_sees_it_accepted() -> None:
+    seen: list[dict[str, Any]] = []
+    # 30 tokens/s and a 1 s objective: a request of ~25 prompt tokens has ~0.2 s of wait to spare, so
+    # one request ahead of it (~29 tokens of work, ~1 s) makes it late; the wait limit (30 s) is not hit.
+    spec = {"demand": {"replicaTokensPerSecond": 30}, "fallback": {"maxQueueWaitSeconds": 30},
+            "objective": {"ttftSeconds": 1.0}}  # fmt: skip
+    config = StandinConfig(tokens_per_second=4, output_tokens=4)
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=True)
+    with (
+        AppThread(recording_replica(seen, config)) as replica,
+        gateway_for([(make_pool(spec=spec), [replica.address])], settings=settings) as gw,
+    ):
+        wait_until(lambda: any(s["body"].get("prompt") == "ping" for s in seen), what="the priority check")
+        [probe] = [s for s in seen if s["body"].get("prompt") == "ping"]
+        assert probe["body"]["priority"] == 1 and probe["body"]["max_tokens"] == 1
+        seen.clear()
+        first: dict[str, str] = {}
+        runner = threading.Thread(target=lambda: first.update(route=_route(gw)), daemon=True)
+        runner.start()
+        wait_until(lambda: len(seen) == 1, what="the first request at the replica")
+        assert _route(gw, extra_body={"priority": -50}) == "gpu-late"
+        runner.join(30)
+    assert first == {"route": "gpu"}
+    on_time, late = seen
+    assert "priority" not in on_time["body"], "the normal lane sends vLLM's default priority (0)"
+    assert late["body"]["priority"] == 1, "the late lane's larger number; the client's own -50 is not kept"
+    assert "authorization" not in {k.lower() for k in late["headers"]}
+
+
+def _refusing_priority() -> web.Application:
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        if "priority" in body:
+            error = {"message": "Priority scheduling is not enabled.", "type": "BadRequestError", "param": None}
+            return web.json_response({"error": {**error, "code": 400}}, status=400)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        answer = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}
+        return web.json_response({**answer, "usage": usage})
+
+    async def metrics(request: web.Request) -> web.Response:
+        # Others' requests on the engine: they make every new request late (but within the wait limit).
+        return web.Response(text="vllm:num_requests_waiting 3\nvllm:num_requests_running 1\n")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", chat)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def test_an_engine_refusing_priority_still_serves_the_late_lane_in_fifo_order() -> None:
+    spec = {"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 30},
+            "objective": {"ttftSeconds": 1.0}}  # fmt: skip
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=True)
+    with AppThread(_refusing_priority) as replica, gateway_for([(make_pool(spec=spec), [replica.address])],
+                                                                 settings=settings) as gw:  # fmt: skip
+        endpoint = gw.run(lambda: next(iter(gw.gateway.directory.pools[("default", "chat")].endpoints.values())))
+        wait_until(lambda: endpoint.priority_ok is False, what="the start check to see priority refused")
+        assert _route(gw) == "gpu-late"
+
+
+@pytest.mark.parametrize("on_cap", ["queue", "reject"])
+def test_the_gateway_obeys_a_fallback_closed_by_the_daily_cap(paid: BackgroundProvider, on_cap: str) -> None:
+    # The replica reports four requests of others: at 100 tokens/s that is far past the 1 s wait limit.
+    spec = {
+        "demand": {"replicaTokensPerSecond": 100},
+        "fallback": {"maxQueueWaitSeconds": 1},
+        "objective": {"ttftSeconds": 1.0},
+        "budget": {"maxFallbackUsdPerDay": 5, "onFallbackCap": on_cap},
+    }
+    pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+    with AppThread(_refusing_priority) as replica, gateway_for([(pool, [replica.address])]) as gw:
+        time.sleep(0.5)
+        assert _route(gw) == "fallback"
+        directory = gw.gateway.directory
+        gw.run(lambda: directory.set_pool(pool, [("r-0", replica.address)], fallback_open=False, probe_readiness=True))
+        time.sleep(0.5)
+        if on_cap == "queue":
+            # Queued on the GPUs in the late lane; this engine refuses priority, so it is resent without.
+            assert _route(gw) == "gpu-late"
+        else:
+            with pytest.raises(openai.RateLimitError) as err:
+                _route(gw)
+            assert err.value.body["code"] == "fallback_closed"  # type: ignore[index]
+
+
+def test_a_refused_connection_moves_to_another_ready_replica_before_the_fallback(paid: BackgroundProvider) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    with BackgroundCluster(StandinConfig(output_tokens=2)) as vllm:
+        live = vllm.ports[0]
+        pool = make_pool(providers=[provider("paid", paid.base_url)])
+        # Cluster mode's view: both pods Ready (the kubelet has not noticed the dead one yet).
+        with gateway_for([(pool, [f"127.0.0.1:{dead}", f"127.0.0.1:{live}"])], static=False) as gw:
+            paid.clear_requests()
+            assert _route(gw) == "gpu"
+            assert _route(gw) == "gpu"
+            assert paid.requests == [], "a live replica beats the fallback"
+            endpoints = gw.gateway.directory.pools[("default", "chat")].endpoints
+            assert gw.run(lambda: endpoints[f"127.0.0.1:{dead}"].failed_until) > time.monotonic(), "tried, refused"
