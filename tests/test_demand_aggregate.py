@@ -271,6 +271,17 @@ def test_reading_window_skips_a_missing_reading() -> None:
     assert chosen is not None and chosen.at == at(15)
 
 
+def test_reading_window_with_a_resolution_keeps_fewer_readings() -> None:
+    window = ReadingWindow(60, resolution=5)
+    for t in range(0, 200):  # a read every second
+        window.add(Reading(at=at(t)))
+    assert len(window._readings) <= 14
+    chosen = window.baseline(at(200))
+    assert chosen is not None and 60 <= (at(200) - chosen.at).total_seconds() < 65
+    with pytest.raises(ValueError, match="resolution"):
+        ReadingWindow(60, resolution=60)
+
+
 def test_reading_window_survives_the_clock_going_back() -> None:
     window = ReadingWindow(60)
     window.add(Reading(at=at(100)))

@@ -130,6 +130,31 @@ def test_gateway_counters_join_each_pool_and_give_offered_rates() -> None:
     assert isinstance(slow, DemandSample) and slow.queue == 0 and slow.overflow_in_flight == 0
 
 
+def test_the_first_read_waits_for_the_first_gateway_scrape() -> None:
+    m = gateway_registry()
+    m.held.labels("team-a", "fast").set(1)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=m.registry)
+    gateway_url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def scenario() -> DemandSample | NoData:
+        async with StandinCluster(CONFIG) as cluster, httpx.AsyncClient() as http:
+            port = await cluster.add_replica()
+            poller = DemandPoller(http=http, interval=0.2, gateway_endpoints=lambda: [gateway_url])
+            poller.set_pool(FAST, spec("vllm-fast", port, 1.0), [pod("fast-a", "127.0.0.1")])
+            # The pool's read starts before the gateway's: it must not report the gateway as unreadable.
+            read = asyncio.create_task(poller.read_pool(FAST))
+            await asyncio.sleep(0.05)
+            await poller.read_gateway()
+            return await read
+
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert isinstance(got, DemandSample) and got.waiting == 1
+
+
 def test_an_unreachable_gateway_is_no_data_for_pools_that_add_it() -> None:
     async def scenario() -> DemandSample | NoData:
         async with StandinCluster(CONFIG) as cluster, httpx.AsyncClient() as http:

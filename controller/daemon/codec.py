@@ -3,7 +3,9 @@
 `encode_state` writes compact JSON with `"v": 1`; times are integer microseconds since the epoch (exact
 round trips), floats as Python writes them (exact too). `decode_state` never raises: a missing, garbled
 or unknown-version text gives a fresh `PolicyState` (safe: the policy's startup hold applies), and
-`decode_state_checked` also returns why, for the log.
+`decode_state_checked` also returns why, for the log. A restored state keeps its `started_at`, so a
+restarted controller does not add a second startup hold: it holds what the state held. Moments after `now`
+(a clock that ran ahead) are held at `now`.
 
 The scale-down recommendations are compacted before they are written: the policy (like the HPA's
 stabilisation window) only ever asks "the highest recommendation since t", and for that only the

@@ -247,10 +247,13 @@ class ReadingWindow:
     observed so far instead of waiting a whole window.
     """
 
-    def __init__(self, seconds: float = RATE_WINDOW_SECONDS) -> None:
+    def __init__(self, seconds: float = RATE_WINDOW_SECONDS, *, resolution: float = 0.0) -> None:
         if not seconds > 0:
             raise ValueError(f"the rate window must be > 0 seconds, got {seconds}")
+        if not 0 <= resolution < seconds:
+            raise ValueError(f"the window's resolution must be in [0, {seconds:g}) seconds, got {resolution}")
         self.seconds = seconds
+        self.resolution = resolution
         self._readings: deque[Reading] = deque()
 
     def baseline(self, now: dt.datetime) -> Reading | None:
@@ -267,9 +270,15 @@ class ReadingWindow:
         return chosen
 
     def add(self, reading: Reading) -> None:
-        """Keep a complete reading; readings no later baseline can choose are dropped."""
+        """Keep a complete reading (at most one per `resolution` seconds); drop those no baseline needs.
+
+        A coarser resolution keeps fewer readings per pool (memory) at the price of rate intervals up to
+        `resolution` longer than the window; the rates are still exact over the interval they cover.
+        """
         if self._readings and reading.at < self._readings[-1].at:
             self._readings.clear()  # the clock went back: start over rather than take negative intervals
+        if self._readings and (reading.at - self._readings[-1].at).total_seconds() < self.resolution:
+            return
         self._readings.append(reading)
         cutoff = reading.at - dt.timedelta(seconds=self.seconds)
         while len(self._readings) > 1 and self._readings[1].at <= cutoff:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _GATEWAY_TIMEOUT_SECONDS = 2.0
 """Budget of one gateway scrape (the spec's default scrape timeout)."""
+_WINDOW_RESOLUTION_SECONDS = 5.0
+"""Rate baselines kept per pool at most this often: about 13 readings per pool instead of 60."""
 
 
 def _utcnow() -> dt.datetime:
@@ -80,6 +82,7 @@ class DemandPoller:
         self._pools: dict[tuple[str, str], _Pool] = {}
         self._gateway: tuple[GatewayScrape | NoData, dt.datetime] | None = None
         self._changed: asyncio.Event | None = None
+        self._gateway_read = asyncio.Event()
 
     @staticmethod
     def _key(pool: PoolRef) -> tuple[str, str]:
@@ -95,7 +98,9 @@ class DemandPoller:
         key = self._key(pool)
         entry = self._pools.get(key)
         if entry is None or entry.spec.metrics.source is not spec.metrics.source or entry.ref != pool:
-            window = ReadingWindow(self.rate_window_seconds)
+            window = ReadingWindow(
+                self.rate_window_seconds, resolution=min(_WINDOW_RESOLUTION_SECONDS, self.rate_window_seconds / 2)
+            )
             self._pools[key] = _Pool(pool, spec, tuple(pods), dict(secrets or {}), window, NoData("not read yet"))
         else:
             entry.spec, entry.pods, entry.secrets = spec, tuple(pods), dict(secrets or {})
@@ -147,12 +152,17 @@ class DemandPoller:
             return
         result = await GatewaySource(endpoints, timeout=self.gateway_timeout).read(self.http)
         self._gateway = (result, self.clock())
+        self._gateway_read.set()
 
     async def read_pool(self, pool: PoolRef) -> DemandSample | NoData:
         """Read one pool now and cache the outcome (what its task does every interval)."""
         entry = self._pools.get(self._key(pool))
         if entry is None:
             return NoData(f"pool {pool.namespace}/{pool.name} is not being read")
+        if self.gateway_endpoints is not None and entry.spec.metrics.gateway and self._gateway is None:
+            # The first round: wait for the gateway's first scrape rather than report it missing.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gateway_read.wait(), self.gateway_timeout + 1.0)
         source = build_engine_source(entry.ref, entry.spec, entry.pods, entry.secrets)
         expected = [p.name for p in entry.pods if p.ready]
         raw: Mapping[str, EngineSample | NoData] | EngineTotals | NoData
@@ -172,8 +182,9 @@ class DemandPoller:
         sample, reading = aggregate(raw, expected, gateway, entry.window.baseline(now), now)
         if reading is not None:
             entry.window.add(reading)
-            if isinstance(gateway, GatewayCounters):
-                entry.fallback_usd_total = gateway.fallback_usd_total
+        if isinstance(gateway, GatewayCounters):
+            # The spend is the gateway's, whatever the engines' read gave.
+            entry.fallback_usd_total = gateway.fallback_usd_total
         entry.sample = sample
         entry.reads += 1
         return sample
