@@ -153,6 +153,8 @@ def test_defaults_mirror_the_code() -> None:
     assert float(gateway["maxHoldSeconds"]) == code.max_hold_seconds
     assert float(gateway["scrapeInterval"]) == code.scrape_interval_seconds
     assert gateway["maxBodyBytes"] == code.max_body_bytes
+    assert float(gateway["shutdownGrace"]) == code.shutdown_grace_seconds
+    assert gateway["logFormat"] == defaults.LOG_FORMAT
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert chart["appVersion"] == project["version"]
@@ -189,6 +191,8 @@ def test_rendered_gateway_args_parse_into_the_gateways_settings() -> None:
         code.scrape_interval_seconds,
         code.max_body_bytes,
     )
+    assert settings.shutdown_grace_seconds == code.shutdown_grace_seconds
+    assert args.log_format == defaults.LOG_FORMAT
 
 
 def test_production_values_reach_both_commands() -> None:
@@ -220,6 +224,8 @@ BAD_VALUES = [
     ("gateway.service.type=Ingress", "at '/gateway/service/type'"),
     ("gateway.podDisruptionBudget.maxUnavailable=half", "at '/gateway/podDisruptionBudget/maxUnavailable'"),
     ("gateway.maxBodyBytes=10", "at '/gateway/maxBodyBytes'"),
+    ("gateway.logFormat=yaml", "at '/gateway/logFormat'"),
+    ("gateway.shutdownGrace=-5", "at '/gateway/shutdownGrace'"),
     ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
     ("watchNamespace=Not_A_Namespace", "at '/watchNamespace'"),
     ("metrics.serviceMonitor.interval=soon", "at '/metrics/serviceMonitor/interval'"),
