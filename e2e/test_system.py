@@ -30,6 +30,7 @@ import math
 import subprocess
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -332,7 +333,8 @@ def test_helm_install_then_a_day_of_the_example_pool(
                         f"{[(c['type'], c['status']) for c in p['status'].get('conditions') or []]}"
                         for p in pods
                     )
-                    raise AssertionError(f"{failure}\n{tails}") from None
+                    where = "".join(traceback.format_exception(failure)[-3:])
+                    raise AssertionError(f"{where}\n{tails}") from None
         finally:
             for process in processes:
                 process.stop()
@@ -471,8 +473,11 @@ def _journey(
             "message",
             "applied",
         } <= set(line)
-    reasons = {e["reason"] for e in events_of(api, namespace, "assistant")}
-    assert {"ScaledUp", "ScaledDown", "Prewarm"} <= reasons, reasons
+    events = events_of(api, namespace, "assistant")
+    reasons = {e["reason"] for e in events}
+    assert {"ScaledUp", "ScaledDown"} <= reasons, reasons
+    assert any(e["reason"] == "ScaledUp" and "(prewarm)" in e["message"] for e in events), events
+    assert any(e["reason"] == "ScaledDown" and "(idle-to-zero)" in e["message"] for e in events), events
     table = gpupool_table(api, namespace)
     columns = [c["name"] for c in table["columnDefinitions"]]
     row = dict(zip(columns, table["rows"][0]["cells"], strict=True))
