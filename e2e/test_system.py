@@ -221,6 +221,19 @@ def _decisions(controller: LocalProcess) -> list[dict[str, Any]]:
     return [line for line in list(controller.lines) if line.get("pool") == "assistant" and "reason" in line]
 
 
+def _applied(controller: LocalProcess, what: str, match: Any, count: int = 1) -> list[dict[str, Any]]:
+    """The applied decisions that ``match``, once at least ``count`` are in the log (the API server can
+    show a scale before the controller's line has reached the reader)."""
+    found = eventually(
+        lambda: (lambda got: got if len(got) >= count else None)(
+            [d for d in _decisions(controller) if d.get("applied") and match(d)]
+        ),
+        10,
+        f"{count} applied decision(s): {what}",
+    )
+    return list(found)
+
+
 def test_helm_install_then_a_day_of_the_example_pool(
     k8s_cluster: K8sCluster, namespace: str, gpu_node: Any, standin_pods: Any, tmp_path: Path
 ) -> None:
@@ -384,7 +397,7 @@ def _journey(
     ready = next(c for c in pods[0]["status"]["conditions"] if c["type"] == "Ready")
     ready_at = parse_time(ready["lastTransitionTime"])
     assert ready_at is not None and ready_at <= opens, f"Ready at {ready_at}, the window opens at {opens}"
-    prewarm = [d for d in _decisions(controller) if d.get("applied") and d["reason"] == "prewarm"]
+    prewarm = _applied(controller, "the pre-warm", lambda d: d["reason"] == "prewarm")
     assert prewarm and prewarm[0]["to"] == 1 and prewarm[0]["dry_run"] is False
     eventually(
         lambda: pool_status(api, namespace, "assistant").get("activeWindow") == "business-hours",
@@ -402,7 +415,7 @@ def _journey(
                 break
     assert PROVIDER_MODEL in served and SERVED in served, served
     eventually(lambda: _replicas(api, namespace) >= 2, 15, "a scale-up for the burst")
-    up = [d for d in _decisions(controller) if d.get("applied") and d["to"] >= 2]
+    up = _applied(controller, "a scale-up past one", lambda d: d["to"] >= 2)
     assert up and up[0]["reason"] in {"queue-high", "tokens-high", "overflow-pays", "step-limit"}
     assert all(r.headers.get("Authorization") == f"Bearer {PROVIDER_KEY}" for r in provider.requests)
     assert users.stream() in {SERVED, PROVIDER_MODEL}
@@ -416,7 +429,7 @@ def _journey(
         (closes - dt.datetime.now(ZONE)).total_seconds() + 60,
         "zero after the window",
     )
-    zero = [d for d in _decisions(controller) if d.get("applied") and d["to"] == 0]
+    zero = _applied(controller, "a scale to zero", lambda d: d["to"] == 0)
     assert zero and zero[-1]["reason"] == "idle-to-zero"
     assert parse_time(zero[-1]["time"]) >= closes.astimezone(dt.UTC)
     eventually(lambda: not watcher.live(), 15, "every pod gone")
@@ -429,7 +442,7 @@ def _journey(
     while users.ask() != SERVED:
         assert time.monotonic() < deadline, "no GPU answer after the scale from zero"
         time.sleep(0.3)
-    from_zero = [d for d in _decisions(controller) if d.get("applied") and d["from"] == 0 and d["to"] >= 1]
+    from_zero = _applied(controller, "the pre-warm and a scale from zero", lambda d: d["from"] == 0 and d["to"] >= 1, 2)
     assert len(from_zero) >= 2  # the pre-warm, and this one
     eventually(lambda: _replicas(api, namespace) == 0 and not watcher.live(), 120, "zero again")
 
