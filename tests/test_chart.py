@@ -211,12 +211,22 @@ def test_production_values_reach_both_commands() -> None:
     } in pod["volumes"]
 
 
+def test_decimals_given_with_set_are_accepted() -> None:
+    # helm --set passes 2.5 as the string "2.5": the schema takes a decimal string where it takes a number.
+    objects = render(sets=["controller.tick=2.5", "gateway.scrapeInterval=0.5", "gateway.maxHoldSeconds=1.5"])
+    assert "--tick=2.5" in _args(objects, "ebbtide-controller")
+    gateway = _args(objects, "ebbtide-gateway")
+    assert "--scrape-interval=0.5" in gateway and "--max-hold-seconds=1.5" in gateway
+
+
 # -- the values schema ---------------------------------------------------------------------------------
 
 BAD_VALUES = [
     ("controller.replicas=two", "at '/controller/replicas': got string, want integer"),
     ("controller.replicas=0", "at '/controller/replicas'"),
     ("controller.tick=0", "at '/controller/tick'"),
+    ("controller.tick=0.0", "at '/controller/tick'"),
+    ("controller.tick=soon", "at '/controller/tick'"),
     ("controller.logFormat=xml", "at '/controller/logFormat'"),
     ("controller.metricsPort=70000", "at '/controller/metricsPort'"),
     ("controller.leaderElection=maybe", "at '/controller/leaderElection': got string, want boolean"),
