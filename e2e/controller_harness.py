@@ -71,7 +71,8 @@ def _env() -> dict[str, str]:
 
 def run_once(kubeconfig: Path, namespace: str, *flags: str, timeout: float = 90.0) -> tuple[int, list[dict[str, Any]]]:
     """`ebbtide controller --once` (no leader election unless flags say so): exit code and JSON log lines."""
-    args = _command(kubeconfig, namespace, "--once", "--no-leader-elect", "--log-level", "debug", *flags)
+    election = () if "--leader-elect" in flags else ("--no-leader-elect",)
+    args = _command(kubeconfig, namespace, "--once", *election, "--log-level", "debug", *flags)
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO, check=False)
     lines = [_parse(line) for line in done.stdout.splitlines() if line.strip()]
     if done.stderr.strip():
@@ -110,6 +111,18 @@ class Controller:
     def decisions(self, pool: str) -> list[dict[str, Any]]:
         """The decision log lines of one pool so far."""
         return [line for line in list(self.lines) if line.get("pool") == pool and "reason" in line]
+
+    def health_url(self, timeout: float = 15.0) -> str:
+        """Base URL of the process's /metrics, /healthz and /readyz (from its start-up log line)."""
+
+        def find() -> str | None:
+            for line in list(self.lines):
+                message = str(line.get("message", ""))
+                if message.startswith("serving /metrics"):
+                    return "http://" + message.rsplit(" ", 1)[-1]
+            return None
+
+        return eventually(find, timeout, "the health server's address")
 
     def alive(self) -> bool:
         """Whether the process still runs."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from controller.kube.client import request_json
@@ -63,6 +64,14 @@ def test_one_acts_and_the_other_takes_over(k8s_cluster: K8sCluster, namespace: s
         time.sleep(2)  # a few more ticks: the follower must stay silent
         assert controllers[leader].decisions("chat"), controllers[leader].tail()
         assert not controllers[follower].decisions("chat"), controllers[follower].tail()
+        # /readyz tells them apart; both are alive.
+        leading = httpx.get(controllers[leader].health_url() + "/readyz", timeout=5)
+        standing = httpx.get(controllers[follower].health_url() + "/readyz", timeout=5)
+        assert leading.status_code == 200, leading.text
+        assert standing.status_code == 503 and f"holder: {leader}" in standing.text, standing.text
+        assert httpx.get(controllers[follower].health_url() + "/healthz", timeout=5).status_code == 200
+        metrics = httpx.get(controllers[leader].health_url() + "/metrics", timeout=5).text
+        assert "ebbtide_controller_leader 1.0" in metrics and "ebbtide_controller_ticks_total" in metrics
 
         if how == "killed":
             controllers[leader].kill()  # no release: the follower waits out the lease
@@ -70,7 +79,9 @@ def test_one_acts_and_the_other_takes_over(k8s_cluster: K8sCluster, namespace: s
             assert controllers[leader].stop() == 0  # SIGTERM releases the Lease
         gone = time.monotonic()
         patch_pool(api, namespace, "chat", {"spec": _spec(2)})
-        limit = LEASE_SECONDS + 6 if how == "killed" else 8
+        # Killed: the standby judges expiry from when it last saw the record change (up to one jittered 2 s
+        # retry late), waits out the 15 s lease, acquires on its next jittered retry, then ticks.
+        limit = LEASE_SECONDS + 8 if how == "killed" else 8
         eventually(
             lambda: deployment_replicas(api, namespace) == 2,
             limit,

@@ -8,6 +8,7 @@ controller's tick is long (30 s) so only the boundary wakeup can explain a scale
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -76,8 +77,8 @@ def test_a_window_is_prewarmed_one_cold_start_ahead_and_ready_when_it_opens(
         assert deployment_replicas(api, namespace) == 0
         timeout = (prewarm_at - dt.datetime.now(dt.UTC)).total_seconds() + 10
         eventually(lambda: deployment_replicas(api, namespace) == 1, timeout, f"the pre-warm\n{controller.tail()}")
-        scaled = [d for d in controller.decisions("office") if d.get("applied")]
-        assert scaled and scaled[0]["reason"] == "prewarm", controller.tail()
+        scaled = eventually(lambda: [d for d in controller.decisions("office") if d.get("applied")], 5, "the log line")
+        assert scaled[0]["reason"] == "prewarm", controller.tail()
         applied_at = parse_time(scaled[0]["time"])
         assert applied_at is not None
         lateness = (applied_at - prewarm_at).total_seconds()
@@ -98,3 +99,45 @@ def test_a_window_is_prewarmed_one_cold_start_ahead_and_ready_when_it_opens(
         status = pool_status(api, namespace, "office")
         assert status["desiredReplicas"] == 1 and status["readyReplicas"] == 1, status
         assert status["nextChange"]["what"] == "window 'office' closes"
+
+
+def test_a_window_within_one_cold_start_of_the_last_keeps_its_replica(
+    k8s_cluster: K8sCluster, namespace: str, gpu_node: Any, standin_pods: Any
+) -> None:
+    """Window A closes at M, window B opens one minute later, the cold start is 90 s: the idle replica
+    stays through the gap (releasing it would mean starting it again before it could be useful)."""
+    api = k8s_cluster.api_client
+    install_crds(api)
+    node = gpu_node(f"gpu-{namespace}"[:63], 2)
+    create_deployment(api, namespace, replicas=1, node=node.metadata.name)
+    standin_pods(deployment="vllm", port=8000).wait_for(1)  # the queue is read (and empty)
+    closes = _next_opening(15)
+    first = {**_window(closes - dt.timedelta(minutes=2), minutes=2), "name": "morning"}
+    second = {**_window(closes + dt.timedelta(minutes=1), minutes=2), "name": "afternoon"}
+    spec = {
+        "target": {"deployment": "vllm", "maxReplicas": 2},
+        "coldStartSeconds": 90,
+        "demand": {"idleGraceSeconds": 0, "scaleDownDelaySeconds": 1},
+        "billing": {"granularity": "second", "minimumBilledSeconds": 0},
+        "schedule": {"timezone": "UTC", "windows": [first, second]},
+    }
+    create_pool(api, namespace, "office", spec)
+    with Controller(k8s_cluster.kubeconfig, namespace, tick=1.0) as controller:
+        eventually(
+            lambda: pool_status(api, namespace, "office").get("activeWindow") == "morning",
+            15,
+            f"the first window open\n{controller.tail()}",
+        )
+        wait = (closes - dt.datetime.now(dt.UTC)).total_seconds()
+        eventually(
+            lambda: pool_status(api, namespace, "office").get("activeWindow") is None,
+            wait + 5,
+            f"the first window closed\n{controller.tail()}",
+        )
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert deployment_replicas(api, namespace) == 1, controller.tail()
+            time.sleep(0.5)
+        status = pool_status(api, namespace, "office")
+        assert status["lastDecision"]["reason"] == "prewarm", status
+        assert "afternoon" in status["lastDecision"]["message"]

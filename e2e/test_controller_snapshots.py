@@ -88,3 +88,23 @@ def test_snapshots_follow_the_cluster(k8s_cluster: K8sCluster, namespace: str) -
         assert time.monotonic() - started < 5, "stopping waited for a watch to time out"
 
     asyncio.run(main())
+
+
+def test_secret_cache_reads_only_the_named_key(k8s_cluster: K8sCluster, namespace: str) -> None:
+    import base64
+
+    from controller.daemon.secrets import SecretCache
+
+    api: ApiClient = k8s_cluster.api_client
+    token = base64.b64encode(b"s3cret-token\n").decode()
+    body = {"metadata": {"name": "prom"}, "data": {"token": token}}
+    request_json(api, "POST", f"/api/v1/namespaces/{namespace}/secrets", body=body)
+
+    async def main() -> dict[str, str]:
+        cache = SecretCache(api)
+        refs = [(namespace, "prom", "token"), (namespace, "prom", "absent"), (namespace, "missing", "token")]
+        cache.want(refs)
+        await cache.refresh()
+        return cache.values(refs)
+
+    assert asyncio.run(main()) == {"prom/token": "s3cret-token"}

@@ -105,3 +105,40 @@ def test_active_window_names_the_open_window() -> None:
     spec = _spec(**BERLIN_WEEKDAYS)
     assert active_window(spec, dt.datetime(2026, 12, 1, 9, tzinfo=UTC)) == "office"
     assert active_window(spec, dt.datetime(2026, 12, 1, 7, 58, tzinfo=UTC)) is None
+
+
+def test_a_window_open_all_week_has_no_boundary_at_midnight() -> None:
+    # Closing at 24:00 as the same window opens at 00:00 (and its pre-warm while open) changes nothing.
+    always = {
+        "name": "always",
+        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+        "start": "00:00",
+        "end": "24:00",
+    }
+    spec = _spec(timezone="Europe/Berlin", windows=[always])
+    assert next_boundary(spec, dt.datetime(2026, 12, 1, 12, tzinfo=UTC)) is None
+
+
+def test_back_to_back_windows_with_different_floors_keep_their_boundary() -> None:
+    morning = {"name": "morning", "days": ["tue"], "start": "08:00", "end": "12:00", "minReplicas": 1}
+    noon = {"name": "noon", "days": ["tue"], "start": "12:00", "end": "14:00", "minReplicas": 3}
+    spec = _spec(windows=[morning, noon])
+    boundary = next_boundary(spec, dt.datetime(2026, 12, 1, 10, tzinfo=UTC))
+    assert boundary == Boundary(dt.datetime(2026, 12, 1, 11, 57, tzinfo=UTC), "pre-warm for window 'noon'")
+
+
+def test_the_cache_answers_until_the_boundary_passes_or_the_spec_changes() -> None:
+    from controller.daemon.wakeups import BoundaryCache
+
+    spec = _spec(**BERLIN_WEEKDAYS)
+    cache = BoundaryCache()
+    now = dt.datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+    first = cache.get("p", spec, now)
+    assert first is not None and cache.get("p", spec, now + dt.timedelta(minutes=56)) is first
+    assert cache.get("p", spec, first.at) == next_boundary(spec, first.at)
+    edited = spec.model_copy(update={"cold_start_seconds": 60})
+    assert cache.get("p", edited, now) == Boundary(
+        dt.datetime(2026, 12, 1, 7, 59, tzinfo=UTC), "pre-warm for window 'office'"
+    )
+    cache.forget(set())
+    assert cache.get("p", spec, now) == first

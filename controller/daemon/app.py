@@ -18,10 +18,9 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from prometheus_client import Counter, Gauge, Histogram
 
 from controller.daemon.cluster import KubeCluster
 from controller.daemon.codec import decode_state_checked, encode_state
@@ -32,6 +31,8 @@ from controller.daemon.pooltable import PoolTable
 from controller.daemon.reconciler import PassResult, Reconciler, pool_object_ref
 from controller.daemon.recorder import KubeRecorder
 from controller.daemon.reporting import DaemonLedger, StatusComposer
+from controller.daemon.secrets import SecretCache, secret_refs
+from controller.daemon.settings import LEADER, POOLS, SCALES, TICK_SECONDS, TICKS, Settings
 from controller.daemon.snapshots import Key, Snapshots
 from controller.daemon.statuswriter import StatusWriter
 from controller.daemon.wakeups import active_window
@@ -48,37 +49,8 @@ __all__ = ["Daemon", "Settings", "main"]
 
 log = logging.getLogger("ebbtide.controller")
 
-TICKS = Counter("ebbtide_controller_ticks_total", "Passes over every pool")
-TICK_SECONDS = Histogram(
-    "ebbtide_controller_tick_seconds", "Time one pass over every pool took", buckets=(0.01, 0.05, 0.1, 0.5, 1, 5)
-)
-POOLS = Gauge("ebbtide_controller_pools", "Live GPUPools")
-SCALES = Counter("ebbtide_controller_scale_patches_total", "Scale patches applied")
-LEADER = Gauge("ebbtide_controller_leader", "1 while this replica leads (or election is off)")
-
 _SYNC_TIMEOUT_SECONDS = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the flags set (see `ebbtide controller --help`)."""
-
-    kubeconfig: str | None
-    namespace: str | None
-    dry_run: bool
-    once: bool
-    tick_seconds: float
-    log_format: str
-    log_level: str
-    metrics_addr: tuple[str, int] | None
-    leader_elect: bool
-    lease_name: str
-    lease_namespace: str
-    identity: str
-    gateway_namespace: str | None
-    gateway_selector: str
-    gateway_port: int
-    gateway_urls: tuple[str, ...]
+_WORKER_THREADS = 24
 
 
 class _WallClock:
@@ -122,7 +94,7 @@ class Daemon:
             else None
         )
         self.events = EventSink(self.api, instance=settings.identity)
-        self.status_writer = StatusWriter(self.api)
+        self.status_writer = StatusWriter(self.api, may_write=self.leading)
         self.http = httpx.AsyncClient(trust_env=False)
         has_gateway = bool(settings.gateway_selector or settings.gateway_urls)
         self.poller = DemandPoller(http=self.http, gateway_endpoints=self._gateway_endpoints if has_gateway else None)
@@ -156,6 +128,8 @@ class Daemon:
         self.was_leader = False
         self._tasks: list[asyncio.Task[None]] = []
         self._demand_pods: dict[Key, tuple[object, ...]] = {}
+        self._feed_due = True
+        self.secrets = SecretCache(self.api)
 
     # -- callbacks -----------------------------------------------------------------------------------
 
@@ -164,6 +138,20 @@ class Daemon:
         # itself tells a spec change from the echo of its own status write.
         if kind == "gpupools":
             self.wake.set()
+        self._feed_due = True  # pods came or went: the demand poller must read the new set soon
+
+    async def _feeder(self) -> None:
+        """Hand pod changes to the demand poller within a quarter second, not a tick later."""
+        while not self.stop.is_set():
+            if self._feed_due:
+                self._feed_due = False
+                try:
+                    # Only the pools already in the table: a new pool is added by the pass it wakes.
+                    self._feed_poller()
+                except Exception:  # keep feeding whatever one pool's spec did
+                    log.exception("updating the demand poller failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.25)
 
     def _on_status(self, pool: PoolRef, step: StepReport) -> None:
         live = self.table.pools.get((pool.namespace, pool.name))
@@ -223,11 +211,14 @@ class Daemon:
                 continue
             deployment = self.snapshots.deployments.items.get((pool.ref.deployment_namespace, pool.ref.deployment))
             pods = self.snapshots.pods_of(deployment) if deployment is not None else []
-            signature = (pool.ref, pool.spec, tuple(pods))
+            refs = secret_refs(pool.spec, pool.key[0])
+            self.secrets.want(refs)
+            secrets = self.secrets.values(refs)
+            signature = (pool.ref, pool.spec, tuple(pods), tuple(sorted(secrets.items())))
             seen.add(pool.key)
             if self._demand_pods.get(pool.key) != signature:
                 self._demand_pods[pool.key] = signature
-                self.poller.set_pool(pool.ref, pool.spec, pods)
+                self.poller.set_pool(pool.ref, pool.spec, pods, secrets)
         for key in list(self._demand_pods):
             if key not in seen:
                 ref = self._demand_pods.pop(key)[0]
@@ -239,8 +230,8 @@ class Daemon:
         """Step every pool once (the caller checked leadership)."""
         started = time.perf_counter()
         now = self.clock.now()
+        self._sync_table()
         result = self.reconciler.run_pass(now)
-        self._feed_poller()
         TICK_SECONDS.observe(time.perf_counter() - started)
         TICKS.inc()
         SCALES.inc(result.applied)
@@ -262,6 +253,8 @@ class Daemon:
         self._spawn(self.poller.run(self.stop), "demand")
         self._spawn(self.events.run(self.stop), "events")
         self._spawn(self.status_writer.run(self.stop), "status")
+        self._spawn(self.secrets.run(self.stop), "secrets")
+        self._spawn(self._feeder(), "demand feeder")
         if self.elector is not None:
             self._spawn(self.elector.run(self.stop), "leader election")
         self.health: HealthServer | None = None
@@ -279,9 +272,12 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop everything: persist each pool's latest state, release the Lease (a standby takes over in
         ~retry, reading that state), then flush."""
-        if self.leading() and self.was_leader:
-            self._persist_states()
+        if self.leading():
+            if self.was_leader:
+                self._persist_states()
+            # Written while still leading: after the release the writer drops what is left (fencing).
             await self.status_writer.flush(5.0)
+            await self.events.flush(5.0)
         if self.elector is not None and self.elector.is_leader():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.elector.release(), 5.0)
@@ -318,8 +314,11 @@ class Daemon:
 
     async def once(self) -> int:
         """One pass over every pool, then exit: 0 when every pool was read, 1 otherwise."""
-        if not await self.snapshots.wait_synced(_SYNC_TIMEOUT_SECONDS):
-            log.error("could not list the cluster within %.0f s: %s", _SYNC_TIMEOUT_SECONDS, self.snapshots.errors())
+        if not await self.snapshots.wait_synced(_SYNC_TIMEOUT_SECONDS, give_up_on_refusal=True):
+            for kind, error in sorted(self.snapshots.errors().items()):
+                log.error("cannot list %s: %s", kind, error)
+            if not self.snapshots.errors():
+                log.error("could not list the cluster within %.0f s", _SYNC_TIMEOUT_SECONDS)
             return 1
         if self.elector is not None:
             deadline = time.monotonic() + self.elector.lease_seconds + 2 * self.elector.retry
@@ -343,7 +342,11 @@ class Daemon:
         """Sleep until the next tick or the next schedule boundary, or until a GPUPool really changed."""
         while not self.stop.is_set():
             delay = next_tick - time.monotonic()
-            boundary = self.reconciler.next_boundary(self.clock.now())
+            try:
+                boundary = self.reconciler.next_boundary(self.clock.now())
+            except Exception:  # a schedule that cannot be computed wakes the pool at the tick only
+                log.exception("computing the next schedule boundary failed")
+                boundary = None
             if boundary is not None:
                 # A millisecond past the boundary, so the policy sees the new side of it.
                 delay = min(delay, (boundary.at - self.clock.now()).total_seconds() + 0.001)
@@ -374,19 +377,25 @@ class Daemon:
             elif self.was_leader and not leading:
                 log.warning("lost the leadership; standing by")
             self.was_leader = leading
-            if leading and self.snapshots.synced():
-                self.run_pass()
-            else:
-                self._sync_table()
-                self.last_tick = time.monotonic()
+            try:
+                if leading and self.snapshots.synced():
+                    self.run_pass()
+                else:
+                    self._sync_table()
+                    self.last_tick = time.monotonic()
+            except Exception:  # a bug in one pass must not end the daemon; /healthz shows a loop that stalls
+                log.exception("the pass failed; trying again at the next tick")
             next_tick = max(next_tick + self.settings.tick_seconds, time.monotonic())
             await self._sleep_until(next_tick)
         return 0
 
 
 async def _amain(settings: Settings) -> int:
-    daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
+    # Each watch holds a worker thread for its whole life; the default pool (cores + 4) would leave the
+    # Lease renewal, the scale patch and the status writes waiting behind them.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix="ebbtide"))
+    daemon = Daemon(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)
     await daemon.start()

@@ -23,13 +23,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kubernetes.client import ApiClient
 
-from controller.daemon.app import Daemon, Settings
+from controller.daemon.app import Daemon
+from controller.daemon.settings import Settings
 from controller.kube.client import api_client, request_json
 
 __all__ = ["main", "rss_mb"]
@@ -99,7 +101,7 @@ def _populate(api: ApiClient, namespace: str, pools: int) -> int:
     return pods
 
 
-async def _measure(kubeconfig: str, namespace: str, pods: int, runs: int) -> dict[str, Any]:
+async def _measure(kubeconfig: str, namespace: str, pods: int, runs: int, profile: bool) -> dict[str, Any]:
     settings = Settings(
         kubeconfig=kubeconfig,
         namespace=namespace,
@@ -118,6 +120,8 @@ async def _measure(kubeconfig: str, namespace: str, pods: int, runs: int) -> dic
         gateway_port=8080,
         gateway_urls=(),
     )
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=24))  # as the daemon's main does
     daemon = Daemon(settings)
     await daemon.start()
     try:
@@ -135,6 +139,15 @@ async def _measure(kubeconfig: str, namespace: str, pods: int, runs: int) -> dic
         result = daemon.run_pass()
         first_seconds = time.perf_counter() - first
         await daemon.status_writer.flush(120)
+        if profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            daemon.run_pass()
+            profiler.disable()
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -164,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pools", type=int, default=200)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--profile", action="store_true", help="print a profile of one pass to stderr")
     args = parser.parse_args(argv)
     if args.pools < 1 or args.runs < 1:
         print("--pools and --runs must be at least 1", file=sys.stderr)
@@ -173,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api = api_client(kubeconfig)
         pods = _populate(api, namespace, args.pools)
         try:
-            numbers = asyncio.run(_measure(kubeconfig, namespace, pods, args.runs))
+            numbers = asyncio.run(_measure(kubeconfig, namespace, pods, args.runs, args.profile))
         finally:
             request_json(api, "DELETE", f"/api/v1/namespaces/{namespace}")
             api.close()  # type: ignore[no-untyped-call]

@@ -10,6 +10,7 @@ from typing import Any
 
 from controller import defaults
 from controller.daemon.health import parse_listen_address
+from controller.daemon.settings import Settings
 
 __all__ = ["register", "settings_from_args"]
 
@@ -52,7 +53,11 @@ def register(subparsers: Any) -> None:
         help="kubeconfig to use; without it the in-cluster service-account config",
     )
     parser.add_argument(
-        "--namespace", metavar="NS", default=None, help="watch GPUPools (and their Deployments) in NS only; default all"
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help="watch GPUPools, Deployments, pods and HPAs in NS only (a pool's Deployment must then be in NS "
+        "too); default all namespaces",
     )
     parser.add_argument(
         "--dry-run",
@@ -142,11 +147,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check the flags and build the daemon's Settings (ValueError naming the flag on bad input)."""
-    from controller.daemon.app import Settings
-
-    metrics_addr = parse_listen_address(args.metrics_addr) if args.metrics_addr else None
+    try:
+        metrics_addr = parse_listen_address(args.metrics_addr) if args.metrics_addr else None
+    except ValueError as exc:
+        raise ValueError(f"--metrics-addr: {exc}") from None
     if not 1 <= args.gateway_port <= 65535:
         raise ValueError(f"--gateway-port {args.gateway_port}: must be 1..65535")
     for url in args.gateway_url:
@@ -178,6 +184,6 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ebbtide controller: {exc}", file=sys.stderr)
         return 2
-    from controller.daemon.app import main
+    from controller.daemon.app import main  # the daemon's imports only when it runs, not for --help
 
     return main(settings)

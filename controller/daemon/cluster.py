@@ -109,10 +109,9 @@ class KubeCluster:
             _preload_content=False,
         )
         # The watch will bring the new spec.replicas; until then the cache says what was just written,
-        # so the next tick neither patches again nor takes its own write for a manual change.
+        # so the next tick neither patches again nor takes its own write for a manual change (the
+        # reconciler records what it wrote).
         self._snapshots.deployments.items[key] = dataclasses.replace(deployment, replicas=replicas)
-        if live is not None:
-            live.last_written = replicas
 
     def _set_deletion_costs(self, pods: Sequence[PodInfo], billing: Billing) -> None:
         costs = deletion_costs(pods, self._now(), billing)

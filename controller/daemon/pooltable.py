@@ -20,6 +20,7 @@ from controller.daemon.snapshots import DeploymentInfo, HpaInfo, Key, is_paused
 from controller.kube.pods import parse_time
 from controller.loop import Outcome
 from controller.ports import PoolRef, StepReport
+from controller.validate import field_path
 from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
@@ -67,14 +68,20 @@ class LivePool:
 
 
 def spec_problem(raw_spec: object) -> tuple[GPUPoolSpec | None, str]:
-    """Validate a GPUPool's spec; (spec, "") or (None, every problem with its field path)."""
+    """Validate a GPUPool's spec; (spec, "") or (None, every problem with its field path), worded as
+    `ebbtide validate` words them."""
     try:
         return GPUPoolSpec.model_validate(raw_spec), ""
     except ValidationError as exc:
         problems = []
-        for error in exc.errors():
-            path = ".".join(str(p) for p in error["loc"])
-            problems.append(f"spec.{path}: {error['msg']}" if path else f"spec: {error['msg']}")
+        for error in exc.errors(include_url=False):
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+            elif error["type"] == "missing":
+                message = "required field is missing"
+            path = field_path(("spec", *error["loc"]))
+            problems.append(f"{path}: {message}")
         return None, "; ".join(problems)
 
 

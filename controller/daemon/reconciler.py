@@ -8,6 +8,7 @@ mode: they decide and report exactly as the others, they only never patch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -16,24 +17,42 @@ from typing import Any
 
 from controller.daemon.pooltable import LivePool, PoolTable, scaling_owner
 from controller.daemon.snapshots import Snapshots
-from controller.daemon.wakeups import Boundary, active_window, next_boundary
+from controller.daemon.wakeups import Boundary, BoundaryCache, active_window
 from controller.kube.events import EventSink, ObjectRef
 from controller.loop import ControlLoop, Outcome, Ports
 from controller.ports import Recorder, StepReport
 from policies.scaling import decide
 from policies.spec import API_GROUP, API_VERSION, KIND
 
-__all__ = ["PassResult", "Reconciler", "pool_object_ref"]
+__all__ = ["STALE_CACHE_SECONDS", "PassResult", "Reconciler", "pool_object_ref"]
 
 log = logging.getLogger("ebbtide.reconciler")
 
-StatusBuilder = Callable[[LivePool, StepReport, dt.datetime, str | None], tuple[dict[str, Any], dict[str, Any]] | None]
-"""(pool, its step, now, why it may not scale) -> (new status, merge patch), or None when unchanged."""
+STALE_CACHE_SECONDS = 60.0
+"""A watch failing this long may have missed changes (a manual scale, a deleted pod): act on nothing."""
+
+StatusBuilder = Callable[
+    [LivePool, StepReport, dt.datetime, str | None, Boundary | None], tuple[dict[str, Any], dict[str, Any]] | None
+]
+"""(pool, its step, now, why it may not scale, next boundary) -> (new status, merge patch), or None when
+unchanged."""
 
 
 def pool_object_ref(pool: LivePool) -> ObjectRef:
     """The GPUPool as an Event's involvedObject."""
     return ObjectRef(f"{API_GROUP}/{API_VERSION}", KIND, pool.key[1], pool.key[0], pool.uid)
+
+
+class _Unapplied:
+    """Hands a report-only step on with the daemon's own dry-run flag."""
+
+    def __init__(self, inner: Recorder, dry_run: bool) -> None:
+        self._inner = inner
+        self._dry_run = dry_run
+
+    def record(self, step: StepReport) -> None:
+        """Pass the step on, marked a dry run only when the daemon runs dry."""
+        self._inner.record(dataclasses.replace(step, dry_run=self._dry_run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +88,11 @@ class Reconciler:
         self._submit_status = submit_status
         self.dry_run = dry_run
         self.acting = ControlLoop(ports, decide, dry_run=dry_run)
-        self.reporting = ControlLoop(ports, decide, dry_run=True)
+        # Report-only pools never patch, but their steps say the truth: not a dry run (unless the daemon
+        # runs with --dry-run), only not applied; the status and the Events say why.
+        reporting_ports = dataclasses.replace(ports, recorder=_Unapplied(ports.recorder, dry_run))
+        self.reporting = ControlLoop(reporting_ports, decide, dry_run=True)
+        self.boundaries = BoundaryCache()
         self.blocked: dict[tuple[str, str], str] = {}
         """Pools that decide but must not scale now, with why (for ScalingActive=False)."""
 
@@ -132,6 +155,7 @@ class Reconciler:
     def step(self, pool: LivePool, now: dt.datetime) -> Outcome | None:
         """One pool's step: refused pools report their refusal, the rest reconcile."""
         if pool.refusal is not None or pool.spec is None:
+            self.blocked.pop(pool.key, None)  # the refusal is the reason now, not an earlier pause
             refusal = pool.refusal
             error = f"{refusal.reason}: {refusal.message}" if refusal is not None else "InvalidSpec"
             step = StepReport(
@@ -153,15 +177,17 @@ class Reconciler:
         outcome = loop.reconcile(pool.ref, pool.spec, pool.state, generation=pool.generation)
         pool.state = outcome.state
         pool.outcome = outcome
-        if outcome.applied and pool.step is not None and pool.step.decision is not None:
+        if outcome.applied and outcome.decision is not None:
             pool.last_scale_time = now
+            pool.last_written = outcome.decision.desired_replicas
         if pool.step is not None:
             self._finish(pool, pool.step, now)
         return outcome
 
     def _finish(self, pool: LivePool, step: StepReport, now: dt.datetime) -> None:
         try:
-            built = self._build_status(pool, step, now, self.blocked.get(pool.key))
+            boundary = self.boundaries.get(pool.key, pool.spec, now) if pool.spec is not None else None
+            built = self._build_status(pool, step, now, self.blocked.get(pool.key), boundary)
         except Exception:  # a status bug must not stop the other pools
             log.exception("building the status of %s/%s failed", *pool.key)
             return
@@ -170,9 +196,12 @@ class Reconciler:
             self._submit_status(pool.key[0], pool.key[1], patch)
 
     def run_pass(self, now: dt.datetime) -> PassResult:
-        """Sync the table with the snapshots and step every pool once."""
+        """Sync the table with the snapshots and step every pool once; with stale caches, only report."""
         self._table.sync(self._snapshots.pools.items, now)
         self._table.refresh_refusals(self._snapshots.deployments.items)
+        stale = self._snapshots.stale(STALE_CACHE_SECONDS)
+        if stale is not None:
+            return self._report_stale(stale, now)
         failed: list[str] = []
         applied = 0
         for pool in self._table:
@@ -190,9 +219,33 @@ class Reconciler:
                 applied += 1
         return PassResult(len(self._table), tuple(failed), applied)
 
+    def _report_stale(self, why: str, now: dt.datetime) -> PassResult:
+        """A pass that acts on nothing: the caches may be missing changes, so every pool reports why."""
+        failed = []
+        for pool in self._table:
+            step = StepReport(
+                pool.ref,
+                now,
+                pool.generation,
+                None,
+                None,
+                False,
+                None,
+                error=f"CacheStale: {why}",
+                dry_run=self.dry_run,
+            )
+            pool.step = step
+            self._recorder.record(step)
+            self._finish(pool, step, now)
+            failed.append(f"{pool.key[0]}/{pool.key[1]}: {why}")
+        return PassResult(len(self._table), tuple(failed), 0)
+
     def next_boundary(self, now: dt.datetime) -> Boundary | None:
         """The earliest schedule boundary of any live pool after `now`."""
-        boundaries = [b for p in self._table if p.spec is not None and (b := next_boundary(p.spec, now)) is not None]
+        boundaries = [
+            b for p in self._table if p.spec is not None and (b := self.boundaries.get(p.key, p.spec, now)) is not None
+        ]
+        self.boundaries.forget(set(self._table.pools))
         return min(boundaries, key=lambda b: b.at, default=None)
 
     def window_of(self, pool: LivePool, now: dt.datetime) -> str | None:

@@ -24,7 +24,7 @@ from controller.daemon.ledger import (
 from controller.daemon.pooltable import LivePool, PoolTable
 from controller.daemon.snapshots import Snapshots
 from controller.daemon.status import build_status, status_changed, status_patch
-from controller.daemon.wakeups import active_window, next_boundary
+from controller.daemon.wakeups import Boundary, active_window
 from controller.demand.poller import DemandPoller
 from controller.ports import PoolRef, StepReport, Usage
 
@@ -82,11 +82,10 @@ class StatusComposer:
         self._ledger = ledger
 
     def build(
-        self, pool: LivePool, step: StepReport, now: dt.datetime, blocked: str | None
+        self, pool: LivePool, step: StepReport, now: dt.datetime, blocked: str | None, boundary: Boundary | None
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(the pool's new status, the merge patch from the last written one), or None when unchanged."""
         spec = pool.spec
-        boundary = next_boundary(spec, now) if spec is not None else None
         observation = step.observation
         usage = Usage(observation.gpu_hours_today, observation.fallback_usd_today) if observation is not None else None
         ledger = self._ledger.ledger_status(pool.key)

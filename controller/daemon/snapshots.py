@@ -1,29 +1,22 @@
 """In-memory snapshots of the cluster, kept by list+watch in the background: the tick reads only these.
 
-One `Watched` per resource kind lists the objects, then watches from the list's resourceVersion (with
-bookmarks) until the server closes the watch, and watches again from the last version seen; a `410
-Gone` (the version is too old) or any error relists after a short back-off, and a full relist every
-`resync` seconds corrects whatever a watch may have missed. The kubernetes client is synchronous, so
-each call runs in a thread with `_request_timeout`; results come back to the event loop with
-`call_soon_threadsafe`, so the snapshots change only on the loop and the tick never sees a half-applied
-update. Objects are read as raw JSON (`_preload_content=False`) and reduced to the few fields the
-daemon needs, which keeps memory small with many pods.
+GPUPools (raw JSON), Deployments, Pods and HPAs (reduced to the few fields the daemon reads, which keeps
+memory small with many pods), and optionally the gateway's pods, each kept by a `Watched`
+(controller/daemon/watch.py). Changes arrive on the event loop, so the tick never sees a half-applied
+update; `stale()` says when a kind has been failing long enough that changes may have been missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from kubernetes import client
-from kubernetes.watch.watch import iter_resp_lines
 
+from controller.daemon.watch import Key, Watched
 from controller.kube.pods import PodInfo, pod_info, selector_matches
 from policies.spec import API_GROUP, API_VERSION, PLURAL
 
@@ -38,20 +31,9 @@ __all__ = [
     "hpa_info",
 ]
 
-log = logging.getLogger("ebbtide.snapshots")
 
 PAUSED_ANNOTATION = "ebbtide.dev/paused"
 """`"true"` on a GPUPool or its Deployment: decide and report, never patch."""
-
-Key = tuple[str, str]
-"""(namespace, name)."""
-
-T = TypeVar("T")
-
-# How long one list may take, and how long the server keeps one watch open before we re-watch.
-_LIST_TIMEOUT_SECONDS = 30.0
-_WATCH_SECONDS = 60
-_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,162 +108,6 @@ def _identity(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (410): relist."""
-
-
-class Watched(Generic[T]):
-    """One resource kind, listed and watched into `items` (key -> reduced object)."""
-
-    def __init__(
-        self,
-        kind: str,
-        list_call: Callable[..., Any],
-        transform: Callable[[Mapping[str, Any]], T],
-        *,
-        label_selector: str | None = None,
-        resync_seconds: float = 300.0,
-        watch_seconds: int = _WATCH_SECONDS,
-        on_change: Callable[[str, Key], None] | None = None,
-    ) -> None:
-        self.kind = kind
-        self.items: dict[Key, T] = {}
-        self.synced = asyncio.Event()
-        self.last_error = ""
-        self.listed_at: float | None = None
-        """time.monotonic() of the last successful list."""
-        self._list_call = list_call
-        self._transform = transform
-        self._label_selector = label_selector
-        self._resync = resync_seconds
-        self._watch_seconds = watch_seconds
-        self._on_change = on_change
-        self._resource_version = ""
-        self.version = 0
-        """Counts changes, so readers can cache what they derive from `items`."""
-        self._response: Any = None
-        self._stopping = False
-
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"_preload_content": False}
-        if self._label_selector:
-            kwargs["label_selector"] = self._label_selector
-        return kwargs
-
-    def _list_blocking(self) -> tuple[dict[Key, T], str]:
-        response = self._list_call(**self._kwargs(), _request_timeout=_LIST_TIMEOUT_SECONDS)
-        body = json.loads(response.data)
-        items: dict[Key, T] = {}
-        for obj in body.get("items") or ():
-            meta = _meta(obj)
-            items[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = self._transform(obj)
-        return items, str(_meta(body).get("resourceVersion", ""))
-
-    async def relist(self) -> None:
-        """List every object now and replace the snapshot (raises on failure)."""
-        items, version = await asyncio.to_thread(self._list_blocking)
-        changed = set(items) ^ set(self.items) | {k for k in items if self.items.get(k) != items[k]}
-        self.items = items
-        self.version += 1
-        self._resource_version = version
-        self.listed_at = time.monotonic()
-        self.last_error = ""
-        self.synced.set()
-        for key in changed:
-            self._notify("RELIST", key)
-
-    def _notify(self, event: str, key: Key) -> None:
-        if self._on_change is not None:
-            try:
-                self._on_change(event, key)
-            except Exception:  # a listener's bug must not stop the watch
-                log.exception("%s change listener failed", self.kind)
-
-    def _apply(self, event: str, obj: Mapping[str, Any]) -> None:
-        meta = _meta(obj)
-        version = meta.get("resourceVersion")
-        if version:
-            self._resource_version = str(version)
-        if event == "BOOKMARK":
-            return
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        if event == "DELETED":
-            self.items.pop(key, None)
-        else:
-            self.items[key] = self._transform(obj)
-        self.version += 1
-        self._notify(event, key)
-
-    def _watch_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
-        response = self._list_call(
-            **self._kwargs(),
-            watch=True,
-            resource_version=self._resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_seconds,
-            _request_timeout=(10, self._watch_seconds + 15),
-        )
-        self._response = response
-        if self._stopping:
-            response.release_conn()
-            return
-        try:
-            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
-                if not line:
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type", ""), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone(str(obj.get("message", "resource version too old")))
-                    raise RuntimeError(f"watch error: {obj.get('message', obj)}")
-                loop.call_soon_threadsafe(self._apply, kind, obj)
-        finally:
-            self._response = None
-            with contextlib.suppress(Exception):
-                response.release_conn()
-
-    def shutdown(self) -> None:
-        """Unblock a watch in progress (from the loop thread) so its thread ends now."""
-        self._stopping = True
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """List, then watch, until `stop` is set; errors are logged and retried with back-off."""
-        loop = asyncio.get_running_loop()
-        failures = 0
-        need_list = True
-        while not stop.is_set():
-            try:
-                if need_list or (self.listed_at is not None and time.monotonic() - self.listed_at > self._resync):
-                    await self.relist()
-                    need_list = False
-                await asyncio.to_thread(self._watch_blocking, loop)
-                failures = 0
-            except _Gone as exc:
-                log.info("%s watch expired (%s); relisting", self.kind, exc)
-                need_list = True
-            except Exception as exc:
-                if stop.is_set():
-                    break
-                self.last_error = _describe(exc)
-                delay = _BACKOFF_SECONDS[min(failures, len(_BACKOFF_SECONDS) - 1)]
-                failures += 1
-                need_list = True
-                log.warning("%s list/watch failed (%s); retrying in %.1f s", self.kind, self.last_error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, client.ApiException):
-        return f"HTTP {exc.status} {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
-
-
 class Snapshots:
     """GPUPools, Deployments, Pods and HPAs of the watched namespaces (all when `namespace` is None)."""
 
@@ -346,6 +172,7 @@ class Snapshots:
         )
         self._index: dict[str, list[PodInfo]] = {}
         self._index_version = -1
+        self._matches: dict[tuple[str, str, str], list[PodInfo]] = {}
         self.gateway_pods: Watched[PodInfo] | None = None
         if gateway_selector:
             self.gateway_pods = Watched(
@@ -372,12 +199,27 @@ class Snapshots:
         """The last list/watch error of each kind that has one."""
         return {w.kind: w.last_error for w in self.all if w.last_error}
 
-    async def wait_synced(self, timeout: float) -> bool:
-        """Wait until every kind has been listed once; False on timeout."""
-        try:
-            await asyncio.wait_for(asyncio.gather(*(w.synced.wait() for w in self.all)), timeout)
-        except TimeoutError:
-            return False
+    def stale(self, max_seconds: float) -> str | None:
+        """Why the caches cannot be trusted now (a kind failing to list or watch for longer than
+        `max_seconds`, so changes may have been missed), or None."""
+        now = time.monotonic()
+        for w in self.all:
+            if w.failing_since is not None and now - w.failing_since > max_seconds:
+                failing = now - w.failing_since
+                return f"the {w.kind} cache is stale: list/watch failing for {failing:.0f} s ({w.last_error})"
+        return None
+
+    async def wait_synced(self, timeout: float, *, give_up_on_refusal: bool = False) -> bool:
+        """Wait until every kind has been listed once; False on timeout (or, if asked, as soon as the API
+        server refuses a list outright: 401, 403 or 404 do not heal by waiting)."""
+        deadline = time.monotonic() + timeout
+        while not self.synced():
+            if time.monotonic() > deadline:
+                return False
+            refused = any(e.startswith(("HTTP 401", "HTTP 403", "HTTP 404")) for e in self.errors().values())
+            if give_up_on_refusal and refused:
+                return False
+            await asyncio.sleep(0.05)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -389,10 +231,19 @@ class Snapshots:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def pods_of(self, deployment: DeploymentInfo) -> list[PodInfo]:
-        """The pods the Deployment's selector matches in its namespace, sorted by name."""
+        """The pods the Deployment's selector matches in its namespace, sorted by name (memoised until the
+        pods change: a pass asks for each Deployment's pods several times)."""
         if self._index_version != self.pods.version:
             index: dict[str, list[PodInfo]] = {}
             for (ns, _), pod in sorted(self.pods.items.items()):
                 index.setdefault(ns, []).append(pod)
             self._index, self._index_version = index, self.pods.version
-        return [p for p in self._index.get(deployment.namespace, ()) if selector_matches(deployment.selector, p.labels)]
+            self._matches.clear()
+        key = (deployment.namespace, deployment.name, deployment.resource_version)
+        found = self._matches.get(key)
+        if found is None:
+            found = [
+                p for p in self._index.get(deployment.namespace, ()) if selector_matches(deployment.selector, p.labels)
+            ]
+            self._matches[key] = found
+        return list(found)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -42,8 +42,11 @@ def merge_patches(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[s
 class StatusWriter:
     """Coalescing background writer of `gpupools/status`."""
 
-    def __init__(self, api: ApiClient, *, timeout: float = 5.0) -> None:
+    def __init__(self, api: ApiClient, *, timeout: float = 5.0, may_write: Callable[[], bool] = lambda: True) -> None:
+        """`may_write` fences the writes: a replica that stopped leading drops what it had queued."""
         self._api = api
+        self._may_write = may_write
+        self.dropped = 0
         self._timeout = timeout
         self._pending: dict[Key, Mapping[str, Any]] = {}
         self._wake = asyncio.Event()
@@ -68,6 +71,10 @@ class StatusWriter:
 
     async def _drain(self) -> None:
         while self._pending:
+            if not self._may_write():
+                self.dropped += len(self._pending)
+                self._pending.clear()  # the new leader writes its own
+                return
             key = next(iter(self._pending))
             status = self._pending.pop(key)
             self._busy = True
