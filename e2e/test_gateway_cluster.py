@@ -54,7 +54,7 @@ def apply_crd(api: client.ApiClient) -> None:
     """Create (or replace) the GPUPool CRD from the code's own manifest and wait until it is served."""
     custom = client.CustomObjectsApi(api)
     group, version, plural = "apiextensions.k8s.io", "v1", "customresourcedefinitions"
-    body = crd_manifest()
+    body: Any = crd_manifest()
     name = body["metadata"]["name"]
     for served in body["spec"]["versions"]:
         # status.fallbackOpen is the controller's to write; until its status model carries the field,
@@ -66,10 +66,10 @@ def apply_crd(api: client.ApiClient) -> None:
     except client.ApiException as e:
         if e.status != 409:
             raise
-        current = custom.get_cluster_custom_object(group, version, plural, name)
+        current: Any = custom.get_cluster_custom_object(group, version, plural, name)
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         custom.replace_cluster_custom_object(group, version, plural, name, body)
-    ext = client.ApiextensionsV1Api(api)
+    ext: Any = client.ApiextensionsV1Api(api)
     _wait_for(
         "the GPUPool CRD to be established",
         lambda: any(
@@ -186,7 +186,28 @@ def follower(k8s_cluster: K8sCluster, namespace: str) -> Iterator[Callable[[], d
         runner.close()
 
 
-def _pod_ips(core: client.CoreV1Api, namespace: str, *, ready: bool) -> list[str]:
+def _apis(api: client.ApiClient) -> tuple[Any, Any, Any]:
+    """Core, apps and custom-objects APIs, loosely typed: the tests send plain dicts, not the client's models."""
+    return client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+
+
+def _view_when(follower: Callable[[], dict[str, Any] | None], check: Callable[[dict[str, Any]], bool], what: str,
+               timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
+    """Poll the follower's view of the pool until ``check`` holds; return that view."""
+    found: list[dict[str, Any]] = []
+
+    def probe() -> bool:
+        view = follower()
+        if view is not None and check(view):
+            found.append(view)
+            return True
+        return False
+
+    _wait_for(what, probe, timeout)
+    return found[-1]
+
+
+def _pod_ips(core: Any, namespace: str, *, ready: bool) -> list[str]:
     out = []
     for pod in core.list_namespaced_pod(namespace, label_selector="app=vllm-chat").items:
         is_ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
@@ -202,28 +223,32 @@ def test_follower_tracks_pool_pods_secret_and_fallback_status(
     follower: Callable[[], dict[str, Any] | None],
 ) -> None:
     api = k8s_cluster.api_client
-    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
-    node = gpu_node(f"gpu-{namespace}"[:63], gpus=4).metadata.name
+    core, apps, custom = _apis(api)
+    node = f"gpu-{namespace}"[:63]
+    gpu_node(node, gpus=4)
+    # The pool first, before its Deployment and its Secret exist: served, with no endpoint and no key.
+    custom.create_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, PLURAL, gpupool("chat", "vllm-chat", "http://127.0.0.1:9/v1")
+    )
+    view = _view_when(follower, lambda v: v["synced"], "the pool")
+    assert view["endpoints"] == [] and view["keys"] == {"paid": None}
+    assert view["models"] == ["tide-model"]
+
     secret = {"metadata": {"name": "fallback-key"}, "data": {"api-key": base64.b64encode(b"sk-one").decode()}}
     core.create_namespaced_secret(namespace, secret)
     apps.create_namespaced_deployment(namespace, deployment("vllm-chat", node, replicas=1))
     # A second Deployment in the namespace whose pods must not be taken for the pool's.
     apps.create_namespaced_deployment(namespace, deployment("other", node, replicas=1))
-    custom.create_namespaced_custom_object(
-        API_GROUP, API_VERSION, namespace, PLURAL, gpupool("chat", "vllm-chat", "http://127.0.0.1:9/v1")
-    )
 
-    view = _wait_for("the pool with its one Ready pod", lambda: (v := follower()) and len(v["endpoints"]) == 1 and v)
-    assert view["synced"] and view["models"] == ["tide-model"]
-    assert view["keys"] == {"paid": "sk-one"}
+    view = _view_when(follower, lambda v: len(v["endpoints"]) == 1, "the pool with its one Ready pod")
+    view = _view_when(follower, lambda v: v["keys"] == {"paid": "sk-one"}, "the key from the new Secret")
     assert view["fallback_open"] is True
     assert view["endpoints"] == _pod_ips(core, namespace, ready=True)
 
     # Scale up: the new pods are "starting" until their cold start ends, then endpoints.
     apps.patch_namespaced_deployment_scale(namespace=namespace, name="vllm-chat", body={"spec": {"replicas": 3}})
-    seen_starting = _wait_for("two starting pods", lambda: (v := follower()) is not None and v["starting"] == 2, 15)
-    assert seen_starting
-    view = _wait_for("three Ready endpoints", lambda: (v := follower()) and len(v["endpoints"]) == 3 and v)
+    _view_when(follower, lambda v: v["starting"] == 2, "two starting pods", 15)
+    view = _view_when(follower, lambda v: len(v["endpoints"]) == 3, "three Ready endpoints")
     assert view["starting"] == 0
     assert view["endpoints"] == _pod_ips(core, namespace, ready=True)
 
@@ -231,13 +256,13 @@ def test_follower_tracks_pool_pods_secret_and_fallback_status(
     custom.patch_namespaced_custom_object_status(
         API_GROUP, API_VERSION, namespace, PLURAL, "chat", {"status": {"fallbackOpen": False}}
     )
-    _wait_for("the fallback closed", lambda: (v := follower()) is not None and v["fallback_open"] is False)
+    _view_when(follower, lambda v: v["fallback_open"] is False, "the fallback closed")
     core.patch_namespaced_secret("fallback-key", namespace, {"data": {"api-key": base64.b64encode(b"sk-two").decode()}})
-    _wait_for("the rotated key", lambda: (v := follower()) is not None and v["keys"] == {"paid": "sk-two"}, 15)
+    _view_when(follower, lambda v: v["keys"] == {"paid": "sk-two"}, "the rotated key", 15)
 
     # Scale down to zero: no endpoint left.
     apps.patch_namespaced_deployment_scale(namespace=namespace, name="vllm-chat", body={"spec": {"replicas": 0}})
-    view = _wait_for("no endpoint", lambda: (v := follower()) is not None and v["endpoints"] == [] and v)
+    view = _view_when(follower, lambda v: v["endpoints"] == [], "no endpoint")
     assert view["fallback_open"] is False
 
     custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, "chat")
@@ -304,9 +329,10 @@ def test_gateway_follows_the_deployment_as_it_scales(
     standin_pods: Callable[..., PodFollower],
 ) -> None:
     api = k8s_cluster.api_client
-    core, apps, custom = client.CoreV1Api(api), client.AppsV1Api(api), client.CustomObjectsApi(api)
+    core, apps, custom = _apis(api)
     apply_crd(api)
-    node = gpu_node(f"gpu-{namespace}"[:63], gpus=3).metadata.name
+    node = f"gpu-{namespace}"[:63]
+    gpu_node(node, gpus=3)
     key = "sk-from-the-secret"
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "fallback-key"}, "data": {"api-key": base64.b64encode(key.encode()).decode()}}

@@ -74,6 +74,13 @@ def register(subparsers: Any) -> None:
         help="seconds between reads of each replica's /metrics",
     )
     p.add_argument(
+        "--hold-keepalive",
+        type=float,
+        default=defaults.keepalive_seconds,
+        metavar="SECONDS",
+        help="a held streaming request gets an SSE comment this often (0: never; default %(default)s)",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=float,
         default=defaults.shutdown_grace_seconds,
@@ -95,6 +102,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         host=host, port=port, max_body_bytes=args.max_body_bytes, max_held=args.max_held,
         max_hold_seconds=args.max_hold_seconds, scrape_interval_seconds=args.scrape_interval,
         check_priority=not args.no_priority_check, shutdown_grace_seconds=args.shutdown_grace,
+        keepalive_seconds=max(args.hold_keepalive, 0.0),
     )  # fmt: skip
 
 

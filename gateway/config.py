@@ -56,6 +56,8 @@ class GatewaySettings:
     """Most concurrent upstream connections (aiohttp's default of 100 would queue requests in the gateway)."""
     check_priority: bool = True
     """Check once per new endpoint that vLLM accepts `priority` (a one-token request)."""
+    keepalive_seconds: float = 10.0
+    """A streaming request held this long gets its stream started and an SSE comment this often (0: never)."""
     shutdown_grace_seconds: float = 30.0
     """On SIGTERM, /readyz turns 503 and requests under way get this long to finish (streams are long)."""
 

@@ -50,6 +50,11 @@ class PoolState:
         self.work_normal = 0.0
         """Tokens of this gateway's in-flight GPU requests in the normal lane (estimated at dispatch)."""
         self.work_late = 0.0
+        self.backlog_normal = 0.0
+        """Of that work, what is not served yet: drained at the Ready replicas' throughput as time passes,
+        normal lane first, as the simulator's fluid lanes drain (never more than the work in flight)."""
+        self.backlog_late = 0.0
+        self._backlog_at = time.monotonic()
         self.mean_completion = _INITIAL_COMPLETION_TOKENS
         self.mean_request = _INITIAL_COMPLETION_TOKENS * 2
         self.held = 0
@@ -76,6 +81,39 @@ class PoolState:
             self.ready_event.set()
         else:
             self.ready_event.clear()
+
+    def drain(self, now: float, ready: int) -> None:
+        """Serve the backlog from the last update until `now` at `ready` replicas' throughput."""
+        elapsed = now - self._backlog_at
+        self._backlog_at = now
+        if elapsed <= 0 or ready <= 0:
+            return
+        capacity = elapsed * ready * self.spec.demand.replica_tokens_per_second
+        if capacity < self.backlog_normal:
+            self.backlog_normal -= capacity
+            return
+        capacity -= self.backlog_normal
+        self.backlog_normal = 0.0
+        self.backlog_late = max(self.backlog_late - capacity, 0.0)
+
+    def add_work(self, work: float, late: bool, now: float) -> None:
+        """A GPU request of `work` tokens was sent, in the late lane or not."""
+        self.drain(now, len(self.routable(now)))
+        if late:
+            self.work_late += work
+            self.backlog_late += work
+        else:
+            self.work_normal += work
+            self.backlog_normal += work
+
+    def remove_work(self, work: float, late: bool) -> None:
+        """A GPU request ended: its estimate leaves the work in flight, and the backlog is capped by it."""
+        if late:
+            self.work_late = max(self.work_late - work, 0.0)
+            self.backlog_late = min(self.backlog_late, self.work_late)
+        else:
+            self.work_normal = max(self.work_normal - work, 0.0)
+            self.backlog_normal = min(self.backlog_normal, self.work_normal)
 
     def others_work(self) -> float:
         """Tokens of work on the engines that is not this gateway's, from the last scrapes."""

@@ -9,6 +9,7 @@ fails before its first byte reached the client (connect error, vLLM's 503 at its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -20,13 +21,13 @@ from controller.demand.series import RouteLabel
 from gateway.accounting import usd
 from gateway.config import GatewaySettings
 from gateway.directory import PoolState
-from gateway.errors import ApiError
-from gateway.hold import HoldResult, hold
+from gateway.errors import ApiError, error_event
+from gateway.hold import HoldResult, hold, keep_alive
 from gateway.inbound import ClientRequest, gpu_body, provider_body
 from gateway.providers import ProviderState
-from gateway.relay import AttemptFailed, Refused, Relayed, relay
+from gateway.relay import AttemptFailed, Refused, Relayed, passed_on, relay
 from gateway.routing import Action, Plan, plan_request
-from policies.overflow import Lane
+from policies.overflow import Lane, Route
 
 __all__ = ["Dispatcher"]
 
@@ -69,12 +70,52 @@ class Dispatcher:
     ) -> web.StreamResponse:
         """Route and serve one request; `received` is when its handler started (perf_counter)."""
         plan = self._plan(pool, req)
-        held = False
-        if plan.action is Action.HOLD:
-            held = True
-            started = time.perf_counter()
-            result = await hold(pool, plan.hold_until, self.settings.max_held)
-            received += time.perf_counter() - started  # the hold is not latency the gateway adds
+        if plan.action is not Action.HOLD:
+            return await self._route(request, pool, req, plan, received, None)
+        began = time.perf_counter()
+        holder: list[web.StreamResponse] = []
+        keepalive = None
+        if req.stream and self.settings.keepalive_seconds > 0:
+            keepalive = asyncio.create_task(keep_alive(request, holder, self.settings.keepalive_seconds))
+        try:
+            tick = self.settings.controller_tick_seconds
+
+            def due_by(now: float) -> float:
+                return pool.ready_eta(now, tick)
+
+            # Held for a replica due in time with a fallback waiting: stop as soon as none is due.
+            waiting_for = due_by if plan.decision.route is Route.FALLBACK else None
+            result = await hold(pool, plan.hold_until, self.settings.max_held, due_by=waiting_for)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await keepalive
+        received += time.perf_counter() - began  # the hold is not latency the gateway adds
+        started = holder[0] if holder else None
+        try:
+            return await self._route(request, pool, req, plan, received, started, result)
+        except ApiError as err:
+            if started is None:
+                raise
+            # The client already has a 200 and keep-alive comments: the error goes in the stream.
+            with contextlib.suppress(ConnectionError):
+                await started.write(error_event(err.status, err.message, code=err.code))
+                await started.write_eof()
+            return started
+
+    async def _route(
+        self,
+        request: web.Request,
+        pool: PoolState,
+        req: ClientRequest,
+        plan: Plan,
+        received: float,
+        started: web.StreamResponse | None,
+        result: HoldResult | None = None,
+    ) -> web.StreamResponse:
+        held = result is not None
+        if result is not None:
             if result is HoldResult.READY:
                 plan = self._plan(pool, req)
                 if plan.action is Action.HOLD:  # only the pool's removal gets here
@@ -104,7 +145,7 @@ class Dispatcher:
             )
         if plan.action is Action.GPU:
             for _ in range(_GPU_ATTEMPTS):
-                outcome = await self._gpu(request, pool, req, plan, held, received)
+                outcome = await self._gpu(request, pool, req, plan, held, received, started)
                 if not isinstance(outcome, AttemptFailed):
                     return outcome
                 if outcome.reason == "connect":
@@ -120,10 +161,18 @@ class Dispatcher:
                 )
             plan.ready = max(plan.ready, 1)
         route = RouteLabel.HELD_FALLBACK if held else RouteLabel.FALLBACK
-        return await self._fallback(request, pool, req, route, saturated=plan.ready > 0 and not held, received=received)
+        saturated = plan.ready > 0 and not held
+        return await self._fallback(request, pool, req, route, saturated=saturated, received=received, started=started)
 
     async def _gpu(
-        self, request: web.Request, pool: PoolState, req: ClientRequest, plan: Plan, held: bool, received: float
+        self,
+        request: web.Request,
+        pool: PoolState,
+        req: ClientRequest,
+        plan: Plan,
+        held: bool,
+        received: float,
+        started: web.StreamResponse | None,
     ) -> web.StreamResponse | AttemptFailed:
         """Serve on a replica; the failure when it failed before anything reached the client."""
         endpoint = plan.endpoint
@@ -135,23 +184,21 @@ class Dispatcher:
         url = endpoint.chat_url if req.chat else endpoint.completions_url
         gauge = pool.metrics.in_flight["gpu"]
         endpoint.in_flight += 1
-        if late:
-            pool.work_late += work
-        else:
-            pool.work_normal += work
+        pool.add_work(work, late, time.monotonic())
         gauge.inc()
         try:
             body = gpu_body(req, pool.served_model, priority)
             pool.metrics.added_latency.observe(time.perf_counter() - received)
             try:
-                result = await self._relay_gpu(request, req, url, body, route)
+                result = await self._relay_gpu(request, req, url, body, route, started)
             except Refused as refused:
                 if priority is not None and refused.status == 400 and b"priority" in refused.body.lower():
                     endpoint.priority_ok = False
                     _LOG.warning(
                         "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name
                     )
-                    result = await self._relay_gpu(request, req, url, gpu_body(req, pool.served_model, None), route)
+                    plain = gpu_body(req, pool.served_model, None)
+                    result = await self._relay_gpu(request, req, url, plain, route, started)
                 else:
                     raise
         except AttemptFailed as failed:
@@ -161,19 +208,19 @@ class Dispatcher:
             return failed
         except Refused as refused:
             self._count_rejected(pool, req)
-            return web.Response(
-                status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type}
-            )
+            if refused.status in (401, 403):
+                # vLLM started with --api-key: the gateway's configuration, not the client's key, is wrong.
+                raise ApiError(
+                    502, f"replica {endpoint.name} refused the gateway (HTTP {refused.status})", code="replica_auth"
+                ) from None
+            return passed_on(refused, started)
         except (ConnectionError, asyncio.CancelledError):
             # The client left: count the request as offered load (what it generated is not known).
             pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True)
             raise
         finally:
             endpoint.in_flight -= 1
-            if late:
-                pool.work_late -= work
-            else:
-                pool.work_normal -= work
+            pool.remove_work(work, late)
             gauge.dec()
         if not result.estimated:
             pool.learn(result.prompt_tokens, result.completion_tokens)
@@ -181,7 +228,13 @@ class Dispatcher:
         return result.response
 
     async def _relay_gpu(
-        self, request: web.Request, req: ClientRequest, url: str, body: bytes, route: RouteLabel
+        self,
+        request: web.Request,
+        req: ClientRequest,
+        url: str,
+        body: bytes,
+        route: RouteLabel,
+        started: web.StreamResponse | None,
     ) -> Relayed:
         return await relay(
             request,
@@ -195,6 +248,7 @@ class Dispatcher:
             strip_usage=req.stream and not req.wants_usage,
             prompt_estimate=req.prompt_tokens,
             response_headers=_GPU_ROUTE_HEADERS[route],
+            started=started,
         )
 
     async def _fallback(
@@ -206,6 +260,7 @@ class Dispatcher:
         *,
         saturated: bool,
         received: float,
+        started: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         failures: list[str] = []
         retry_after: float | None = None
@@ -247,6 +302,7 @@ class Dispatcher:
                     strip_usage=req.stream and not req.wants_usage,
                     prompt_estimate=req.prompt_tokens,
                     response_headers=_route_headers(route, provider.name),
+                    started=started,
                 )
             except AttemptFailed as failed:
                 verdict = True
@@ -265,7 +321,7 @@ class Dispatcher:
             except Refused as refused:
                 verdict = True
                 provider.succeeded()
-                return self._refused(pool, req, provider, refused)
+                return self._refused(pool, req, provider, refused, started)
             except (ConnectionError, asyncio.CancelledError):
                 pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True, provider=provider.name)
                 raise
@@ -287,13 +343,20 @@ class Dispatcher:
         self._count_rejected(pool, req)
         return self._all_failed(pool, failures, last_status, retry_after)
 
-    def _refused(self, pool: PoolState, req: ClientRequest, provider: ProviderState, refused: Refused) -> web.Response:
+    def _refused(
+        self,
+        pool: PoolState,
+        req: ClientRequest,
+        provider: ProviderState,
+        refused: Refused,
+        started: web.StreamResponse | None,
+    ) -> web.StreamResponse:
         self._count_rejected(pool, req)
         if refused.status in (401, 403):
             # The provider refused the gateway's own key: the client's request is fine, the gateway is not.
             raise ApiError(502, f"provider {provider.name} refused the gateway's credentials (HTTP {refused.status})",
                            code="provider_auth")  # fmt: skip
-        return web.Response(status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type})
+        return passed_on(refused, started)
 
     def _all_failed(self, pool: PoolState, failures: list[str], status: int, retry_after: float | None) -> web.Response:
         if not failures:

@@ -21,13 +21,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.errors import error_event
+from gateway.errors import ApiError, error_event
 from gateway.providers import is_failover_status, retry_after_seconds
 from gateway.sse import SseScanner
 
-__all__ = ["AttemptFailed", "Refused", "Relayed", "relay"]
+__all__ = ["SSE_HEADERS", "AttemptFailed", "Refused", "Relayed", "passed_on", "relay"]
 
-_SSE_HEADERS = {
+SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -137,13 +137,18 @@ async def relay(
     strip_usage: bool,
     prompt_estimate: int,
     response_headers: Mapping[str, str],
+    started: web.StreamResponse | None = None,
 ) -> Relayed:
-    """Send one request upstream and relay the answer; see the module docstring for what raises."""
+    """Send one request upstream and relay the answer; see the module docstring for what raises.
+
+    `started` is a stream response already sent to the client (keep-alive comments during a hold): the
+    upstream's events continue it.
+    """
     upstream = await _open(session, url, body, headers, timeout, first_byte)
     try:
         if not stream:
             return await _whole(upstream, prompt_estimate, response_headers)
-        return await _stream(request, upstream, first_byte, strip_usage, prompt_estimate, response_headers)
+        return await _stream(request, upstream, first_byte, strip_usage, prompt_estimate, response_headers, started)
     finally:
         # Not read to the end (the client left, a timeout): closing, not releasing, drops the connection
         # and with it the upstream request.
@@ -181,6 +186,7 @@ async def _stream(
     strip_usage: bool,
     prompt_estimate: int,
     extra: Mapping[str, str],
+    started: web.StreamResponse | None,
 ) -> Relayed:
     scanner = SseScanner(strip_usage=strip_usage)
     content = upstream.content
@@ -202,8 +208,13 @@ async def _stream(
         raise AttemptFailed("stream") from None
     if not scanner.committed:
         raise AttemptFailed("stream-ended")
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **extra})
-    await response.prepare(request)
+    if started is None:
+        response = web.StreamResponse(headers={**SSE_HEADERS, **extra})
+        await response.prepare(request)
+    else:
+        response = started
+        if not response.prepared:
+            await response.prepare(request)
     if before:
         # Held back until the first content event (the role chunk, comments): sent in one write.
         await response.write(b"".join(before) if len(before) > 1 else before[0])
@@ -235,3 +246,18 @@ async def _stream(
     if counts is None:
         return Relayed(response, prompt_estimate, scanner.content_events, estimated=True, broken=broken)
     return Relayed(response, counts[0], counts[1], estimated=False, broken=broken)
+
+
+def passed_on(refused: Refused, started: web.StreamResponse | None) -> web.StreamResponse:
+    """An upstream's refusal of the request (400, 404, 422...) as the client's answer."""
+    if started is None:
+        return web.Response(status=refused.status, body=refused.body, headers={"Content-Type": refused.content_type})
+    # The stream has begun (keep-alives during a hold): the refusal becomes its error event.
+    message = f"the upstream refused the request (HTTP {refused.status})"
+    try:
+        error = orjson.loads(refused.body).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    raise ApiError(refused.status, message, code="upstream_refused")

@@ -2,8 +2,9 @@
 
 The wait is estimated as the simulator estimates it (controller/sim/engine.py): the work ahead on the
 Ready replicas over their throughput from the spec (`demand.replicaTokensPerSecond`), work counted in
-tokens. Work ahead is this gateway's in-flight GPU requests (their estimated prompt and output tokens,
-by lane) plus the requests vLLM reports waiting or running that are not this gateway's (from the scrape,
+tokens. Work ahead is what is left of this gateway's in-flight GPU requests (their estimated prompt and
+output tokens, by lane, drained at the replicas' throughput as time passes, like the simulator's fluid
+lanes) plus the requests vLLM reports waiting or running that are not this gateway's (from the scrape,
 at the pool's mean request size). A request's own prefill counts against the objective, as in the
 simulator, at the same throughput. With no Ready replica, a request the policy would send to the
 fallback is held instead when a replica should be Ready before its objective runs out.
@@ -72,6 +73,7 @@ def plan_request(
     tps = spec.demand.replica_tokens_per_second
     ready = pool.routable(now)
     n = len(ready)
+    pool.drain(now, n)
     has_fallback = bool(pool.providers)
     fallback_open = has_fallback and pool.fallback_usable(now)
     # Only a budget cap that closed an existing fallback asks to reject (route_request's contract).
@@ -79,13 +81,13 @@ def plan_request(
     objective = spec.objective.ttft_seconds
     budget = objective - prompt_tokens / tps - (now - arrival)
     decision = route_request(
-        waiting=pool.work_normal + pool.others_work(),
+        waiting=pool.backlog_normal + pool.others_work(),
         ready_replicas=n,
         replica_requests_per_second=tps,
         max_wait_seconds=spec.fallback.max_queue_wait_seconds,
         fallback_open=fallback_open,
         reject_when_closed=reject,
-        late_waiting=pool.work_late,
+        late_waiting=pool.backlog_late,
         on_time_wait_seconds=budget if spec.objective.defer_late_requests else None,
     )
     if decision.route is Route.REJECT:

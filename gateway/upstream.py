@@ -60,7 +60,10 @@ class Endpoint:
     def __init__(self, name: str, address: str, metrics_path: str = "/metrics", *, ready: bool = True) -> None:
         self.name = name
         self.address = address
-        self.base_url = f"http://{address}"
+        host, _, port = address.rpartition(":")
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 pod IP, written bare by `ready_endpoints`
+        self.base_url = f"http://{host}:{port}"
         self.chat_url = self.base_url + "/v1/chat/completions"
         self.completions_url = self.base_url + "/v1/completions"
         self.metrics_url = self.base_url + metrics_path

@@ -167,3 +167,48 @@ def test_cluster_seam_a_starting_pod_is_waited_for_then_its_endpoint_serves(vllm
         gw.run(lambda: directory.remove_pool("default", "chat"))
         with pytest.raises(openai.NotFoundError):
             _route(gw)
+
+
+def test_a_long_hold_of_a_stream_sends_keep_alive_comments_then_the_answer(vllm: BackgroundCluster, paid: Any) -> None:
+    port = _free_port()
+    pool = make_pool(providers=[provider("paid", paid.base_url)],
+                     spec={"coldStartSeconds": 1, "objective": {"ttftSeconds": 20}})  # fmt: skip
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=False, keepalive_seconds=0.3)
+    with gateway_for([(pool, [f"127.0.0.1:{port}"])], settings=settings) as gw:
+        body = {"model": "chat-model", "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200 and response.headers["x-ebbtide-route"] == "held"
+            pieces = response.iter_raw()
+            first = next(pieces)
+            assert first.startswith(b": keep-alive\n\n"), "the stream starts with a comment while held"
+            vllm.add_replica(port)
+            rest = b"".join(pieces)
+        assert rest.rstrip().endswith(b"data: [DONE]") and b'"content":" ebb"' in rest
+        assert metric(scrape_text(gw), "ebbtide_gateway_requests_total", route="held-gpu") == 1
+
+
+def test_a_kept_alive_stream_whose_hold_fails_ends_with_an_error_event() -> None:
+    pool = make_pool(spec={"coldStartSeconds": 1, "objective": {"ttftSeconds": 20}})
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=False, keepalive_seconds=0.2,
+                               max_hold_seconds=1.0)  # fmt: skip
+    with gateway_for([(pool, [f"127.0.0.1:{_free_port()}"])], settings=settings) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        with pytest.raises(openai.APIError) as err:
+            for _ in client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True):
+                pass
+        assert "no replica became Ready in time" in str(err.value)
+
+
+def test_the_hold_ends_early_when_the_starting_pod_goes_away(paid: Any) -> None:
+    pool = make_pool(providers=[provider("paid", paid.base_url)],
+                     spec={"coldStartSeconds": 180, "objective": {"ttftSeconds": 30}})  # fmt: skip
+    with gateway_for([(pool, [])], static=False) as gw:
+        directory = gw.gateway.directory
+        started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=170)  # Ready in about 10 s
+        gw.run(lambda: directory.set_pool(pool, [], starting=[started]))
+        thread, out = _in_thread(gw)
+        wait_until(lambda: _held(gw) == 1, what="held for the starting pod")
+        began = time.monotonic()
+        gw.run(lambda: directory.set_pool(pool, []))  # the pod was deleted: nothing is due any more
+        thread.join(20)
+        assert out == {"route": "held-fallback"} and time.monotonic() - began < 3.0

@@ -4,8 +4,7 @@ with the stand-in vLLM behind it: answers, usage, bytes relayed unchanged, error
 from __future__ import annotations
 
 import asyncio
-import socket
-import urllib.error
+import re
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -213,22 +212,21 @@ def test_cli_static_mode_serves_and_bad_config_exits_2(vllm: BackgroundCluster, 
     bad = subprocess.run([sys.executable, "-m", "controller.cli", "gateway", "--pool", str(pool_file), "--endpoints",
                           "other=127.0.0.1:1"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "unknown pools: other" in bad.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    listen, endpoints = f"127.0.0.1:{port}", f"chat=127.0.0.1:{vllm.ports[0]}"
-    args = [sys.executable, "-m", "controller.cli", "gateway", "--listen", listen, "--pool", str(pool_file),
-            "--endpoints", endpoints, "--log-level", "WARNING"]  # fmt: skip
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Port 0 and the bound port read from the log: no race with other servers for a free port.
+    args = [sys.executable, "-m", "controller.cli", "gateway", "--listen", "127.0.0.1:0", "--pool", str(pool_file),
+            "--endpoints", f"chat=127.0.0.1:{vllm.ports[0]}", "--log-format", "text"]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        assert process.stderr is not None
+        port = 0
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and process.poll() is None, "the gateway did not come up"
-                time.sleep(0.1)
+        while not port:
+            line = process.stderr.readline()
+            assert line and time.monotonic() < deadline, "the gateway did not come up"
+            found = re.search(r"gateway serving on 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as ready:
+            assert ready.status == 200
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         assert client.chat.completions.create(model="chat-model", messages=MESSAGES).choices[0].message.content
     finally:

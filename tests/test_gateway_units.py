@@ -204,12 +204,13 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
                          "objective": {"ttftSeconds": 1.0}})  # fmt: skip
     now = time.monotonic()
     kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    state.drain(now, 1)
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.GPU and plan.lane is Lane.ON_TIME and plan.endpoint is not None
-    state.work_normal = 1500.0
+    state.work_normal = state.backlog_normal = 1500.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.GPU and plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait"
-    state.work_late = 1000.0
+    state.work_late = state.backlog_late = 1000.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
@@ -259,3 +260,57 @@ def test_a_body_nested_deeper_than_orjson_writes_is_a_400_not_a_crash() -> None:
     with pytest.raises(ApiError) as err:
         provider_body(req, "paid-model")
     assert err.value.status == 400 and "nests too deeply" in err.value.message
+
+
+def test_endpoint_urls_bracket_ipv6_pod_ips() -> None:
+    from gateway.upstream import Endpoint
+
+    assert Endpoint("p", "fd00::5:8000").chat_url == "http://[fd00::5]:8000/v1/chat/completions"
+    assert Endpoint("p", "10.0.0.5:8000").metrics_url == "http://10.0.0.5:8000/metrics"
+    assert Endpoint("p", "[::1]:8000").base_url == "http://[::1]:8000"
+
+
+def test_the_backlog_drains_at_the_replicas_throughput_normal_lane_first() -> None:
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000}}, endpoints=2)
+    now = time.monotonic()
+    state.drain(now, 2)
+    state.add_work(3000.0, False, now)
+    state.add_work(1000.0, True, now)
+    state.drain(now + 1.0, 2)  # 2 replicas x 1000 tokens/s x 1 s
+    assert (state.backlog_normal, state.backlog_late) == (1000.0, 1000.0)
+    state.drain(now + 1.75, 2)
+    assert (state.backlog_normal, state.backlog_late) == (0.0, 500.0)
+    state.add_work(400.0, False, now + 1.75)
+    state.remove_work(3000.0, False)  # the big one ended early: the backlog is capped by what is in flight
+    assert state.work_normal == 400.0 and state.backlog_normal == 400.0
+
+
+def test_the_series_the_controller_reads_carry_the_documented_names_and_labels() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from controller.demand import series
+    from controller.demand.series import RouteLabel
+    from gateway.accounting import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    pool = metrics.pool("ns", "chat")
+    pool.finished(RouteLabel.FALLBACK, 10, 5, estimated=False, saturated=True, provider="p", dollars=0.01)
+    pool.held.inc()
+    pool.in_flight["gpu"].inc()
+    pool.added_latency.observe(0.001)
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    expected = {
+        series.REQUESTS: {"namespace", "pool", "route"},
+        series.TOKENS: {"namespace", "pool", "route", "kind", "source"},
+        series.FALLBACK_USD: {"namespace", "pool", "provider"},
+        series.SATURATION_REQUESTS: {"namespace", "pool"},
+        series.SATURATION_TOKENS: {"namespace", "pool", "kind"},
+        series.IN_FLIGHT: {"namespace", "pool", "route"},
+        series.HELD: {"namespace", "pool"},
+        series.ADDED_LATENCY + "_bucket": {"namespace", "pool", "le"},
+    }
+    for name, wanted in expected.items():
+        assert labels.get(name) == wanted, name
