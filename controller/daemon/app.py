@@ -26,6 +26,7 @@ from controller.daemon.cluster import KubeCluster
 from controller.daemon.codec import decode_state_checked, encode_state
 from controller.daemon.health import HealthServer
 from controller.daemon.logs import setup_logging
+from controller.daemon.poolmetrics import MetricsRecorder, PoolMetrics
 from controller.daemon.pooltable import PoolTable
 from controller.daemon.reconciler import PassResult, Reconciler, pool_object_ref
 from controller.daemon.recorder import KubeRecorder
@@ -41,6 +42,7 @@ from controller.kube.events import EventSink, ObjectRef
 from controller.kube.lease import LeaderElector
 from controller.loop import Ports
 from controller.ports import NoData, PoolRef, StepReport
+from policies.spec import GPUPoolSpec
 from policies.types import PolicyState
 
 __all__ = ["Daemon", "Settings", "main"]
@@ -99,11 +101,16 @@ class Daemon:
         self.cluster = KubeCluster(self.api, self.snapshots, self.table, leading=self.leading, now=self.clock.now)
         self.ledger = DaemonLedger(self.snapshots, self.table, self.poller)
         self.composer = StatusComposer(self.ledger)
-        self.recorder = KubeRecorder(
-            self.events,
-            self._on_status,
-            logging.getLogger("ebbtide.decisions"),
-            object_ref=self._object_ref,
+        self.recorder = MetricsRecorder(
+            KubeRecorder(
+                self.events,
+                self._on_status,
+                logging.getLogger("ebbtide.decisions"),
+                object_ref=self._object_ref,
+                window=self._window,
+            ),
+            PoolMetrics(leading=self.leading),
+            spec=self._spec,
             window=self._window,
         )
         ports = Ports(self.clock, self.cluster, self.poller, self.ledger, self.recorder)
@@ -154,6 +161,10 @@ class Daemon:
     def _object_ref(self, pool: PoolRef) -> ObjectRef | None:
         live = self.table.pools.get((pool.namespace, pool.name))
         return pool_object_ref(live) if live is not None else None
+
+    def _spec(self, pool: PoolRef) -> GPUPoolSpec | None:
+        live = self.table.pools.get((pool.namespace, pool.name))
+        return live.spec if live is not None else None
 
     def _window(self, pool: PoolRef, now: dt.datetime) -> str | None:
         live = self.table.pools.get((pool.namespace, pool.name))
