@@ -468,6 +468,11 @@ def _shrink(
     return desired, reason, message
 
 
+RELEASE_MARGIN_FLOOR_SECONDS = 15.0
+"""The smallest release margin in force: one simulator tick (the daemon ticks every 5 s), so a replica
+is released in the last tick of its paid period rather than held into the next one."""
+
+
 def _billing_hold(
     spec: GPUPoolSpec,
     obs: Observation,
@@ -479,7 +484,9 @@ def _billing_hold(
 ) -> tuple[int, Reason, str]:
     """Keep replicas whose current billed period is already paid until shortly before it ends."""
     current = obs.current_replicas
-    margin = spec.billing.release_margin_seconds
+    # Below one control tick the margin could never be met at a tick (per-second billing has under a
+    # second left at any moment), and the replica would be held into period after paid period.
+    margin = max(spec.billing.release_margin_seconds, RELEASE_MARGIN_FLOOR_SECONDS)
     remaining = sorted(
         max((paid_until(s, now, spec.billing) - now).total_seconds(), 0.0) for s in obs.replica_billing_starts
     )

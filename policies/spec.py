@@ -355,7 +355,8 @@ class Billing(_Model):
     minimum_billed_seconds: Annotated[int, Field(ge=0)] = 60
     """Shortest time billed for one replica start."""
     release_margin_seconds: Annotated[int, Field(ge=0)] = 120
-    """With coarse billing, a replica whose paid period has more than this left is kept."""
+    """With coarse billing, a replica whose paid period has more than this left is kept (at least 15 s is
+    used: one control tick, so a margin of 0 cannot hold a replica into period after period)."""
 
 
 class SecretRef(_Model):

@@ -449,3 +449,18 @@ def test_buckets_dated_after_now_are_dropped_when_the_clock_goes_back() -> None:
     state = replace(OLD_STATE, keep_buckets=((future, 1000.0 * 300, 300.0),), rates_at=TUE_NIGHT)
     _, state = decide(spec, obs(1, sample(TUE_NIGHT, 1, tokens=(20.0, 0.0))), state, TUE_NIGHT)
     assert all(b[0] <= TUE_NIGHT for b in state.keep_buckets)
+
+
+@pytest.mark.parametrize(("granularity", "margin"), [("second", 0), ("minute", 0), ("minute", 5)])
+def test_a_margin_below_one_tick_still_releases_the_replica(granularity: str, margin: int) -> None:
+    # Ticking every 5 s from an arbitrary offset, an idle replica past its minimum billed time must go:
+    # with the margin taken literally, per-second billing always has a fraction of a second "paid" left.
+    spec = make_spec(billing={"granularity": granularity, "releaseMarginSeconds": margin, "minimumBilledSeconds": 0})
+    state = replace(OLD_STATE, last_busy_at=TUE_NIGHT - dt.timedelta(hours=1))
+    started = TUE_NIGHT - dt.timedelta(minutes=30, seconds=0.3)
+    released = []
+    for tick in range(0, 61, 5):
+        now = TUE_NIGHT + dt.timedelta(seconds=tick + 0.7)
+        decision, state = decide(spec, obs(1, sample(now, 0), starts=(started,)), state, now)
+        released.append(decision.desired_replicas == 0)
+    assert any(released)
