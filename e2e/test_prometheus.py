@@ -196,7 +196,8 @@ def test_the_prometheus_source_returns_the_standins_queue(prometheus: str, stand
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         got = read(prometheus)
-        if isinstance(got, EngineTotals) and (got.prompt_tokens_per_second or 0) > 0:
+        # Prometheus scrapes every second: the drained queue and the served tokens show within a scrape.
+        if isinstance(got, EngineTotals) and (got.prompt_tokens_per_second or 0) > 0 and got.running == 0:
             break
         time.sleep(0.5)
     assert isinstance(got, EngineTotals), got
