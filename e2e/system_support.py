@@ -145,12 +145,23 @@ def wait_http(url: str, timeout: float, process: LocalProcess | None = None) -> 
 
 
 @contextmanager
-def prometheus(binary: str, work: Path, targets: dict[str, str]) -> Iterator[str]:
-    """A Prometheus server scraping ``targets`` (job -> host:port) every second; yields its URL."""
+def prometheus(
+    binary: str,
+    work: Path,
+    targets: dict[str, str] | None = None,
+    *,
+    scrape_configs: list[dict[str, Any]] | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[str]:
+    """A Prometheus server on loopback scraping every second, with its own storage in ``work``; yields its URL.
+
+    ``targets`` (job -> host:port) is the short form; ``scrape_configs`` are Prometheus's own entries.
+    """
     port = free_port()
+    jobs = [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in (targets or {}).items()]
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
+        "scrape_configs": jobs + list(scrape_configs or ()),
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (work / "prometheus.log").open("w")
@@ -160,6 +171,7 @@ def prometheus(binary: str, work: Path, targets: dict[str, str]) -> Iterator[str
             f"--config.file={work / 'prometheus.yml'}",
             f"--storage.tsdb.path={work / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -174,7 +186,8 @@ def prometheus(binary: str, work: Path, targets: dict[str, str]) -> Iterator[str
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("Prometheus did not become ready:\n" + (work / "prometheus.log").read_text())
+                tail = (work / "prometheus.log").read_text(errors="replace").splitlines()[-20:]
+                raise AssertionError("Prometheus did not become ready:\n" + "\n".join(tail))
             time.sleep(0.2)
         yield url
     finally:

@@ -10,24 +10,21 @@ import asyncio
 import contextlib
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from controller.demand.aggregate import EngineTotals
 from controller.demand.prometheus import PrometheusSource, render_queries
 from controller.demand.sources import build_engine_source
 from controller.ports import NoData, PoolRef
 from e2e.standin import BackgroundCluster, StandinConfig
+from e2e.system_support import prometheus as prometheus_server
 from policies.spec import GPUPoolSpec, PrometheusQueries
-from tests.demand_servers import free_port
 
 CONFIG = StandinConfig(max_num_seqs=2, tokens_per_second=2_000, output_tokens=4)
 POOL = PoolRef("chat", "team-a", "vllm-chat", "team-a")
@@ -81,60 +78,23 @@ def lagging() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def prometheus(standins: BackgroundCluster, lagging: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = prometheus_binary()
-    work = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
     targets = [
         {"targets": [f"127.0.0.1:{p}"], "labels": {"namespace": "team-a", "pod": f"vllm-chat-{i}"}}
         for i, p in enumerate(standins.ports)
     ]
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "vllm", "static_configs": targets},
-            {"job_name": "lagging", "static_configs": [{"targets": [f"127.0.0.1:{lagging}"]}]},
-        ],
-    }
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (work / "prometheus.log").open("w")
+    jobs = [
+        {"job_name": "vllm", "static_configs": targets},
+        {"job_name": "lagging", "static_configs": [{"targets": [f"127.0.0.1:{lagging}"]}]},
+    ]
     # Debian's 2.42 ignores the query API's lookback_delta (Prometheus >= 2.43 honours it per query), so
     # the server's lookback is set to the pools' max age: what an operator of an older server must do.
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--query.lookback-delta={MAX_AGE}s",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"Prometheus did not become ready:\n{_tail(work / 'prometheus.log')}")
-            time.sleep(0.2)
+    with prometheus_server(
+        prometheus_binary(),
+        tmp_path_factory.mktemp("prometheus"),
+        scrape_configs=jobs,
+        extra_args=[f"--query.lookback-delta={MAX_AGE}s"],
+    ) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
-
-
-def _tail(path: Path) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
 
 
 def read(url: str, queries: PrometheusQueries | None = None, pool: PoolRef = POOL) -> EngineTotals | NoData:
