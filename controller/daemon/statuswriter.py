@@ -9,15 +9,14 @@ module only delivers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.client import ApiClient
 
 from controller.kube.client import MERGE_PATCH, api_error_message, request_json
+from controller.kube.drain import until_drained, wake_or_stop
 from policies.spec import API_GROUP, API_VERSION, PLURAL
 
 __all__ = ["StatusWriter", "merge_patches"]
@@ -101,18 +100,9 @@ class StatusWriter:
             self._wake.clear()
             if self._pending:
                 continue
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await wake_or_stop(self._wake, stop, 1.0)
         await self._drain()
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted has been written or has failed; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.pending():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await until_drained(self.pending, timeout)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from kubernetes.client import ApiClient, ApiException
 
 from controller.kube.client import STRATEGIC_MERGE_PATCH, api_error_message, format_time, request_json
+from controller.kube.drain import until_drained, wake_or_stop
 
 __all__ = ["AGGREGATE_SECONDS", "SPAM_BURST", "SPAM_REFILL_SECONDS", "EventSink", "ObjectRef"]
 
@@ -148,21 +149,12 @@ class EventSink:
             if self._queue:
                 continue
             # Wake on emit or on stop; the timeout is only a safety net.
-            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait(waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            await wake_or_stop(self._wake, stop, 0.5)
         await self._drain()
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued Event has been written (by :meth:`run`); False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        while self.pending():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await until_drained(self.pending, timeout)
 
     async def _drain(self) -> None:
         while self._queue:
