@@ -142,7 +142,7 @@ def replica_worth(
         return None
     offered, usd_per_token = _usd_per_token(spec, demand)
     capacity = spec.demand.replica_tokens_per_second
-    gpu_hourly = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica
+    gpu_hourly = spec.replica_usd_per_hour
     if replicas_before < current:
         if keep_tokens_per_second is not None:
             offered = max(offered, keep_tokens_per_second)
@@ -166,7 +166,7 @@ def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> Co
     )
     serving = max(horizon - spec.cold_start_seconds, 0.0)
     api_usd = absorbed * usd_per_token * serving
-    gpu_usd = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica * horizon / 3600.0
+    gpu_usd = spec.replica_usd_per_hour * horizon / 3600.0
     return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
 
 

@@ -17,6 +17,8 @@ import holidays as holidays_lib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from policies.cost import ApiPrice
+
 __all__ = [
     "API_GROUP",
     "API_VERSION",
@@ -482,6 +484,11 @@ class Fallback(_Model):
         """The first provider's output price (the seed's mid-tier reference without one)."""
         return self.providers[0].output_usd_per_million if self.providers else _DEFAULT_OUTPUT_USD_PER_MILLION
 
+    @property
+    def price(self) -> ApiPrice:
+        """The first provider's prices, as the cost model takes them."""
+        return ApiPrice(self.input_usd_per_million, self.output_usd_per_million)
+
 
 def _snake(camel: str) -> str:
     return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
@@ -630,6 +637,11 @@ class GPUPoolSpec(_Model):
     """Daily caps."""
     objective: Objective = Field(default_factory=Objective)
     """The latency objective and late-request handling."""
+
+    @property
+    def replica_usd_per_hour(self) -> float:
+        """What one replica costs per hour: the GPU's price times the GPUs it holds."""
+        return self.billing.gpu_hourly_usd * self.target.gpus_per_replica
 
     @property
     def served_model(self) -> str | None:

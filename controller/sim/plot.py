@@ -36,7 +36,7 @@ def _cumulative_cost(run: PolicyRun, workload: Workload, spec: GPUPoolSpec, grid
         return np.zeros_like(grid)
     t, replicas = run.timeline["t"], run.timeline["replicas"].astype(np.float64)
     step = np.diff(t, append=t[-1] + (t[1] - t[0] if t.size > 1 else 0.0))
-    usd_per_second = spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica / 3600.0
+    usd_per_second = spec.replica_usd_per_hour / 3600.0
     gpu = np.interp(grid, t, np.cumsum(replicas * step * usd_per_second))
     fallback = run.route == RouteCode.FALLBACK
     api = np.where(

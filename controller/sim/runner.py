@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -187,7 +188,7 @@ def run_policy(
         policy, routing = policy_for(name, spec, sizing_for(workload, settings.replica))
         static = _is_static(name) if static is None else static
     pool = pool or PoolRef("sim", "default", spec.target.deployment, spec.target.namespace or "default")
-    price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
+    price = spec.fallback.price
     clock = SimClock(workload.start)
     cluster = SimCluster(clock, spec, gpu_cap=settings.gpu_cap)
     engine = PoolEngine(
@@ -301,31 +302,17 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         workload.output_tokens,
         settings.replica.work_seconds(workload.input_tokens, workload.output_tokens),
         period_seconds=float(spec.billing.granularity.seconds),
-        replica_usd_per_hour=spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica,
+        replica_usd_per_hour=spec.replica_usd_per_hour,
         gpus_per_replica=spec.target.gpus_per_replica,
-        price=ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million),
+        price=spec.fallback.price,
     )
-    return PolicyRun(
-        name=LOWER_BOUND,
-        requests=len(workload),
-        fallback_requests=round(bound.fallback_requests),
-        rejected_requests=0,
-        gpu_hours=bound.gpu_hours,
-        gpu_usd=bound.gpu_usd,
-        fallback_input_tokens=0,
-        fallback_output_tokens=0,
-        fallback_usd=bound.fallback_usd,
-        scale_events=None,
-        ttft=None,
-        slo_ttft_seconds=settings.slo_ttft_seconds,
-        total_tokens=workload.total_tokens,
-    )
+    return _bound_row(LOWER_BOUND, workload, settings, bound)
 
 
 def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> OptimumProblem:
     """The constrained problem `offline_optimum` solves: this workload in this simulated world."""
     replica = settings.replica
-    price = ApiPrice(spec.fallback.input_usd_per_million, spec.fallback.output_usd_per_million)
+    price = spec.fallback.price
     top = spec.target.max_replicas
     if settings.gpu_cap is not None:
         top = min(top, settings.gpu_cap // spec.target.gpus_per_replica)
@@ -340,7 +327,7 @@ def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         cold_start_s=float(spec.cold_start_seconds),
         objective_s=settings.slo_ttft_seconds,
         max_replicas=top,
-        replica_usd_per_hour=spec.billing.gpu_hourly_usd * spec.target.gpus_per_replica,
+        replica_usd_per_hour=spec.replica_usd_per_hour,
         gpus_per_replica=spec.target.gpus_per_replica,
         initial_replicas=min(settings.initial_replicas, top),
     )
@@ -351,22 +338,41 @@ def optimum_run(
 ) -> PolicyRun:
     """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule); `best` if known."""
     best = best or offline_optimum(optimum_problem(workload, spec, settings))
+    row = _bound_row(OPTIMUM, workload, settings, best)
+    row.timeline = {"t": best.slot_start_s, "ready": best.ready}
+    row.slo_priced_usd = best.total_usd
+    return row
+
+
+class _Bound(Protocol):
+    """What a bound's report row reads: the fluid lower bound's result and the optimum both have it."""
+
+    @property
+    def fallback_requests(self) -> float: ...
+    @property
+    def gpu_hours(self) -> float: ...
+    @property
+    def gpu_usd(self) -> float: ...
+    @property
+    def fallback_usd(self) -> float: ...
+
+
+def _bound_row(name: str, workload: Workload, settings: RunSettings, bound: _Bound) -> PolicyRun:
+    """A report row for a bound: costs without latencies (it is not a schedule)."""
     return PolicyRun(
-        name=OPTIMUM,
+        name=name,
         requests=len(workload),
-        fallback_requests=round(best.fallback_requests),
+        fallback_requests=round(bound.fallback_requests),
         rejected_requests=0,
-        gpu_hours=best.gpu_hours,
-        gpu_usd=best.gpu_usd,
+        gpu_hours=bound.gpu_hours,
+        gpu_usd=bound.gpu_usd,
         fallback_input_tokens=0,
         fallback_output_tokens=0,
-        fallback_usd=best.fallback_usd,
+        fallback_usd=bound.fallback_usd,
         scale_events=None,
         ttft=None,
         slo_ttft_seconds=settings.slo_ttft_seconds,
         total_tokens=workload.total_tokens,
-        timeline={"t": best.slot_start_s, "ready": best.ready},
-        slo_priced_usd=best.total_usd,
     )
 
 
