@@ -6,6 +6,7 @@ The API server, not the client's models, judges each object: bodies go out untou
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,8 +16,9 @@ import yaml
 from kubernetes.client import ApiClient, ApiException
 
 from controller.kube.client import request_json
+from policies.spec import API_GROUP, API_VERSION, PLURAL
 
-__all__ = ["CRD_DIR", "RBAC_DIR", "REPO", "apply", "install_crds", "object_path", "read_manifests"]
+__all__ = ["CRD_DIR", "RBAC_DIR", "REPO", "apply", "gpupool_table", "install_crds", "object_path", "read_manifests"]
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "manifests" / "crds"
@@ -94,3 +96,18 @@ def install_crds(api: ApiClient, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"CRD {crd['metadata']['name']} not served after {timeout} s")
             time.sleep(0.1)
+
+
+def gpupool_table(api: ApiClient, namespace: str) -> dict[str, Any]:
+    """`kubectl get gpupools -o wide` as the API serves it: the Table view with the CRD's printer columns."""
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io"
+    method, url, headers, body, post = api.param_serialize(
+        "GET",
+        f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}",
+        header_params={"Accept": accept},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, headers, body, post, _request_timeout=10)
+    data = response.read()
+    assert response.status == 200, data
+    return dict(json.loads(data))

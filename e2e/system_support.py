@@ -24,7 +24,6 @@ import yaml
 from kubernetes.client import ApiClient
 
 from controller.kube.pods import parse_time
-from policies.spec import API_GROUP, API_VERSION, PLURAL
 
 __all__ = [
     "BilledPod",
@@ -32,7 +31,6 @@ __all__ = [
     "PodWatcher",
     "chart_args",
     "free_port",
-    "gpupool_table",
     "prometheus",
     "prometheus_query",
 ]
@@ -269,18 +267,3 @@ class PodWatcher:
         """Stop polling."""
         self._stop.set()
         self._thread.join(5)
-
-
-def gpupool_table(api: ApiClient, namespace: str) -> dict[str, Any]:
-    """`kubectl get gpupools -o wide` as the API serves it: the Table view with the CRD's printer columns."""
-    accept = "application/json;as=Table;v=v1;g=meta.k8s.io"
-    method, url, headers, body, post = api.param_serialize(
-        "GET",
-        f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}",
-        header_params={"Accept": accept},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, headers, body, post, _request_timeout=10)
-    data = response.read()
-    assert response.status == 200, data
-    return dict(json.loads(data))

@@ -20,7 +20,7 @@ from e2e.controller_harness import (
     refused,
     run_once,
 )
-from e2e.manifests import install_crds
+from e2e.manifests import gpupool_table, install_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -67,18 +67,6 @@ def test_a_bad_field_is_refused_with_the_field_named(
         assert part in message, message
 
 
-def _table(api: ApiClient, namespace: str) -> dict[str, Any]:
-    method, url, headers, body, post = api.param_serialize(
-        "GET",
-        f"/apis/ebbtide.dev/v1alpha1/namespaces/{namespace}/gpupools",
-        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, headers, body, post, _request_timeout=10)
-    data: dict[str, Any] = json.loads(response.read())
-    return data
-
-
 def test_kubectl_get_shows_desired_ready_window_reason_and_age(k8s_cluster: K8sCluster, namespace: str) -> None:
     api = k8s_cluster.api_client
     install_crds(api)
@@ -99,7 +87,7 @@ def test_kubectl_get_shows_desired_ready_window_reason_and_age(k8s_cluster: K8sC
     assert code == 0, lines
     eventually(lambda: pool_status(api, namespace, "chat").get("desiredReplicas") == 1, 15, "the status write")
 
-    table = _table(api, namespace)
+    table = gpupool_table(api, namespace)
     columns = [c["name"] for c in table["columnDefinitions"]]
     for wanted in ("Name", "Desired", "Ready", "Window", "Reason", "Age"):
         assert wanted in columns, columns

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from controller.daemon.status import build_status, status_changed, status_patch
 from controller.kube.client import MERGE_PATCH, request_json
 from controller.ports import PoolRef, StepReport, Usage
 from e2e.cluster import K8sCluster
-from e2e.manifests import install_crds
+from e2e.manifests import gpupool_table, install_crds
 from policies.scaling import decide
 from policies.spec import API_GROUP, API_VERSION, PLURAL, GPUPoolSpec
 from policies.types import DemandSample, Observation, PolicyState
@@ -44,21 +43,6 @@ def _write(api: ApiClient, namespace: str, name: str, patch: dict[str, Any]) -> 
         request_json(api, "PATCH", _path(namespace, name, "/status"), body={"status": patch}, content_type=MERGE_PATCH)
     except ApiException as e:
         raise AssertionError(f"the API server rejected the status: {e.body}") from e
-
-
-def _table(api: ApiClient, namespace: str) -> dict[str, Any]:
-    """`kubectl get gpupools` as the API serves it: the Table view with the CRD's printer columns."""
-    accept = "application/json;as=Table;v=v1;g=meta.k8s.io"
-    method, url, headers, body, post = api.param_serialize(
-        "GET",
-        f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}",
-        header_params={"Accept": accept},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, headers, body, post, _request_timeout=10)
-    data = response.read()
-    assert response.status == 200, data
-    return dict(json.loads(data))
 
 
 def _stored(status: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +120,7 @@ def test_the_status_is_accepted_kept_and_shown(k8s_cluster: K8sCluster, namespac
     _write(api, namespace, "chat", second)
     assert _status_of(api, namespace, "chat") == _stored(second)
 
-    table = _table(api, namespace)
+    table = gpupool_table(api, namespace)
     columns = [c["name"] for c in table["columnDefinitions"]]
     assert columns[:6] == ["Name", "Deployment", "Desired", "Ready", "Window", "Reason"]
     assert "Age" in columns
@@ -145,7 +129,7 @@ def test_the_status_is_accepted_kept_and_shown(k8s_cluster: K8sCluster, namespac
     assert (cells["Name"], cells["Deployment"], cells["Desired"], cells["Ready"]) == ("chat", "vllm", 1, 1)
     assert cells["Reason"] == "no-data-hold"
     _write(api, namespace, "chat", first)
-    [row] = _table(api, namespace)["rows"]
+    [row] = gpupool_table(api, namespace)["rows"]
     assert dict(zip(columns, row["cells"], strict=True))["Window"] == "office"
 
 

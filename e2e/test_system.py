@@ -48,6 +48,7 @@ from e2e.accounts import service_account_token, token_kubeconfig
 from e2e.cluster import K8sCluster, cold_start
 from e2e.controller_harness import events_of, eventually, pool_status
 from e2e.helm import CHART, ROOT, helm, render
+from e2e.manifests import gpupool_table
 from e2e.standin import StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
 from e2e.system_support import (
@@ -55,7 +56,6 @@ from e2e.system_support import (
     PodWatcher,
     chart_args,
     free_port,
-    gpupool_table,
     prometheus,
     prometheus_query,
     wait_http,
