@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import shutil
 import threading
@@ -18,13 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from controller.demand.aggregate import EngineTotals
+from controller.demand.aggregate import EngineTotals, aggregate
 from controller.demand.prometheus import PrometheusSource, render_queries
 from controller.demand.sources import build_engine_source
 from controller.ports import NoData, PoolRef
 from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.system_support import prometheus as prometheus_server
 from policies.spec import GPUPoolSpec, PrometheusQueries
+from policies.types import DemandSample
 
 CONFIG = StandinConfig(max_num_seqs=2, tokens_per_second=2_000, output_tokens=4)
 POOL = PoolRef("chat", "team-a", "vllm-chat", "team-a")
@@ -195,3 +197,47 @@ def test_a_sample_older_than_the_max_age_is_no_data(prometheus: str, lagging: in
     assert found["data"]["result"], "Prometheus never ingested the lagging exporter's samples"
     got = read(prometheus, PrometheusQueries(waiting='sum(lagging_waiting{namespace="$namespace"})'))
     assert isinstance(got, NoData) and "empty vector" in got.reason
+
+
+def test_a_ready_pod_the_server_stopped_scraping_makes_the_read_no_data(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Two replicas scraped; one goes away. Prometheus marks its series stale at the failed scrape, so
+    # the sums shrink at once: the `pods` query is what tells that shrink from a shorter queue.
+    pool = PoolRef("chat", "team-b", "vllm-b", "team-b")
+    names = ["vllm-b-0", "vllm-b-1"]
+    with BackgroundCluster(CONFIG, replicas=2) as cluster:
+        targets = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "team-b", "pod": name}}
+            for name, port in zip(names, cluster.ports, strict=True)
+        ]
+        jobs = [{"job_name": "vllm", "static_configs": targets}]
+        work = tmp_path_factory.mktemp("prometheus-gone")
+        with prometheus_server(
+            prometheus_binary(), work, scrape_configs=jobs, extra_args=[f"--query.lookback-delta={MAX_AGE}s"]
+        ) as url:
+
+            def demand() -> object:
+                return aggregate(read(url, pool=pool), names, None, None, dt_now())[0]
+
+            deadline = time.monotonic() + 20
+            got = demand()
+            while not (isinstance(got, DemandSample) and got.running == 0) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                got = demand()
+            assert isinstance(got, DemandSample), got
+
+            cluster.remove_replica(cluster.ports[1])
+            deadline = time.monotonic() + 20
+            while isinstance(got, DemandSample) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                got = demand()
+            assert isinstance(got, NoData), got
+            assert got.reason == "1 of 2 Ready pods have no fresh series in Prometheus (pod vllm-b-1)"
+            # The same read without the `pods` query: a whole-looking sum over one pod.
+            totals = read(url, PrometheusQueries(pods=None), pool=pool)
+            assert isinstance(totals, EngineTotals) and totals.pods is None
+
+
+def dt_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

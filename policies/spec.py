@@ -506,8 +506,9 @@ class MetricsSourceKind(StrEnum):
 class PrometheusQueries(_Model):
     """PromQL for each signal; `$namespace`, `$deployment` and `$pool` are replaced before the query runs.
 
-    Each query must return one series (or an empty vector, which is no data). The token queries return
-    rates in tokens per second.
+    Each query but `pods` must return one series (or an empty vector, which is no data). The token
+    queries return rates in tokens per second. `pods` names the pods behind the sums: a Ready pod
+    missing from it makes the read no data, as a pod the `pods` source cannot scrape does.
     """
 
     waiting: Annotated[str, Field(min_length=1, max_length=4096)] = (
@@ -530,6 +531,11 @@ class PrometheusQueries(_Model):
         'sum(rate(vllm:generation_tokens_total{namespace="$namespace",pod=~"$deployment-.*"}[1m]))'
     )
     """Generated tokens per second (optional)."""
+    pods: Annotated[str | None, Field(max_length=4096)] = (
+        'count by (pod) (vllm:num_requests_waiting{namespace="$namespace",pod=~"$deployment-.*"})'
+    )
+    """One series per pod the server has fresh samples of, its name in the `pod` label (optional, but
+    without it a Ready pod that stopped being scraped silently leaves the sums: a smaller queue)."""
 
 
 class PrometheusSource(_Model):

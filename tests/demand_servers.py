@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -14,7 +15,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller.demand import series as S
 
-__all__ = ["GatewayMetrics", "broken_server", "free_port", "gateway_registry", "hung_server", "queue_requests"]
+__all__ = [
+    "GatewayMetrics",
+    "broken_server",
+    "free_port",
+    "gateway_registry",
+    "hung_server",
+    "queue_requests",
+    "routed_server",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,12 +53,8 @@ async def hung_server(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[i
 
 
 @asynccontextmanager
-async def broken_server(status: int, body: str, host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """Answers every GET with `status` and `body`; yields its port."""
-
-    async def handle(request: web.Request) -> web.Response:
-        return web.Response(status=status, text=body)
-
+async def _serving(handle: Callable[[web.Request], Awaitable[web.Response]], host: str) -> AsyncIterator[int]:
+    """An aiohttp server on `host` answering every GET with `handle`; yields its port."""
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
@@ -60,6 +65,31 @@ async def broken_server(status: int, body: str, host: str = "127.0.0.1") -> Asyn
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def broken_server(status: int, body: str, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Answers every GET with `status` and `body`; yields its port."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body)
+
+    async with _serving(handle, host) as port:
+        yield port
+
+
+@asynccontextmanager
+async def routed_server(answers: Mapping[str, str], host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """A Prometheus-like server answering each GET with `answers[its query parameter]`; yields its port."""
+
+    async def handle(request: web.Request) -> web.Response:
+        query = request.query.get("query", "")
+        if query not in answers:
+            return web.Response(status=400, text=json.dumps({"status": "error", "error": f"no answer for {query}"}))
+        return web.Response(status=200, text=answers[query])
+
+    async with _serving(handle, host) as port:
+        yield port
 
 
 async def queue_requests(http: httpx.AsyncClient, base: str, model: str, count: int) -> list[asyncio.Task[object]]:

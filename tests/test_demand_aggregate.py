@@ -237,6 +237,21 @@ def test_prometheus_totals_keep_their_rates_and_time() -> None:
     assert (sample.input_tokens_per_second, sample.output_tokens_per_second) == (120.0, 30.0)
 
 
+def test_a_ready_pod_without_fresh_series_in_prometheus_is_no_data_not_a_smaller_queue() -> None:
+    # The server's sums left the pod out (its scrapes fail, its series went stale): not a shorter queue.
+    totals = EngineTotals(4, 6, None, None, None, T0, pods=frozenset({"vllm-a"}))
+    sample, reading = aggregate(totals, ["vllm-a", "vllm-b", "vllm-c"], None, None, T0)
+    assert isinstance(sample, NoData) and reading is None
+    assert sample.reason == "2 of 3 Ready pods have no fresh series in Prometheus (pod vllm-b and 1 more)"
+    # Every Ready pod seen (a pod still starting or going may be seen too): the sums are whole.
+    totals = EngineTotals(4, 6, None, None, None, T0, pods=frozenset({"vllm-a", "vllm-b", "vllm-old"}))
+    sample, _ = ok(aggregate(totals, ["vllm-a", "vllm-b"], None, None, T0))
+    assert (sample.waiting, sample.running) == (4, 6)
+    # No `pods` query configured: nothing to check against.
+    sample, _ = ok(aggregate(EngineTotals(4, 6, None, None, None, T0), ["vllm-a", "vllm-b"], None, None, T0))
+    assert sample.waiting == 4
+
+
 def test_invalid_totals_are_no_data() -> None:
     totals = EngineTotals(float("nan"), 1, None, None, None, T0)
     sample, _ = aggregate(totals, [], None, None, T0)

@@ -26,7 +26,14 @@ from controller.scrape.vllm import parse_vllm_metrics
 from e2e.standin import StandinCluster, StandinConfig
 from policies.spec import GPUPoolSpec, PrometheusQueries
 from policies.types import DemandSample
-from tests.demand_servers import broken_server, free_port, gateway_registry, hung_server, queue_requests
+from tests.demand_servers import (
+    broken_server,
+    free_port,
+    gateway_registry,
+    hung_server,
+    queue_requests,
+    routed_server,
+)
 
 POOL = PoolRef("chat", "team-a", "vllm-chat", "team-a")
 TIMEOUT = 0.5
@@ -267,6 +274,29 @@ def test_prometheus_answers_that_are_no_data(body: str, expect: str) -> None:
     got = run(scenario())
     assert isinstance(got, NoData), got
     assert expect in got.reason
+
+
+def test_prometheus_pods_query_names_the_pods_behind_the_sums() -> None:
+    answers = {
+        "pods-query": prom_answer([{"metric": {"pod": "vllm-chat-0"}, "value": [time.time(), "1"]}]),
+        "unlabelled": prom_answer([series("2")]),
+    }
+
+    async def scenario(query: str) -> EngineTotals | NoData:
+        # One server answers every query: the signals get the series, `pods` the labelled vector.
+        queries = PrometheusQueries(waiting="w", running="r", kv_cache_usage=None, prompt_tokens_per_second=None,
+                                    generation_tokens_per_second=None, pods=query)  # fmt: skip
+        single = prom_answer([series("3")])
+        async with httpx.AsyncClient() as http, routed_server({"w": single, "r": single, **answers}) as port:
+            source = PrometheusSource(
+                f"http://127.0.0.1:{port}", render_queries(queries, POOL), timeout=TIMEOUT, max_age_seconds=90
+            )
+            return await source.read(http)
+
+    got = run(scenario("pods-query"))
+    assert isinstance(got, EngineTotals) and got.pods == frozenset({"vllm-chat-0"}), got
+    got = run(scenario("unlabelled"))
+    assert isinstance(got, NoData) and "without a `pod` label" in got.reason
 
 
 def test_prometheus_queries_are_filled_in_for_the_pool() -> None:

@@ -84,6 +84,8 @@ class EngineTotals:
     generation_tokens_per_second: float | None
     observed_at: dt.datetime
     """When the values were evaluated; the sample's age is judged by the policy from this."""
+    pods: frozenset[str] | None = None
+    """The pods the server had fresh series of (None: not asked); every Ready pod must be among them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,17 @@ def _partial(engines: Mapping[str, EngineSample | NoData], expected: Collection[
     name, reason = bad[0]
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     return NoData(f"{len(bad)} of {len(expected)} Ready pods unreadable (pod {name}: {reason}{more})")
+
+
+def _unseen(seen: frozenset[str], expected: Collection[str]) -> NoData | None:
+    """NoData naming the first Ready pod a Prometheus server has no fresh series of, or None."""
+    missing = sorted(set(expected) - seen)
+    if not missing:
+        return None
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return NoData(
+        f"{len(missing)} of {len(expected)} Ready pods have no fresh series in Prometheus (pod {missing[0]}{more})"
+    )
 
 
 def _engine_rates(
@@ -186,6 +199,10 @@ def aggregate(
     gateway_at = None if gateway is None else gateway.at or now
     observed_at = now
     if isinstance(engines, EngineTotals):
+        if engines.pods is not None:
+            unseen = _unseen(engines.pods, expected)
+            if unseen is not None:
+                return unseen, None
         waiting, running, kv = engines.waiting, engines.running, engines.kv_cache_usage
         prompt_rate, gen_rate = engines.prompt_tokens_per_second, engines.generation_tokens_per_second
         observed_at = engines.observed_at

@@ -1,6 +1,9 @@
 """Source `prometheus`: the engines' signals from a Prometheus server's HTTP API, with the pool's PromQL.
 
-Each query must give one series. An empty vector, NaN or infinity, or a sample older than the pool's
+Each signal's query must give one series; the `pods` query gives one series per pod the server has
+fresh samples of, and a Ready pod missing there makes the read no data (aggregate.py), as an
+unreadable pod does for the `pods` source: its series leaving the sums would look like a shorter
+queue. An empty vector, NaN or infinity, or a sample older than the pool's
 `metricMaxAgeSeconds` is no data, never zero. Staleness is asked of the server with the query API's
 `lookback_delta` (Prometheus >= 2.43; older servers ignore it and need `--query.lookback-delta` set at
 most to the pool's max age), and the evaluation time the server reports is checked against the clock.
@@ -25,13 +28,14 @@ __all__ = ["PrometheusSource", "render_queries"]
 
 _REQUIRED = ("waiting", "running")
 _OPTIONAL = ("kv_cache_usage", "prompt_tokens_per_second", "generation_tokens_per_second")
+_PODS = "pods"
 
 
 def render_queries(queries: PrometheusQueries, pool: PoolRef) -> dict[str, str | None]:
     """The pool's PromQL with `$namespace`, `$deployment` and `$pool` filled in (other `$` left alone)."""
     values = {"namespace": pool.deployment_namespace, "deployment": pool.deployment, "pool": pool.name}
     out: dict[str, str | None] = {}
-    for name in (*_REQUIRED, *_OPTIONAL):
+    for name in (*_REQUIRED, *_OPTIONAL, _PODS):
         text: str | None = getattr(queries, name)
         out[name] = Template(text).safe_substitute(values) if text else None
     return out
@@ -63,8 +67,8 @@ class PrometheusSource:
         self.headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
         self.clock = clock
 
-    async def _query(self, http: httpx.AsyncClient, name: str, promql: str) -> tuple[float, float] | NoData | None:
-        """(value, evaluation time) of one query; None for an empty vector; NoData on any failure."""
+    async def _query(self, http: httpx.AsyncClient, name: str, promql: str) -> Any:
+        """The `data` of one query's answer, or NoData on any failure."""
         params = {"query": promql, "lookback_delta": f"{self.max_age_seconds:g}s"}
         try:
             response = await asyncio.wait_for(
@@ -81,7 +85,7 @@ class PrometheusSource:
         if response.status_code != httpx.codes.OK or not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error") if isinstance(body, dict) else None
             return NoData(f"prometheus query {name}: HTTP {response.status_code}: {error or 'no success status'}")
-        return _value(name, body.get("data"))
+        return body.get("data")
 
     async def read(self, http: httpx.AsyncClient) -> EngineTotals | NoData:
         """Every query at once; the required ones must give a fresh finite value."""
@@ -89,10 +93,17 @@ class PrometheusSource:
         for required in _REQUIRED:
             if required not in names:
                 return NoData(f"prometheus query {required} is not configured")
-        results = await asyncio.gather(*(self._query(http, n, self.queries[n] or "") for n in names))
+        answers = await asyncio.gather(*(self._query(http, n, self.queries[n] or "") for n in names))
         got: dict[str, float | None] = {}
         evaluated: list[float] = []
-        for name, result in zip(names, results, strict=True):
+        pods_answer: Any = None
+        for name, data in zip(names, answers, strict=True):
+            if isinstance(data, NoData):
+                return data
+            if name == _PODS:
+                pods_answer = data  # judged once the signals are known good and fresh
+                continue
+            result = _value(name, data)
             if isinstance(result, NoData):
                 return result
             if result is None:
@@ -118,6 +129,9 @@ class PrometheusSource:
         assert waiting is not None and running is not None  # required above
         if waiting < 0 or running < 0:
             return NoData(f"prometheus queue values negative (waiting {waiting}, running {running})")
+        pods = None if pods_answer is None else _pod_names(pods_answer)
+        if isinstance(pods, NoData):
+            return pods
         return EngineTotals(
             waiting=waiting,
             running=running,
@@ -125,7 +139,22 @@ class PrometheusSource:
             prompt_tokens_per_second=got.get("prompt_tokens_per_second"),
             generation_tokens_per_second=got.get("generation_tokens_per_second"),
             observed_at=oldest,
+            pods=pods,
         )
+
+
+def _pod_names(data: Any) -> frozenset[str] | NoData:
+    """The `pod` label of each series of the `pods` query (an empty vector: no pod has fresh series)."""
+    if not isinstance(data, dict) or data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        return NoData("prometheus query pods did not return an instant vector")
+    names: set[str] = set()
+    for series in data["result"]:
+        labels = series.get("metric") if isinstance(series, dict) else None
+        name = labels.get("pod") if isinstance(labels, dict) else None
+        if not isinstance(name, str) or not name:
+            return NoData("prometheus query pods returned a series without a `pod` label (use count by (pod))")
+        names.add(name)
+    return frozenset(names)
 
 
 def _value(name: str, data: Any) -> tuple[float, float] | NoData | None:
