@@ -17,11 +17,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.access import RequestFacts, log_access
 from gateway.auth import ClientAuth
 from gateway.config import GatewaySettings
 from gateway.directory import PoolDirectory
 from gateway.dispatch import Dispatcher
-from gateway.errors import ApiError, error_response
+from gateway.errors import ApiError, error_response, error_type
 from gateway.inbound import parse_request
 from gateway.scraper import scrape_forever
 
@@ -78,6 +79,23 @@ GATEWAY = web.AppKey("gateway", Gateway)
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     received = time.perf_counter()
     gw = request.app[GATEWAY]
+    if not gw.settings.access_log:
+        return await _answer(request, gw, chat, received, None)
+    facts = RequestFacts()
+    response: web.StreamResponse | None = None
+    try:
+        response = await _answer(request, gw, chat, received, facts)
+        return response
+    except web.HTTPException as exc:  # aiohttp's own refusals are responses too (3.x)
+        response = exc
+        raise
+    finally:
+        log_access(request, facts, response, time.perf_counter() - received)
+
+
+async def _answer(
+    request: web.Request, gw: Gateway, chat: bool, received: float, facts: RequestFacts | None
+) -> web.StreamResponse:
     metrics = gw.directory.metrics
     try:
         if gw.auth is not None and not gw.auth.check(request.headers.get("Authorization")):
@@ -98,6 +116,9 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             raw, chat=chat, arrival=time.monotonic(), timeout_header=request.headers.get("X-Stainless-Timeout")
         )
         pool = gw.directory.by_model.get(req.model)
+        if facts is not None:
+            facts.model, facts.stream = req.model, req.stream
+            facts.pool = pool.name if pool is not None else None
         if pool is None:
             raise ApiError(404, f"the model `{req.model}` does not exist", param="model", code="model_not_found")
         assert gw.dispatcher is not None
@@ -105,6 +126,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     except ApiError as err:
         if err.status in (400, 401, 404, 413):
             metrics.invalid_requests.labels(str(err.status)).inc()
+        if facts is not None:
+            facts.error = err.code or error_type(err.status)
         return err.response()
     except ConnectionResetError:
         # The client went away while its answer was written; there is nobody to answer.
@@ -113,6 +136,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         raise
     except Exception as err:
         _LOG.error("request failed: %s", type(err).__name__, exc_info=err)
+        if facts is not None:
+            facts.error = "internal_error"
         return error_response(500, "the gateway failed to handle the request", code="internal_error")
 
 

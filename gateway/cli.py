@@ -86,6 +86,12 @@ def register(subparsers: Any) -> None:
         default=defaults.shutdown_grace_seconds,
         help="seconds requests under way get to finish on SIGTERM",
     )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.access_log,
+        help="one log line per generation request: pool, route, provider, status, seconds (default: off)",
+    )
     p.add_argument("--no-priority-check", action="store_true", help="skip the one-token check that vLLM takes priority")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--log-format", default=LOG_FORMAT, choices=("json", "text"), help="default %(default)s")
@@ -102,7 +108,7 @@ def _settings(args: argparse.Namespace) -> GatewaySettings:
         host=host, port=port, max_body_bytes=args.max_body_bytes, max_held=args.max_held,
         max_hold_seconds=args.max_hold_seconds, scrape_interval_seconds=args.scrape_interval,
         check_priority=not args.no_priority_check, shutdown_grace_seconds=args.shutdown_grace,
-        keepalive_seconds=max(args.hold_keepalive, 0.0),
+        keepalive_seconds=max(args.hold_keepalive, 0.0), access_log=args.access_log,
     )  # fmt: skip
 
 

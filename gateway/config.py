@@ -60,6 +60,8 @@ class GatewaySettings:
     """A streaming request held this long gets its stream started and an SSE comment this often (0: never)."""
     shutdown_grace_seconds: float = 30.0
     """On SIGTERM, /readyz turns 503 and requests under way get this long to finish (streams are long)."""
+    access_log: bool = False
+    """Log one line per generation request (gateway/access.py): pool, route, provider, status, seconds."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -14,7 +14,8 @@ __all__ = ["JsonFormatter", "configure_logging"]
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message"}` per record, plus `exception` when there is one."""
+    """`{"time", "level", "logger", "message"}` per record, plus a record's `fields` (extra=) as keys of
+    their own and `exception` when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one JSON line."""
@@ -24,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

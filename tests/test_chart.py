@@ -153,6 +153,7 @@ def test_defaults_mirror_the_code() -> None:
     assert float(gateway["maxHoldSeconds"]) == code.max_hold_seconds
     assert float(gateway["scrapeInterval"]) == code.scrape_interval_seconds
     assert gateway["maxBodyBytes"] == code.max_body_bytes
+    assert gateway["accessLog"] is code.access_log
     assert float(gateway["shutdownGrace"]) == code.shutdown_grace_seconds
     assert gateway["logFormat"] == defaults.LOG_FORMAT
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
@@ -192,6 +193,7 @@ def test_rendered_gateway_args_parse_into_the_gateways_settings() -> None:
         code.max_body_bytes,
     )
     assert settings.shutdown_grace_seconds == code.shutdown_grace_seconds
+    assert settings.access_log is code.access_log
     assert args.log_format == defaults.LOG_FORMAT
 
 
@@ -204,6 +206,7 @@ def test_production_values_reach_both_commands() -> None:
     gateway = build_parser().parse_args(_args(objects, "ebbtide-gateway"))
     assert gateway.namespace == "inference"
     assert gateway.api_keys_file == "/etc/ebbtide/client-keys/keys"
+    assert gateway.access_log is True
     pod = _by_kind(objects, "Deployment")["ebbtide-gateway"]["spec"]["template"]["spec"]
     assert {
         "name": "client-keys",
