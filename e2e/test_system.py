@@ -243,6 +243,7 @@ def test_helm_install_then_a_day_of_the_example_pool(
         f"watchNamespace={namespace}",
         f"gateway.secretNamespaces={{{namespace}}}",
         f"controller.tick={TICK}",
+        "gateway.accessLog=true",  # each request's route in the gateway's output, for a failure's report
         # No node matches: the chart's pods stay Pending, the local processes do their work.
         "controller.nodeSelector.ebbtide\\.dev/e2e=no-such-node",
         "gateway.nodeSelector.ebbtide\\.dev/e2e=no-such-node",
@@ -425,6 +426,9 @@ def _journey(
             if line.startswith("ebbtide_gateway_requests_total")
         ]  # fmt: skip
         raise AssertionError(f"the burst, per round (replicas after it, answers by model): {rounds}; {routes}")
+    access = [line for line in gateway.lines if line.get("logger") == "ebbtide.gateway.access"]
+    assert {"gpu", "fallback"} <= {line.get("route") for line in access}, access[-5:]
+    assert all(line["pool"] == f"{namespace}/assistant" and line["status"] == 200 for line in access), access[-5:]
     eventually(lambda: _replicas(api, namespace) >= 2, 15, "a scale-up for the burst")
     up = _applied(controller, "a scale-up past one", lambda d: d["to"] >= 2)
     # Demand drove it (the cost rule may cap how far: cost-overflow names both figures).

@@ -10,7 +10,10 @@ import json
 import logging
 import sys
 
-__all__ = ["JsonFormatter", "configure_logging"]
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+__all__ = ["JsonFormatter", "configure_logging", "quiet_malformed_requests"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,3 +48,37 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # aiohttp logs a line per connection problem of a client; those are the client's, at debug level.
     logging.getLogger("aiohttp.server").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    quiet_malformed_requests()
+
+
+_CLIENT_FAULTS = (HttpProcessingError, RequestPayloadError)
+"""A request aiohttp's parser refused (answered 400), and a body that breaks off or does not decode
+(answered 400 by the handler; aiohttp logs it again when it drains the rest of the body)."""
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp's error record for a malformed request (_CLIENT_FAULTS: the client's fault) becomes a
+    one-line DEBUG record, dropped unless the gateway logs at DEBUG; an ERROR with a traceback per bad
+    request would let any client flood the log. Other errors pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, _CLIENT_FAULTS):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+        record.args = ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_QUIET = _MalformedRequests()
+
+
+def quiet_malformed_requests() -> None:
+    """Install the filter above on aiohttp's server logger (once)."""
+    logger = logging.getLogger("aiohttp.server")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)

@@ -28,6 +28,7 @@ import pytest
 from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
 from gateway import GatewaySettings
+from gateway.logs import quiet_malformed_requests
 from tests.gateway_support import gateway_for, make_pool, provider
 
 pytestmark = pytest.mark.timeout(300)
@@ -293,6 +294,7 @@ def test_ten_thousand_hostile_requests_get_no_500_and_the_gateway_keeps_serving(
 ) -> None:
     gw, paid = stack
     caplog.set_level(logging.WARNING)
+    quiet_malformed_requests()  # as `ebbtide gateway` runs (configure_logging)
     port = int(gw.url.rsplit(":", 1)[1])
     tally = asyncio.run(_barrage(gw.url, port))
 
@@ -305,8 +307,9 @@ def test_ten_thousand_hostile_requests_get_no_500_and_the_gateway_keeps_serving(
     assert tally.statuses[200] > 500 and tally.statuses[400] > 1000 and tally.statuses[413] > 50
     assert tally.statuses[401] > 100 and tally.no_response < CASES // 10, (dict(tally.statuses), tally.no_response)
     assert paid.requests, "requests for paid-model reached the fallback provider"
-    # The gateway's own loggers (aiohttp's HTTP parser logs malformed requests itself; they get its 400).
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ebbtide")]
+    # No error logged, by the gateway's loggers or by aiohttp's server (whose parser refusals, answered
+    # 400, are the clients' fault: a DEBUG line, not an ERROR with a traceback per request).
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [f"{r.name}: {r.getMessage()[:200]}" for r in errors[:5]]
 
     with openai.OpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=10) as client:
