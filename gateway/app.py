@@ -112,8 +112,13 @@ async def _answer(
         except web.RequestPayloadError as err:
             # A body that breaks off, or whose Content-Encoding does not decode: the client's fault.
             raise ApiError(400, f"the request body could not be read: {err.__cause__ or err}") from None
+        headers = request.headers
         req = parse_request(
-            raw, chat=chat, arrival=time.monotonic(), timeout_header=request.headers.get("X-Stainless-Timeout")
+            raw,
+            chat=chat,
+            arrival=time.monotonic(),
+            timeout_header=headers.get("X-Stainless-Timeout"),
+            read_timeout_header=headers.get("X-Stainless-Read-Timeout"),
         )
         pool = gw.directory.by_model.get(req.model)
         if facts is not None:

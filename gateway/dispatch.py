@@ -34,6 +34,9 @@ __all__ = ["Dispatcher"]
 _LOG = logging.getLogger("ebbtide.gateway")
 _GPU_ATTEMPTS = 3
 """Replicas tried for one request when connections fail (each failed one leaves the rotation for a while)."""
+_DEADLINE_MARGIN_SECONDS = 1.0
+"""A hold ends this long before the client's deadline (ClientRequest.deadline, first_byte_deadline), so
+the 503 reaches it."""
 _GPU_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
 _GPU_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
@@ -85,7 +88,12 @@ class Dispatcher:
 
             # Held for a replica due in time with a fallback waiting: stop as soon as none is due.
             waiting_for = due_by if plan.decision.route is Route.FALLBACK else None
-            result = await hold(pool, plan.hold_until, self.settings.max_held, due_by=waiting_for)
+            until = plan.hold_until
+            limit = self._hold_limit(req)
+            if limit is not None:
+                # The client gives up at its deadline: answer it (503) a little before, not with silence.
+                until = min(until, limit - _DEADLINE_MARGIN_SECONDS)
+            result = await hold(pool, until, self.settings.max_held, due_by=waiting_for)
         finally:
             if keepalive is not None:
                 keepalive.cancel()
@@ -103,6 +111,17 @@ class Dispatcher:
                 await started.write(error_event(err.status, err.message, code=err.code))
                 await started.write_eof()
             return started
+
+    def _hold_limit(self, req: ClientRequest) -> float | None:
+        """When a held request must have its answer started: the client's total deadline, and its read
+        timeout unless keep-alive comments on a held stream reach it first (each resets that timer)."""
+        limit, first_byte = req.deadline, req.first_byte_deadline
+        if first_byte is None or first_byte == limit:
+            return limit
+        every = self.settings.keepalive_seconds
+        if req.stream and every > 0 and req.arrival + every + _DEADLINE_MARGIN_SECONDS < first_byte:
+            return limit
+        return first_byte if limit is None else min(limit, first_byte)
 
     async def _route(
         self,
@@ -274,15 +293,19 @@ class Dispatcher:
                 continue
             timeout = provider.timeout
             first_byte = provider.spec.first_byte_timeout_seconds
-            if req.deadline is not None:
-                left = req.deadline - now
-                if left <= 0:
-                    failures.append("the client's deadline passed")
-                    last_status = 504
-                    break
+            # A started stream (keep-alive comments) has had its first byte: only the total deadline binds.
+            waits = req.first_byte_deadline if started is None else req.deadline
+            left = None if req.deadline is None else req.deadline - now
+            left_first = None if waits is None else waits - now
+            if (left is not None and left <= 0) or (left_first is not None and left_first <= 0):
+                failures.append("the client's deadline passed")
+                last_status = 504
+                break
+            if left is not None:
                 timeout = aiohttp.ClientTimeout(total=min(provider.spec.total_timeout_seconds, left),
                                                 sock_connect=provider.spec.connect_timeout_seconds)  # fmt: skip
-                first_byte = min(first_byte, left)
+            if left_first is not None:
+                first_byte = min(first_byte, left_first)
             provider.acquire(now)
             gauge.inc()
             verdict = False

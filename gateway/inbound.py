@@ -52,7 +52,12 @@ class ClientRequest:
     max_tokens: int | None
     arrival: float
     deadline: float | None
-    """When the client gives up (monotonic), from its `X-Stainless-Timeout`, if it sent one."""
+    """When the client gives up on the whole request (monotonic), from `X-Stainless-Timeout` (the
+    openai Node client's total timeout), if it sent one."""
+    first_byte_deadline: float | None = None
+    """When the client gives up waiting for its answer's first byte (monotonic): the total deadline, or
+    sooner from `X-Stainless-Read-Timeout` (the openai Python client's read timeout, which also runs
+    between bytes, so it bounds only the wait before an answer starts)."""
 
     def expected_tokens(self, mean_completion: float) -> float:
         """Estimated work of this request in tokens: its prompt and the output it will likely produce."""
@@ -69,7 +74,20 @@ def _int_field(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def parse_request(raw: bytes, *, chat: bool, arrival: float, timeout_header: str | None) -> ClientRequest:
+def _seconds(header: str | None) -> float | None:
+    """A timeout header's seconds, None when absent or not a sensible number (ignored, never refused)."""
+    if not header:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < 86400 else None
+
+
+def parse_request(
+    raw: bytes, *, chat: bool, arrival: float, timeout_header: str | None, read_timeout_header: str | None = None
+) -> ClientRequest:
     """Parse and check a request body; raise ApiError (4xx) naming what is wrong."""
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON object")
@@ -105,14 +123,11 @@ def parse_request(raw: bytes, *, chat: bool, arrival: float, timeout_header: str
         if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
             raise ApiError(400, "prompt must be a string or a non-empty array", param="prompt")
         max_tokens = _int_field(body, "max_tokens")
-    deadline = None
-    if timeout_header:
-        try:
-            seconds = float(timeout_header)
-        except ValueError:
-            seconds = 0.0
-        if 0 < seconds < 86400:
-            deadline = arrival + seconds
+    total, read = _seconds(timeout_header), _seconds(read_timeout_header)
+    deadline = None if total is None else arrival + total
+    first_byte = deadline
+    if read is not None and (first_byte is None or arrival + read < first_byte):
+        first_byte = arrival + read
     return ClientRequest(
         chat=chat,
         raw=raw,
@@ -124,6 +139,7 @@ def parse_request(raw: bytes, *, chat: bool, arrival: float, timeout_header: str
         max_tokens=max_tokens,
         arrival=arrival,
         deadline=deadline,
+        first_byte_deadline=first_byte,
     )
 
 

@@ -129,6 +129,19 @@ def test_without_fallback_the_hold_ends_with_503_after_max_hold(paid: Any) -> No
         assert metric(scrape_text(gw), "ebbtide_gateway_requests_total", route="rejected") == 1
 
 
+def test_without_fallback_the_hold_ends_before_the_clients_deadline() -> None:
+    # The openai client sends its timeout (X-Stainless-Timeout): a 503 it can read beats its own timeout.
+    pool = make_pool(spec={"coldStartSeconds": 1, "objective": {"ttftSeconds": 20}})
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=False, max_hold_seconds=60.0)
+    with gateway_for([(pool, [f"127.0.0.1:{_free_port()}"])], settings=settings) as gw:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            _route(gw, timeout=3.0)
+        waited = time.monotonic() - started
+        assert err.value.status_code == 503 and err.value.body["code"] == "no_replica"  # type: ignore[index]
+        assert 1.5 < waited < 2.9, waited  # the deadline (3 s) less the 1 s margin, not --max-hold-seconds
+
+
 def test_a_client_that_leaves_while_held_is_dropped(vllm: BackgroundCluster, paid: Any) -> None:
     port = _free_port()
     pool = make_pool(providers=[provider("paid", paid.base_url)],
@@ -136,10 +149,11 @@ def test_a_client_that_leaves_while_held_is_dropped(vllm: BackgroundCluster, pai
     with gateway_for([(pool, [f"127.0.0.1:{port}"])]) as gw:
 
         async def leave() -> None:
-            client = openai.AsyncOpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=1.0)
-            with pytest.raises(openai.APITimeoutError):
-                await client.chat.completions.create(model="chat-model", messages=MESSAGES)
-            await client.close()
+            # A client that says nothing of its timeout (the openai client's would end the hold first).
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    body = {"model": "chat-model", "messages": MESSAGES}
+                    await client.post(f"{gw.base_url}/chat/completions", json=body)
 
         asyncio.run(leave())
         wait_until(lambda: _held(gw) == 0, what="the departed client dropped from the hold")

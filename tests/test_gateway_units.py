@@ -133,6 +133,21 @@ def test_parse_request_errors_name_the_field() -> None:
     assert status_param(b'{"model":"m"}', chat=False) == (400, "prompt")
 
 
+def test_client_deadlines_from_both_openai_clients_headers() -> None:
+    raw = b'{"model":"m","prompt":"hi"}'
+    # The Python client's read timeout bounds the wait for a first byte, not the whole answer.
+    python = parse_request(raw, chat=False, arrival=10.0, timeout_header=None, read_timeout_header="600.0")
+    assert (python.deadline, python.first_byte_deadline) == (None, 610.0)
+    # The Node client's total timeout bounds both; the sooner of the two is the first byte's.
+    both = parse_request(raw, chat=False, arrival=10.0, timeout_header="30", read_timeout_header="5")
+    assert (both.deadline, both.first_byte_deadline) == (40.0, 15.0)
+    node = parse_request(raw, chat=False, arrival=10.0, timeout_header="30", read_timeout_header="60")
+    assert (node.deadline, node.first_byte_deadline) == (40.0, 40.0)
+    for junk in ("-1", "0", "nan", "inf", "abc", "1e309"):
+        odd = parse_request(raw, chat=False, arrival=0.0, timeout_header=junk, read_timeout_header=junk)
+        assert (odd.deadline, odd.first_byte_deadline) == (None, None), junk
+
+
 def test_upstream_bodies() -> None:
     raw = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "priority": -9,
                       "top_k": 3, "stream": True}).encode()  # fmt: skip
