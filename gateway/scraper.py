@@ -52,12 +52,13 @@ async def _scrape_pool(session: aiohttp.ClientSession, pool: PoolState, settings
     if not endpoints:
         return
     timeout = min(pool.spec.metrics.scrape_timeout_seconds, max(settings.scrape_interval_seconds, 0.2))
+    before = [e.in_flight for e in endpoints]
     samples = await asyncio.gather(
         *(scrape_endpoint(session, e, timeout=timeout, model_name=pool.served_model) for e in endpoints)
     )
     now = time.monotonic()
-    for endpoint, sample in zip(endpoints, samples, strict=True):
-        endpoint.record_scrape(sample, now)
+    for endpoint, sample, in_flight in zip(endpoints, samples, before, strict=True):
+        endpoint.record_scrape(sample, now, in_flight)
         if pool.probe_readiness:
             endpoint.ready = sample is not None
     pool.refresh_ready(now)

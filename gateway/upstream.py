@@ -95,8 +95,17 @@ class Endpoint:
         """A connection to it failed: take it out of rotation for a few seconds."""
         self.failed_until = now + _FAILED_ENDPOINT_SECONDS
 
-    def record_scrape(self, sample: EngineSample | None, now: float) -> None:
-        """Store a scrape's result (None: the scrape failed)."""
+    def record_scrape(self, sample: EngineSample | None, now: float, in_flight_before: int | None = None) -> None:
+        """Store a scrape's result (None: the scrape failed); `in_flight_before` is this gateway's count
+        when the scrape was sent.
+
+        The engine's gauges are from some moment during the scrape. A request of ours that ended before
+        that moment is in neither the gauges nor `in_flight` at the end, but one that ended after it is
+        in the gauges and no longer in `in_flight`: counting against the end alone would take it for
+        another client's (a ghost that, at the pool's mean request size, can look like seconds of
+        queue and spill a whole burst). The larger of the two counts leaves no ghost; a request of ours
+        sent during the scrape is then under-counted as ours, which errs on the GPUs' side for one scrape.
+        """
         if sample is None:
             self.scrape_ok = False
             if self.down_since is None:
@@ -108,7 +117,7 @@ class Endpoint:
         self.scraped_waiting = sample.waiting
         self.scraped_running = sample.running
         self.scraped_at = now
-        self.in_flight_at_scrape = self.in_flight
+        self.in_flight_at_scrape = max(self.in_flight, in_flight_before or 0)
 
 
 async def scrape_endpoint(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from dataclasses import replace
 
 import orjson
 import pytest
 
+from controller.scrape.sample import EngineSample
 from gateway.auth import ClientAuth
 from gateway.config import ConfigError, parse_endpoints, parse_listen, provider_keys
 from gateway.directory import PoolDirectory
@@ -228,6 +230,27 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
     state.work_late = state.backlog_late = 1000.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
+
+
+def test_our_requests_that_ended_during_a_scrape_are_not_taken_for_other_clients() -> None:
+    # The system test's burst: four of ours on the engine when its gauges were read, two of them ended
+    # before the scrape's answer came back. Counted against the end alone, two look like others' load,
+    # at the pool's starting mean of 512 tokens a request seconds of queue, and the burst all spills.
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 100}, "fallback": {"maxQueueWaitSeconds": 1}})
+    endpoint = next(iter(state.endpoints.values()))
+    sample = EngineSample(waiting=2, running=2, kv_cache_usage=None, prompt_tokens_total=None,
+                          generation_tokens_total=None, request_success_total=None,
+                          admission_rejections_total=None, engines=1)  # fmt: skip
+    endpoint.in_flight = 2  # at the answer; it was 4 when the scrape was sent
+    endpoint.record_scrape(sample, time.monotonic(), in_flight_before=4)
+    assert endpoint.others == 0
+    now = time.monotonic()
+    kwargs = {"prompt_tokens": 10, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    assert plan_request(state, **kwargs).action is Action.GPU  # type: ignore[arg-type]
+    # Another client's requests still count: six on the engine, four of them ours at most.
+    endpoint.record_scrape(replace(sample, waiting=4), time.monotonic(), in_flight_before=4)
+    assert endpoint.others == 2
+    assert plan_request(state, **kwargs).action is Action.FALLBACK  # type: ignore[arg-type]
 
 
 def test_plan_at_zero_replicas_holds_only_when_a_replica_is_due_in_time() -> None:
