@@ -1,11 +1,12 @@
 """The access log (`--access-log`): one line per generation request, saying where it went and how it ended.
 
-Logger `ebbtide.gateway.access`, level INFO. Fields: `method`, `path`, `model`, `pool` (namespace/name),
-`route` (the `X-Ebbtide-Route` the client got: gpu, gpu-late, held-gpu, fallback, held-fallback),
-`provider` (the fallback that answered), `status` (499: the client left before its answer ended),
-`stream`, `seconds` (the whole request, a stream to its end) and `error` (the OpenAI error code of a
-refusal). Never a prompt, a completion, a header or a key. In JSON the fields are top-level keys; in text
-they follow the message as key=value.
+Logger `ebbtide.gateway.access`, level INFO. Fields: `request_id` (the answer's `X-Request-Id`, also
+sent to the replica), `method`, `path`, `model`, `pool` (namespace/name), `route` (the `X-Ebbtide-Route`
+the client got: gpu, gpu-late, held-gpu, fallback, held-fallback), `provider` (the fallback that
+answered), `status` (499: the client left before its answer ended), `stream`, `seconds` (the whole
+request, a stream to its end) and `error` (the OpenAI error code of a refusal). Never a prompt, a
+completion, a header or a key. In JSON the fields are top-level keys; in text they follow the message
+as key=value.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CLIENT_LEFT = 499
 class RequestFacts:
     """What the handler learnt about a request on its way through, for its access line."""
 
+    request_id: str | None = None
     model: str | None = None
     pool: str | None = None
     stream: bool = False
@@ -37,6 +39,7 @@ def log_access(request: web.Request, facts: RequestFacts, response: web.StreamRe
     """Write the request's access line (`response` None: the client left first)."""
     headers = response.headers if response is not None else {}
     fields: dict[str, Any] = {
+        "request_id": facts.request_id,
         "method": request.method,
         "path": request.path,
         "model": facts.model,

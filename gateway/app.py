@@ -23,7 +23,7 @@ from gateway.config import GatewaySettings
 from gateway.directory import PoolDirectory
 from gateway.dispatch import Dispatcher
 from gateway.errors import ApiError, error_response, error_type
-from gateway.inbound import parse_request
+from gateway.inbound import parse_request, request_id
 from gateway.scraper import scrape_forever
 
 __all__ = ["GATEWAY", "Gateway", "build_app"]
@@ -74,6 +74,15 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)
+"""The id of a generation request (gateway/inbound.py `request_id`), stamped on its response."""
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # Every answer of a generation request carries its id (streams, errors, held keep-alives alike).
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-Id"] = rid
 
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
@@ -97,6 +106,9 @@ async def _answer(
     request: web.Request, gw: Gateway, chat: bool, received: float, facts: RequestFacts | None
 ) -> web.StreamResponse:
     metrics = gw.directory.metrics
+    request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id"))
+    if facts is not None:
+        facts.request_id = request[REQUEST_ID]
     try:
         if gw.auth is not None and not gw.auth.check(request.headers.get("Authorization")):
             raise ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", code="invalid_api_key")
@@ -120,6 +132,7 @@ async def _answer(
             timeout_header=headers.get("X-Stainless-Timeout"),
             read_timeout_header=headers.get("X-Stainless-Read-Timeout"),
         )
+        req.request_id = request[REQUEST_ID]
         pool = gw.directory.by_model.get(req.model)
         if facts is not None:
             facts.model, facts.stream = req.model, req.stream
@@ -202,6 +215,7 @@ def build_app(gateway: Gateway, *, scrape: bool = True) -> web.Application:
     async def on_cleanup(app: web.Application) -> None:
         await gateway.stop()
 
+    app.on_response_prepare.append(_stamp_request_id)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     app.router.add_post("/v1/chat/completions", _chat)

@@ -260,7 +260,7 @@ class Dispatcher:
             self.session,
             url,
             body,
-            headers=_GPU_HEADERS,
+            headers={**_GPU_HEADERS, "X-Request-Id": req.request_id} if req.request_id else _GPU_HEADERS,
             timeout=_GPU_TIMEOUT,
             first_byte=None,
             stream=req.stream,

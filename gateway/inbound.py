@@ -8,6 +8,8 @@ paid provider never sees vLLM-only fields.
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import orjson
 
 from gateway.errors import ApiError
 
-__all__ = ["VLLM_ONLY_FIELDS", "ClientRequest", "gpu_body", "parse_request", "provider_body"]
+__all__ = ["VLLM_ONLY_FIELDS", "ClientRequest", "gpu_body", "parse_request", "provider_body", "request_id"]
 
 VLLM_ONLY_FIELDS = frozenset(
     {
@@ -34,6 +36,7 @@ VLLM_ONLY_FIELDS = frozenset(
 _MAX_MODEL_NAME = 256
 # A rough tokenizer for estimates only (routing, and accounting when a provider reports no usage).
 _BYTES_PER_TOKEN = 4
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 @dataclass(slots=True)
@@ -59,6 +62,10 @@ class ClientRequest:
     sooner from `X-Stainless-Read-Timeout` (the openai Python client's read timeout, which also runs
     between bytes, so it bounds only the wait before an answer starts)."""
 
+    request_id: str = ""
+    """The request's id: the client's `X-Request-Id` when it is a sane one, else a new one; returned to
+    the client and sent to the replica (vLLM uses it as its own request id), so logs line up."""
+
     def expected_tokens(self, mean_completion: float) -> float:
         """Estimated work of this request in tokens: its prompt and the output it will likely produce."""
         out = mean_completion if self.max_tokens is None else min(float(self.max_tokens), mean_completion)
@@ -72,6 +79,13 @@ def _int_field(body: dict[str, Any], key: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ApiError(400, f"{key} must be a non-negative integer", param=key)
     return value
+
+
+def request_id(header: str | None) -> str:
+    """The client's `X-Request-Id` if it is 1-128 characters of letters, digits and `._:-`, else a new one."""
+    if header and len(header) <= 128 and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
 
 
 def _seconds(header: str | None) -> float | None:

@@ -15,7 +15,7 @@ from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
 from gateway import GatewaySettings
 from gateway.logs import JsonFormatter
-from tests.gateway_support import gateway_for, make_pool, provider, wait_until
+from tests.gateway_support import AppThread, gateway_for, make_pool, provider, recording_replica, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES: Any = [{"role": "user", "content": "a secret prompt"}]
@@ -75,3 +75,32 @@ def test_off_by_default(slow_vllm: BackgroundCluster, caplog: pytest.LogCaptureF
         client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
         client.chat.completions.create(model="chat-model", messages=MESSAGES, max_tokens=1)
     assert GatewaySettings().access_log is False and _lines(caplog) == []
+
+
+def test_the_request_id_is_returned_sent_to_the_replica_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=False, access_log=True)
+    seen: list[dict[str, Any]] = []
+    with (
+        AppThread(recording_replica(seen, StandinConfig(output_tokens=2))) as replica,
+        gateway_for([(make_pool(), [replica.address])], settings=settings) as gw,
+    ):
+        client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+        # The client's own id is kept; a hostile one is replaced; without one the gateway makes one.
+        mine = client.chat.completions.with_raw_response.create(
+            model="chat-model", messages=MESSAGES, extra_headers={"X-Request-Id": "req-42:a.b_c"}
+        )
+        hostile = client.chat.completions.with_raw_response.create(
+            model="chat-model", messages=MESSAGES, extra_headers={"X-Request-Id": "bad id\twith spaces"}
+        )
+        made = client.chat.completions.with_raw_response.create(model="chat-model", messages=MESSAGES)
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+        wait_until(lambda: len(_lines(caplog)) == 4, what="four access lines")
+    ids = [mine.headers["x-request-id"], hostile.headers["x-request-id"], made.headers["x-request-id"]]
+    assert ids[0] == "req-42:a.b_c"
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids[1:]) and ids[1] != ids[2]
+    sent = [{k.lower(): v for k, v in r["headers"].items()} for r in seen if r["path"] == "/v1/chat/completions"]
+    assert [headers.get("x-request-id") for headers in sent] == ids
+    error_id = missing.value.response.headers["x-request-id"]
+    assert [r.fields["request_id"] for r in _lines(caplog)] == [*ids, error_id]  # type: ignore[attr-defined]
