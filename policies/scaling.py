@@ -4,7 +4,8 @@ The order of the rules is the order of their authority:
 1. an `off` override, then a GPU-budget cap with scaleToZero, set zero outright;
 2. the schedule sets a floor (open window, pre-warm ahead of an opening, keepWarm override) and a ceiling;
 3. without fresh data the replicas are held (a missing metric is never zero load);
-4. with data, the queue and the offered token rate set a demand, and overflow that would pay for a
+4. with data, the queue, the offered token rate and (when `replicaMeanTokensPerSecond` is set) the
+   last hour's mean rate with headroom for bursts set a demand, and overflow that would pay for a
    replica adds one; growth is step-limited and only bought where a GPU costs less than the API spend
    it would absorb (token rates smoothed first; a running replica priced on the last hour's average);
    shrinking waits out the scale-down delay, the burst
@@ -23,7 +24,7 @@ from policies.schedules import active_override, open_spans, window_spans
 from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
 from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
 
-__all__ = ["CostCheck", "decide", "replica_worth", "schedule_limits"]
+__all__ = ["CostCheck", "decide", "mean_sized_replicas", "replica_worth", "schedule_limits"]
 
 # Share of the current overflow a new replica is credited with: bursts are uneven, and what one more
 # replica absorbs of them shrinks with every replica added.
@@ -134,9 +135,10 @@ def replica_worth(
     `keep_tokens_per_second`, the last hour's average, when given). A new replica absorbs the offered
     tokens beyond what the replicas before it carry at `replicaTokensPerSecond` each (up to that much
     itself), or its credit of what the gateway is overflowing (bursts the averages cannot see),
-    whichever is more; it is committed for the billing horizon (the billing unit, the minimum billed
-    time, or one cold start plus the scale-down delay, whichever is longest) but serves only after its
-    cold start. None when the offered token rate is unknown.
+    or, while `demand.replicaMeanTokensPerSecond` sizes the pool on the last hour's mean and asks for
+    it, its equal share of that mean, whichever is more; it is committed for the billing horizon (the
+    billing unit, the minimum billed time, or one cold start plus the scale-down delay, whichever is
+    longest) but serves only after its cold start. None when the offered token rate is unknown.
     """
     if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
         return None
@@ -152,7 +154,19 @@ def replica_worth(
     beyond = min(max(offered - replicas_before * capacity, 0.0), capacity)
     overflow = max(demand.overflow_tokens_per_second or 0.0, 0.0)
     bursts = OVERFLOW_CREDIT * min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity)
-    return _start_check(spec, max(beyond, bursts), usd_per_token)
+    headroom = 0.0
+    if replicas_before < mean_sized_replicas(spec, keep_tokens_per_second):
+        # Sized on the hour's mean, a new replica carries an equal share of it, as a running one does.
+        headroom = min((keep_tokens_per_second or 0.0) / (replicas_before + 1), capacity)
+    return _start_check(spec, max(beyond, bursts, headroom), usd_per_token)
+
+
+def mean_sized_replicas(spec: GPUPoolSpec, mean_tokens_per_second: float | None) -> int:
+    """Replicas `demand.replicaMeanTokensPerSecond` asks for at this hourly mean (0 when off or unknown)."""
+    per_replica = spec.demand.replica_mean_tokens_per_second
+    if per_replica is None or mean_tokens_per_second is None or mean_tokens_per_second <= 0:
+        return 0
+    return max(math.ceil(mean_tokens_per_second / per_replica - 1e-9), 0)
 
 
 def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> CostCheck:
@@ -330,6 +344,21 @@ def _decide_on_demand(
             reason = Reason.TOKENS_HIGH if wanted > current else reason
             message = f"offered {offered:.0f} tok/s at {capacity:g} per replica wants {wanted}"
 
+    # Bursts come faster than a cold start: sized on the hour's mean with headroom, the replicas for them
+    # are Ready when they come, and are not released in the lulls between them.
+    hour_mean = _hour_mean(state.keep_buckets)
+    mean_wanted = mean_sized_replicas(spec, hour_mean)
+    if mean_wanted > 0 and hour_mean is not None:
+        details.append(("hour_mean_tokens_per_second", hour_mean))
+        if mean_wanted > wanted:
+            wanted = mean_wanted
+            # Holding what the mean asks for is steady, not a queue that went low.
+            reason = Reason.MEAN_HEADROOM if wanted > current else Reason.STEADY if wanted == current else reason
+            message = (
+                f"last hour's mean {hour_mean:.0f} tok/s at {spec.demand.replica_mean_tokens_per_second:g} "
+                f"per replica wants {wanted}"
+            )
+
     # Unknown spend counts as capped: a cap that cannot be checked holds.
     fallback_capped = spec.budget.max_fallback_usd_per_day is not None and (
         obs.fallback_usd_today is None or obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
@@ -360,7 +389,7 @@ def _decide_on_demand(
     # Only replicas that pay for themselves against the fallback; the window floor still holds below.
     cost_limited = False
     if desired > 0 and fallback_open:
-        affordable, check = _cost_limit(spec, demand, desired, current, _hour_mean(state.keep_buckets))
+        affordable, check = _cost_limit(spec, demand, desired, current, hour_mean)
         if affordable < desired and check is not None:
             cost_limited = True
             verb = "keeping" if affordable < current else "staying at"

@@ -19,6 +19,7 @@ class Reason(StrEnum):
     POOL_MIN = "pool-min"
     QUEUE_HIGH = "queue-high"
     TOKENS_HIGH = "tokens-high"
+    MEAN_HEADROOM = "mean-headroom"
     OVERFLOW_PAYS = "overflow-pays"
     QUEUE_LOW = "queue-low"
     KV_CACHE_HIGH = "kv-cache-high"
