@@ -347,9 +347,10 @@ class Demand(_Model):
     Turns the offered token rate into replicas and prices what each replica absorbs."""
     replica_mean_tokens_per_second: Annotated[float | None, Field(gt=0)] = None
     """Optional: keep one replica per this many tokens per second of the last hour's mean offered rate
-    (prompt + generated), as long as each pays for itself against the fallback. Set well below
-    replicaTokensPerSecond: the headroom serves the bursts a mean hides, which a replica started when
-    they show would meet only after its cold start. Empty: replicas follow the current rate only."""
+    (prompt + generated), as long as each pays for itself against the fallback, while the load is bursty
+    (the gateway sent at least 2% of the hour's tokens to the fallback with a replica Ready). Set well
+    below replicaTokensPerSecond: the headroom serves the bursts a mean hides, which a replica started
+    when they show would meet only after its cold start. Empty: replicas follow the current rate only."""
 
     @model_validator(mode="after")
     def _mean_within_capacity(self) -> Demand:
