@@ -285,6 +285,14 @@ def test_crds_from_manifests_are_served_and_reject_invalid_objects(k8s_cluster: 
     message = _rejection(create, inverted)
     assert _min_max_rule(gpupool, version) in message, message
 
+    # The mean's headroom sizes under a replica's capacity; the capacity's default is applied before the
+    # rule runs, so leaving it out compares with 6000.
+    for name, demand in (("mean-over-capacity", {"replicaTokensPerSecond": 2000}), ("mean-over-default", {})):
+        over = _valid_gpupool(name)
+        over["spec"]["demand"] = {**demand, "replicaMeanTokensPerSecond": 7000}
+        message = _rejection(create, over)
+        assert "replicaMeanTokensPerSecond must be <= replicaTokensPerSecond" in message, message
+
 
 def _try_create(create: Callable[[dict[str, Any]], Any], body: dict[str, Any]) -> bool:
     try:

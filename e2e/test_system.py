@@ -114,6 +114,8 @@ def _pool(namespace: str, opens: dt.datetime, provider_url: str) -> dict[str, An
         "minimumBilledSeconds": 0,
         "releaseMarginSeconds": 1,  # the billing hold releases a replica within a second of its paid end
     }
+    # The burst below is sized for the stand-in's pace at 1 s of queue wait (the example waits 2 s).
+    spec["fallback"]["maxQueueWaitSeconds"] = 1
     provider = spec["fallback"]["providers"][0]
     provider.update(
         baseUrl=provider_url, model=PROVIDER_MODEL, inputUsdPerMillion=INPUT_PRICE, outputUsdPerMillion=OUTPUT_PRICE

@@ -310,6 +310,19 @@ class Schedule(_Model):
 class Demand(_Model):
     """How queue depth turns into replicas."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # replicaTokensPerSecond has a default, so it is always there to compare with.
+                    "rule": "!has(self.replicaMeanTokensPerSecond)"
+                    " || self.replicaMeanTokensPerSecond <= self.replicaTokensPerSecond",
+                    "message": "replicaMeanTokensPerSecond must be <= replicaTokensPerSecond",
+                }
+            ]
+        }
+    )
+
     target_queue_per_replica: Annotated[float, Field(gt=0)] = 8.0
     """Requests (vLLM num_requests_waiting + num_requests_running) one replica should carry."""
     target_kv_cache_usage: Annotated[float | None, Field(gt=0, le=1)] = None
@@ -332,6 +345,22 @@ class Demand(_Model):
     """Tokens (prompt + generated) one replica should serve per second: its measured maximum times the
     utilisation you target (an 8B model on one H100 sustains roughly 8-10k at a 3:1 prompt mix).
     Turns the offered token rate into replicas and prices what each replica absorbs."""
+    replica_mean_tokens_per_second: Annotated[float | None, Field(gt=0)] = None
+    """Optional: keep one replica per this many tokens per second of the last hour's mean offered rate
+    (prompt + generated), as long as each pays for itself against the fallback, while the load is bursty
+    (the gateway sent at least 2% of the hour's tokens to the fallback with a replica Ready). Set well
+    below replicaTokensPerSecond: the headroom serves the bursts a mean hides, which a replica started
+    when they show would meet only after its cold start. Empty: replicas follow the current rate only."""
+
+    @model_validator(mode="after")
+    def _mean_within_capacity(self) -> Demand:
+        mean = self.replica_mean_tokens_per_second
+        if mean is not None and mean > self.replica_tokens_per_second:
+            raise ValueError(
+                f"replicaMeanTokensPerSecond ({mean:g}) must be <= replicaTokensPerSecond "
+                f"({self.replica_tokens_per_second:g}): it sizes for the hour's mean with headroom for bursts"
+            )
+        return self
 
 
 class BillingGranularity(StrEnum):

@@ -19,6 +19,7 @@ class Reason(StrEnum):
     POOL_MIN = "pool-min"
     QUEUE_HIGH = "queue-high"
     TOKENS_HIGH = "tokens-high"
+    MEAN_HEADROOM = "mean-headroom"
     OVERFLOW_PAYS = "overflow-pays"
     QUEUE_LOW = "queue-low"
     KV_CACHE_HIGH = "kv-cache-high"
@@ -139,7 +140,9 @@ class PolicyState:
     smoothing time (as of `rates_at`): money is decided on sustained demand, not on one burst.
     `keep_buckets` hold the offered tokens of the last hour in 5-minute buckets (bucket start, tokens,
     seconds measured): a running replica is priced for the next hour on the last hour's mean, not on a
-    quiet few minutes.
+    quiet few minutes. `overflow_buckets` hold, in the same buckets, the tokens the gateway sent to the
+    fallback with a replica Ready: their share of the hour's offered tokens says whether the load is
+    bursty enough for the headroom of `replicaMeanTokensPerSecond`.
     """
 
     started_at: dt.datetime | None = None
@@ -150,3 +153,4 @@ class PolicyState:
     rates: tuple[float, float, float] | None = None
     rates_at: dt.datetime | None = None
     keep_buckets: tuple[tuple[dt.datetime, float, float], ...] = field(default=())
+    overflow_buckets: tuple[tuple[dt.datetime, float, float], ...] = field(default=())

@@ -50,6 +50,7 @@ def states(draw: st.DrawFn, compact: bool = True) -> PolicyState:
         rates=draw(st.none() | st.tuples(finite, finite, finite)),
         rates_at=draw(st.none() | moments),
         keep_buckets=tuple(draw(st.lists(st.tuples(moments, finite, finite), max_size=13))),
+        overflow_buckets=tuple(draw(st.lists(st.tuples(moments, finite, finite), max_size=13))),
     )
 
 
@@ -134,6 +135,7 @@ def test_garbage_and_unknown_versions_give_a_fresh_state_and_say_why() -> None:
         '{"v": 1, "o": [1e400, 2]}': "integer microseconds",
         '{"v": 1, "s": 99999999999999999999999}': "malformed",
         '{"v": 1, "k": 5}': "must be a list",
+        '{"v": 1, "ok": [[1, 2]]}': "list of 3",
         "[" * 100_000: "not JSON",
     }
     for text, expected in cases.items():
@@ -217,6 +219,7 @@ def test_meaningful_changes_are_worth_a_write() -> None:
         "level expired": dataclasses.replace(BASE, recommendations=((later(5), 1),)),
         "level refreshed": dataclasses.replace(BASE, recommendations=((later(slack), 3),)),
         "new bucket": dataclasses.replace(BASE, keep_buckets=((NOW, 1000.0, 300.0), (later(300), 5.0, 5.0))),
+        "new overflow bucket": dataclasses.replace(BASE, overflow_buckets=((later(300), 5.0, 5.0),)),
         "rates moved": dataclasses.replace(BASE, rates=(1200.0, 200.0, 0.0)),
         "rates lost": dataclasses.replace(BASE, rates=None),
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policies.scaling import decide, replica_worth
+from policies.scaling import decide, mean_sized_replicas, replica_worth
 from policies.spec import GPUPoolSpec
 from policies.types import DemandSample, Observation, PolicyState, Reason
 
@@ -464,3 +464,100 @@ def test_a_margin_below_one_tick_still_releases_the_replica(granularity: str, ma
         decision, state = decide(spec, obs(1, sample(now, 0), starts=(started,)), state, now)
         released.append(decision.desired_replicas == 0)
     assert any(released)
+
+
+def _busy_hour(now: dt.datetime, tokens_per_second: float, overflowed: float = 0.05) -> PolicyState:
+    """Twelve 5-minute buckets of the last hour at `tokens_per_second`, the share `overflowed` of it sent
+    to the fallback with a replica Ready; rates last read 15 s ago."""
+    starts = [now - dt.timedelta(minutes=5 * k) for k in range(12, 0, -1)]
+    return replace(
+        OLD_STATE,
+        last_busy_at=now,
+        rates=(tokens_per_second, 0.0, 0.0),
+        rates_at=now - dt.timedelta(seconds=15),
+        keep_buckets=tuple((t, tokens_per_second * 300, 300.0) for t in starts),
+        overflow_buckets=tuple((t, overflowed * tokens_per_second * 300, 300.0) for t in starts),
+    )
+
+
+@pytest.mark.parametrize(
+    ("mean_field", "want", "reason"),
+    [
+        # A quiet minute (1,000 tok/s) of an hour at 4,000: the current rate asks for one replica, the
+        # hour's mean at 1,500 per replica for three, two of them bought in one step (maxScaleUpStep 2).
+        pytest.param(1500.0, 3, Reason.MEAN_HEADROOM, id="sized-on-the-hour-with-headroom"),
+        pytest.param(None, 1, Reason.QUEUE_LOW, id="off-by-default-follows-the-current-rate"),
+    ],
+)
+def test_the_hours_mean_sizes_replicas_ahead_of_the_bursts(mean_field: float | None, want: int, reason: Reason) -> None:
+    spec = make_spec(demand={"replicaMeanTokensPerSecond": mean_field})
+    decision, _ = decide(spec, obs(1, sample(TUE_NOON, 0, tokens=(1000, 0))), _busy_hour(TUE_NOON, 4000), TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (want, reason), decision.message
+    if mean_field is not None:
+        assert "last hour's mean" in decision.message and decision.detail("hour_mean_tokens_per_second")
+        assert decision.detail("hour_overflow_share") == pytest.approx(0.05, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("overflowed", "want"),
+    [
+        pytest.param(0.019, 1, id="a-smooth-hour-gets-no-headroom"),
+        pytest.param(0.021, 3, id="over-two-percent-overflowed-is-bursty"),
+    ],
+)
+def test_headroom_only_for_a_load_that_overflows(overflowed: float, want: int) -> None:
+    spec = make_spec(demand={"replicaMeanTokensPerSecond": 1500})
+    state = _busy_hour(TUE_NOON, 4000, overflowed)
+    decision, _ = decide(spec, obs(1, sample(TUE_NOON, 0, tokens=(1000, 0))), state, TUE_NOON)
+    assert decision.desired_replicas == want, decision.message
+
+
+def test_the_overflow_of_each_reading_goes_into_the_hours_buckets() -> None:
+    spec = make_spec(demand={"replicaMeanTokensPerSecond": 1500})
+    state = replace(OLD_STATE, rates=(1000.0, 0.0, 0.0), rates_at=TUE_NOON - dt.timedelta(seconds=15))
+    demand = replace(sample(TUE_NOON, 0, tokens=(1000, 0)), overflow_tokens_per_second=300.0)
+    _, state = decide(spec, obs(1, demand), state, TUE_NOON)
+    assert state.keep_buckets == ((TUE_NOON, 1000.0 * 15, 15.0),)
+    assert state.overflow_buckets == ((TUE_NOON, 300.0 * 15, 15.0),)
+
+
+def test_quiet_minutes_of_a_busy_hour_keep_the_mean_sized_replicas() -> None:
+    # Three replicas, the last minute almost idle: the hour at 4,000 tok/s still asks for three.
+    spec = make_spec(demand={"replicaMeanTokensPerSecond": 1500})
+    state = replace(_busy_hour(TUE_NOON, 4000), recommendations=())
+    decision, _ = decide(spec, obs(3, sample(TUE_NOON, 0, tokens=(50, 0))), state, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (3, Reason.STEADY), decision.message
+
+
+def test_the_mean_buys_only_replicas_that_pay_for_themselves() -> None:
+    # At night an hour at 100 tok/s would ask for two replicas at 50 tok/s each, but 100 tok/s is $1.08
+    # of API spend an hour against the GPU's $1.64: the fallback serves it.
+    spec = make_spec(
+        demand={"replicaMeanTokensPerSecond": 50}, billing={"granularity": "second", "minimumBilledSeconds": 60}
+    )
+    state = replace(_busy_hour(TUE_NIGHT, 100), last_busy_at=TUE_NIGHT - dt.timedelta(hours=1))
+    decision, _ = decide(spec, obs(0, sample(TUE_NIGHT, 1, tokens=(100, 0))), state, TUE_NIGHT)
+    assert (decision.desired_replicas, decision.reason) == (0, Reason.COST_OVERFLOW), decision.message
+
+
+def test_a_new_replica_sized_on_the_mean_is_credited_with_its_share_of_it() -> None:
+    spec = make_spec(demand={"replicaMeanTokensPerSecond": 1500})
+    demand = sample(TUE_NOON, 0, tokens=(1000, 0))
+    # The mean asks for ceil(4000 / 1500) = 3 replicas: the second carries half of the mean.
+    check = replica_worth(spec, demand, 1, current=1, keep_tokens_per_second=4000.0, headroom_replicas=3)
+    assert check is not None and check.worth_it and check.absorbed_tokens_per_second == pytest.approx(2000.0)
+    # Beyond what the mean asks for, a fourth replica gets no such credit.
+    fourth = replica_worth(spec, demand, 3, current=1, keep_tokens_per_second=4000.0, headroom_replicas=3)
+    assert fourth is not None and not fourth.worth_it and fourth.absorbed_tokens_per_second == 0.0
+    # Without headroom the same replica absorbs only what exceeds the first one's capacity: nothing.
+    plain = replica_worth(spec, demand, 1, current=1, keep_tokens_per_second=4000.0)
+    assert plain is not None and not plain.worth_it
+
+
+@pytest.mark.parametrize(
+    ("mean", "want"),
+    [(None, 0), (0.0, 0), (1.0, 1), (1500.0, 1), (1500.0 * (1 + 1e-12), 1), (1500.1, 2), (4000.0, 3)],
+)
+def test_mean_sized_replicas(mean: float | None, want: int) -> None:
+    assert mean_sized_replicas(make_spec(demand={"replicaMeanTokensPerSecond": 1500}), mean) == want
+    assert mean_sized_replicas(make_spec(), 4000.0) == 0  # off without the field

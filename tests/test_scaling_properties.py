@@ -111,6 +111,8 @@ def specs(draw: st.DrawFn, around: dt.datetime) -> GPUPoolSpec:
             "idleGraceSeconds": draw(st.sampled_from([0, 60, 600])),
             "metricMaxAgeSeconds": draw(st.sampled_from([1, 30, 90])),
             "replicaTokensPerSecond": draw(st.sampled_from([100.0, 2500.0, 6000.0])),
+            # At most the smallest replicaTokensPerSecond drawn above, so every draw is a valid spec.
+            "replicaMeanTokensPerSecond": draw(st.none() | st.sampled_from([25.0, 100.0])),
             "overflowMemorySeconds": draw(st.sampled_from([0, 600, 1800])),
             "rateSmoothingSeconds": draw(st.sampled_from([0, 60, 300])),
         },

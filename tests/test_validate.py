@@ -129,6 +129,16 @@ def test_shipped_example_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
             "spec.demand.targetQueuePerReplica",
             "greater than 0",
         ),
+        (
+            "  target: {deployment: d}\n  demand: {replicaMeanTokensPerSecond: 0}\n",
+            "spec.demand.replicaMeanTokensPerSecond",
+            "greater than 0",
+        ),
+        (  # the mean sizes with headroom under a replica's capacity, never above it
+            "  target: {deployment: d}\n  demand: {replicaTokensPerSecond: 6000, replicaMeanTokensPerSecond: 7000}\n",
+            "spec.demand",
+            "replicaMeanTokensPerSecond (7000) must be <= replicaTokensPerSecond (6000)",
+        ),
         ("  target: {deployment: d}\n  tagret: {}\n", "spec.tagret", "unknown field"),
         ("  schedule: {}\n", "spec.target", "required field is missing"),
         (

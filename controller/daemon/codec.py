@@ -14,7 +14,7 @@ replica count). The compaction is exact for that question, so the restored pool 
 
 `worth_persisting` decides when a new state is different enough to be written: a moved started_at, a
 last-busy moment or overflow moved by more than `slack` (30 s), a new replica level in the staircase
-or a level whose time moved by more than `slack`, a new 5-minute keep bucket, a smoothed token rate
+or a level whose time moved by more than `slack`, a new 5-minute keep or overflow bucket, a smoothed token rate
 moved by over 10 %. A restarted controller therefore keeps the idle grace, the burst memory and the
 scale-down delay within `slack` of what it had, and the status is not rewritten on every tick.
 """
@@ -92,9 +92,10 @@ def encode_state(state: PolicyState) -> str:
         out["q"] = list(state.rates)
     if state.rates_at is not None:
         out["qt"] = _micros(state.rates_at)
-    buckets = [[_micros(t), tok, sec] for t, tok, sec in state.keep_buckets if _finite(tok) and _finite(sec)]
-    if buckets:
-        out["k"] = buckets
+    for key, series in (("k", state.keep_buckets), ("ok", state.overflow_buckets)):
+        buckets = [[_micros(t), tok, sec] for t, tok, sec in series if _finite(tok) and _finite(sec)]
+        if buckets:
+            out[key] = buckets
     return json.dumps(out, separators=(",", ":"), allow_nan=False)
 
 
@@ -141,9 +142,12 @@ def _parse(data: dict[str, Any], now: dt.datetime) -> PolicyState:
         first, second, third = (_number(x, "a rate") for x in values)
         rates = (first, second, third)
     rates_at = _moment(data["qt"]) if "qt" in data else None
-    buckets = tuple(
-        (_moment(t), _number(tok, "bucket tokens"), _number(sec, "bucket seconds"))
-        for t, tok, sec in _pairs(data.get("k", []), 3, "k")
+    buckets, overflow_buckets = (
+        tuple(
+            (_moment(t), _number(tok, "bucket tokens"), _number(sec, "bucket seconds"))
+            for t, tok, sec in _pairs(data.get(key, []), 3, key)
+        )
+        for key in ("k", "ok")
     )
     return PolicyState(
         started_at=_not_after(started, now),
@@ -155,6 +159,7 @@ def _parse(data: dict[str, Any], now: dt.datetime) -> PolicyState:
         rates_at=_not_after(rates_at, now),
         # Buckets after `now` are dropped by the policy itself (a clock set back).
         keep_buckets=buckets,
+        overflow_buckets=overflow_buckets,
     )
 
 
@@ -215,5 +220,7 @@ def worth_persisting(old: PolicyState, new: PolicyState, *, slack: float = PERSI
     if any(_moved(old_levels[r], new_levels[r], slack) for r in new_levels):
         return True
     if {b[0] for b in new.keep_buckets} - {b[0] for b in old.keep_buckets}:
+        return True
+    if {b[0] for b in new.overflow_buckets} - {b[0] for b in old.overflow_buckets}:
         return True
     return _rates_moved(old.rates, new.rates)
