@@ -191,16 +191,19 @@ def aggregate(
         observed_at = engines.observed_at
         engine_counters: Mapping[str, tuple[float | None, float | None]] = _EMPTY
     else:
-        missing = _partial(engines, expected)
-        if missing is not None:
-            return missing, None
+        # The common case, every expected pod read, is checked without sorting the names.
+        if not all(isinstance(engines.get(name), EngineSample) for name in expected):
+            missing = _partial(engines, expected)
+            if missing is not None:
+                return missing, None
         samples = {name: s for name, s in engines.items() if name in expected and isinstance(s, EngineSample)}
         waiting = float(sum(s.waiting for s in samples.values()))
         running = float(sum(s.running for s in samples.values()))
         kvs = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
         kv = sum(kvs) / len(kvs) if kvs else None
         prompt_rate = gen_rate = None
-        if rated and previous is not None:
+        # With gateway counters the offered rates come from the gateway below: these would be discarded.
+        if rated and previous is not None and gateway is None:
             prompt_rate, gen_rate = _engine_rates(samples, previous, interval)
         engine_counters = MappingProxyType(
             {name: (s.prompt_tokens_total, s.generation_tokens_total) for name, s in samples.items()}
@@ -254,11 +257,12 @@ class ReadingWindow:
             raise ValueError(f"the window's resolution must be in [0, {seconds:g}) seconds, got {resolution}")
         self.seconds = seconds
         self.resolution = resolution
+        self._span = dt.timedelta(seconds=seconds)
         self._readings: deque[Reading] = deque()
 
     def baseline(self, now: dt.datetime) -> Reading | None:
         """The newest reading at least `seconds` before `now`, else the oldest one (None when empty)."""
-        cutoff = now - dt.timedelta(seconds=self.seconds)
+        cutoff = now - self._span
         chosen: Reading | None = None
         for reading in self._readings:
             if reading.at <= cutoff:
@@ -277,9 +281,11 @@ class ReadingWindow:
         """
         if self._readings and reading.at < self._readings[-1].at:
             self._readings.clear()  # the clock went back: start over rather than take negative intervals
-        if self._readings and (reading.at - self._readings[-1].at).total_seconds() < self.resolution:
+        # At resolution 0 nothing is too close (the clock never went back by here): no need to subtract.
+        last = self._readings[-1].at if self._readings else None
+        if self.resolution and last is not None and (reading.at - last).total_seconds() < self.resolution:
             return
         self._readings.append(reading)
-        cutoff = reading.at - dt.timedelta(seconds=self.seconds)
+        cutoff = reading.at - self._span
         while len(self._readings) > 1 and self._readings[1].at <= cutoff:
             self._readings.popleft()

@@ -229,7 +229,7 @@ class PoolEngine:
             raise ValueError(f"time runs forward only ({t_end} < {self._t})")
         arrival = self.workload.arrival_s
         lo = self._next
-        hi = int(np.searchsorted(arrival, t_end, side="left"))
+        hi = int(arrival.searchsorted(t_end, side="left"))
         if hi > lo:
             self._serve_arrivals(lo, hi)
             self._next = hi
@@ -369,7 +369,7 @@ class PoolEngine:
         overflow = in_flight(self._overflowing, now)
         batch_limit = self._ready * self.replica.max_num_seqs
         excess = max(running - batch_limit, 0)
-        lo = int(np.searchsorted(self.workload.arrival_s, now - self.rate_window_seconds, side="left"))
+        lo = int(self.workload.arrival_s.searchsorted(now - self.rate_window_seconds, side="left"))
         hi = self._next
         self._count_saturated(hi)
         # Over what has been observed: in the first minute the window is as long as the run so far.

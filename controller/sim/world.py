@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
-
 from controller.daemon.decisionlog import DecisionFilter
 from controller.demand.aggregate import GatewayCounters, GatewaySeries, ReadingWindow, aggregate
 from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
@@ -37,10 +35,16 @@ class SimClock:
             raise ValueError("the simulation start must be timezone-aware")
         self.start = start
         self.offset = 0.0
+        self._now = (0.0, start)
 
     def now(self) -> dt.datetime:
         """The current simulated moment."""
-        return self.start + dt.timedelta(seconds=self.offset)
+        # Asked several times per tick; the same offset gives the same (immutable) moment.
+        offset, moment = self._now
+        if offset != self.offset:
+            moment = self.start + dt.timedelta(seconds=self.offset)
+            self._now = (self.offset, moment)
+        return moment
 
     def at(self, offset: float) -> dt.datetime:
         """The moment `offset` seconds after the start."""
@@ -68,6 +72,8 @@ class SimCluster:
         self.pods: list[Pod] = []
         self.finished: list[Pod] = []
         self.scale_events = 0
+        self._starts: tuple[dt.datetime, ...] | None = None
+        """The live pods' billing starts; cleared whenever `scale` changes the pods."""
 
     @property
     def live(self) -> list[Pod]:
@@ -78,7 +84,10 @@ class SimCluster:
         """Current and ready replicas with their billing starts."""
         now = self.clock.offset
         ready = sum(1 for p in self.pods if p.ready_at is not None and p.ready_at <= now)
-        starts = tuple(self.clock.at(p.scheduled_at) for p in self.pods if p.scheduled_at is not None)
+        starts = self._starts
+        if starts is None:
+            starts = tuple(self.clock.at(p.scheduled_at) for p in self.pods if p.scheduled_at is not None)
+            self._starts = starts
         return ReplicaStatus(current=len(self.pods), ready=ready, billing_starts=starts)
 
     def ready_count(self, at: float) -> int:
@@ -97,6 +106,7 @@ class SimCluster:
         if replicas == len(self.pods):
             return
         self.scale_events += 1
+        self._starts = None
         while len(self.pods) < replicas:
             self.pods.append(Pod(created_at=now))
         if len(self.pods) > replicas:
@@ -160,7 +170,7 @@ class SimMetrics:
     def _gateway(self, held: float, in_flight: float) -> GatewayCounters:
         """The simulated gateway's counters: tokens of every request that has arrived (offered load)."""
         workload, engine = self.engine.workload, self.engine
-        upto = int(np.searchsorted(workload.arrival_s, engine.now, side="left"))
+        upto = int(workload.arrival_s.searchsorted(engine.now, side="left"))
         lo = self._counted
         if upto > lo:
             # Integer sums: cumulative counters stay exact, so rates match a windowed sum bit for bit.
