@@ -384,6 +384,16 @@ class PoolEngine:
             overflow_tokens_per_second=overflow_tokens / window,
         )
 
+    def routed_tokens(self) -> tuple[int, int, int]:
+        """Prompt, completion and saturated-overflow tokens of every request routed so far.
+
+        What a gateway's cumulative counters hold: every request that has arrived before `now` (the
+        engine routes each one on arrival), read from the running sums (integers: exact).
+        """
+        hi = self._next
+        self._count_saturated(hi)
+        return int(self._cum_in[hi]), int(self._cum_out[hi]), int(self._sat_in[hi]) + int(self._sat_out[hi])
+
     def _count_saturated(self, hi: int) -> None:
         """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
         lo = self._sat_upto

@@ -162,29 +162,17 @@ class SimMetrics:
         self.fail_every = fail_every
         self.reads = 0
         self.window = ReadingWindow(engine.rate_window_seconds)
-        self._counted = 0
-        self._prompt_total = 0
-        self._completion_total = 0
-        self._saturation_total = 0
+        self._names: list[str] = []
+        """Replica names by index, made once."""
 
     def _gateway(self, held: float, in_flight: float) -> GatewayCounters:
         """The simulated gateway's counters: tokens of every request that has arrived (offered load)."""
-        workload, engine = self.engine.workload, self.engine
-        upto = int(workload.arrival_s.searchsorted(engine.now, side="left"))
-        lo = self._counted
-        if upto > lo:
-            # Integer sums: cumulative counters stay exact, so rates match a windowed sum bit for bit.
-            inputs, outputs = workload.input_tokens[lo:upto], workload.output_tokens[lo:upto]
-            saturated = engine.saturated[lo:upto]
-            self._prompt_total += int(inputs.sum())
-            self._completion_total += int(outputs.sum())
-            self._saturation_total += int(inputs[saturated].sum()) + int(outputs[saturated].sum())
-            self._counted = upto
+        prompt, completion, saturation = self.engine.routed_tokens()
         series = GatewaySeries(
-            prompt_tokens_total=float(self._prompt_total),
-            completion_tokens_total=float(self._completion_total),
-            saturation_tokens_total=float(self._saturation_total),
-            fallback_usd_total=engine.fallback_usd_day,
+            prompt_tokens_total=float(prompt),
+            completion_tokens_total=float(completion),
+            saturation_tokens_total=float(saturation),
+            fallback_usd_total=self.engine.fallback_usd_day,
             fallback_in_flight=in_flight,
             held=held,
         )
@@ -194,17 +182,26 @@ class SimMetrics:
         """One sample per Ready replica, the pool's queue shared out as evenly as whole requests go."""
         ready = self.engine.ready
         out: dict[str, EngineSample] = {}
+        names = self._names
+        while len(names) < ready:
+            names.append(f"replica-{len(names)}")
+        previous: EngineSample | None = None
         for i in range(ready):
-            out[f"replica-{i}"] = EngineSample(
-                waiting=waiting // ready + (1 if i < waiting % ready else 0),
-                running=running // ready + (1 if i < running % ready else 0),
-                kv_cache_usage=None,
-                prompt_tokens_total=None,
-                generation_tokens_total=None,
-                request_success_total=None,
-                admission_rejections_total=None,
-                engines=1,
-            )
+            replica_waiting = waiting // ready + (1 if i < waiting % ready else 0)
+            replica_running = running // ready + (1 if i < running % ready else 0)
+            # Samples are frozen: replicas with the same share can hold the same one.
+            if previous is None or (previous.waiting, previous.running) != (replica_waiting, replica_running):
+                previous = EngineSample(
+                    waiting=replica_waiting,
+                    running=replica_running,
+                    kv_cache_usage=None,
+                    prompt_tokens_total=None,
+                    generation_tokens_total=None,
+                    request_success_total=None,
+                    admission_rejections_total=None,
+                    engines=1,
+                )
+            out[names[i]] = previous
         return out
 
     def sample(self, pool: PoolRef, now: dt.datetime) -> DemandSample | NoData:
