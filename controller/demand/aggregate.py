@@ -192,13 +192,19 @@ def aggregate(
         engine_counters: Mapping[str, tuple[float | None, float | None]] = _EMPTY
     else:
         # The common case, every expected pod read, is checked without sorting the names.
-        if not all(isinstance(engines.get(name), EngineSample) for name in expected):
-            missing = _partial(engines, expected)
-            if missing is not None:
-                return missing, None
+        for name in expected:
+            if not isinstance(engines.get(name), EngineSample):
+                missing = _partial(engines, expected)
+                if missing is not None:
+                    return missing, None
+                break
         samples = {name: s for name, s in engines.items() if name in expected and isinstance(s, EngineSample)}
-        waiting = float(sum(s.waiting for s in samples.values()))
-        running = float(sum(s.running for s in samples.values()))
+        # Queue gauges are whole requests (ints): summed in one pass, exactly as sum() would.
+        queued = in_batch = 0
+        for s in samples.values():
+            queued += s.waiting
+            in_batch += s.running
+        waiting, running = float(queued), float(in_batch)
         kvs = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
         kv = sum(kvs) / len(kvs) if kvs else None
         prompt_rate = gen_rate = None
@@ -214,8 +220,8 @@ def aggregate(
     gateway_series: Mapping[str, GatewaySeries] | None = None
     if gateway is not None:
         series = gateway.instances.values()
-        waiting += sum(s.held for s in series)
-        overflow_in_flight = float(sum(s.fallback_in_flight for s in series))
+        waiting += sum([s.held for s in series])
+        overflow_in_flight = float(sum([s.fallback_in_flight for s in series]))
         gateway_series = MappingProxyType(dict(gateway.instances))
         prompt_rate = gen_rate = None
         if previous is not None and gateway_at is not None:
@@ -225,8 +231,14 @@ def aggregate(
             if span > 0.0:
                 prompt_rate, gen_rate, overflow_rate = _gateway_rates(gateway, previous.gateway or {}, span)
 
-    values = (waiting, running, overflow_in_flight)
-    if not all(math.isfinite(v) and v >= 0 for v in values):
+    if not (
+        math.isfinite(waiting)
+        and waiting >= 0
+        and math.isfinite(running)
+        and running >= 0
+        and math.isfinite(overflow_in_flight)
+        and overflow_in_flight >= 0
+    ):
         return NoData(
             f"invalid queue values (waiting {waiting}, running {running}, fallback {overflow_in_flight})"
         ), None

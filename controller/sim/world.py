@@ -233,9 +233,18 @@ class SimLedger:
         self._closed_seconds = 0.0
         self._seen = 0
         self._day_cache: tuple[dt.date, dt.datetime] | None = None
+        self._last_day: tuple[dt.datetime, dt.datetime] | None = None
 
     def day_start(self, now: dt.datetime) -> dt.datetime:
         """Local midnight of the day containing `now`."""
+        last = self._last_day
+        if last is not None and last[0] is now:
+            return last[1]  # the runner and the ledger's read ask for the same moment each tick
+        midnight = self._midnight(now)
+        self._last_day = (now, midnight)
+        return midnight
+
+    def _midnight(self, now: dt.datetime) -> dt.datetime:
         local = now.astimezone(self.zone)
         cached = self._day_cache
         if cached is not None and cached[0] == local.date():
@@ -259,8 +268,9 @@ class SimLedger:
             if pod.scheduled_at is not None and pod.removed_at is not None:
                 self._closed_seconds += max(min(pod.removed_at, until) - max(pod.scheduled_at, since), 0.0)
         self._seen = len(finished)
-        live = sum(
-            max(until - max(p.scheduled_at, since), 0.0) for p in self.cluster.pods if p.scheduled_at is not None
+        pods = self.cluster.pods
+        live = (
+            sum(max(until - max(p.scheduled_at, since), 0.0) for p in pods if p.scheduled_at is not None) if pods else 0
         )
         hours = (self._closed_seconds + live) / 3600.0 * self.cluster.gpus_per_replica
         return Usage(hours, self.engine.fallback_usd_day)
