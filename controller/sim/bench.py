@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print(
         f"side by side: default run {default_wall:.2f} s wall ({default_cpu:.2f} s CPU, {len(POLICY_NAMES)} rows); "
-        f"{len(workload):,}-request week, {args.policy} {medians[args.policy]:.2f} s"
+        f"{len(workload):,} requests over {args.days} days, {args.policy} {medians[args.policy]:.2f} s"
     )
     return 0
 
