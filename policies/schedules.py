@@ -19,6 +19,7 @@ from policies.spec import Override, OverrideMode, Schedule, Window
 __all__ = ["WindowSpan", "active_override", "holiday_name", "next_opening", "open_spans", "window_spans"]
 
 UTC = dt.UTC
+_ONE_DAY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,30 +63,90 @@ def holiday_name(schedule: Schedule, day: dt.date) -> str | None:
     return None
 
 
+def _day_spans(schedule: Schedule, day: dt.date, zone: dt.tzinfo, include_holidays: bool) -> tuple[WindowSpan, ...]:
+    """Every window occurrence opening on this local date, in window order; none on a skipped holiday."""
+    if not include_holidays and holiday_name(schedule, day) is not None:
+        return ()
+    weekday = day.weekday()
+    out: list[WindowSpan] = []
+    for index, window in enumerate(schedule.windows):
+        if weekday not in {d.number for d in window.days}:
+            continue
+        opens = _local_moment(day, window.start_minute, zone)
+        closes = _local_moment(day, window.start_minute + window.length_minutes, zone)
+        out.append(WindowSpan(window, index, opens, closes, day))
+    return tuple(out)
+
+
+class _DayMemo:
+    """One schedule's window occurrences per run of local dates, computed once: the loop asks every tick.
+
+    Keyed on the schedule object itself (a frozen model, held here so its id is not reused while the
+    entry lives); the values are pure functions of (schedule, dates), so a hit returns what a fresh
+    computation would.
+    """
+
+    __slots__ = ("days", "ranges", "schedule", "zone")
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.zone = schedule.zone
+        self.days: dict[tuple[dt.date, bool], tuple[WindowSpan, ...]] = {}
+        self.ranges: dict[tuple[dt.date, dt.date, bool], tuple[WindowSpan, ...]] = {}
+
+    def spans(self, first: dt.date, last: dt.date, include_holidays: bool) -> tuple[WindowSpan, ...]:
+        """Occurrences opening on the local dates first..last, sorted by (opening, window index)."""
+        key = (first, last, include_holidays)
+        got = self.ranges.get(key)
+        if got is None:
+            if len(self.ranges) >= _MEMO_DAYS:
+                self.ranges.clear()
+            out: list[WindowSpan] = []
+            day = first
+            while day <= last:
+                out.extend(self._day(day, include_holidays))
+                day += _ONE_DAY
+            # (opening, index) is unique per occurrence, so this order is the one a filtered sort gives.
+            out.sort(key=lambda s: (s.opens, s.index))
+            got = self.ranges[key] = tuple(out)
+        return got
+
+    def _day(self, day: dt.date, include_holidays: bool) -> tuple[WindowSpan, ...]:
+        key = (day, include_holidays)
+        got = self.days.get(key)
+        if got is None:
+            if len(self.days) >= _MEMO_DAYS:
+                self.days.clear()
+            got = self.days[key] = _day_spans(self.schedule, day, self.zone, include_holidays)
+        return got
+
+
+# Bounds: a daemon holds one entry per pool spec it has seen recently, each about a year of dates.
+_MEMO_SCHEDULES = 256
+_MEMO_DAYS = 512
+_MEMO: dict[int, _DayMemo] = {}
+
+
+def _memo(schedule: Schedule) -> _DayMemo:
+    memo = _MEMO.get(id(schedule))
+    if memo is None or memo.schedule is not schedule:
+        if len(_MEMO) >= _MEMO_SCHEDULES:
+            _MEMO.pop(next(iter(_MEMO)))  # the oldest entry
+        memo = _MEMO[id(schedule)] = _DayMemo(schedule)
+    return memo
+
+
 def window_spans(
     schedule: Schedule, start: dt.datetime, end: dt.datetime, *, include_holidays: bool = False
 ) -> list[WindowSpan]:
     """Every window occurrence overlapping [start, end), sorted by opening; holidays skipped unless asked."""
     _require_aware(start)
     _require_aware(end)
-    zone = schedule.zone
-    first = start.astimezone(zone).date() - dt.timedelta(days=1)
-    last = end.astimezone(zone).date() + dt.timedelta(days=1)
-    spans: list[WindowSpan] = []
-    day = first
-    while day <= last:
-        holiday = None if include_holidays else holiday_name(schedule, day)
-        if holiday is None:
-            for index, window in enumerate(schedule.windows):
-                if day.weekday() not in {d.number for d in window.days}:
-                    continue
-                opens = _local_moment(day, window.start_minute, zone)
-                closes = _local_moment(day, window.start_minute + window.length_minutes, zone)
-                if opens < end and closes > start:
-                    spans.append(WindowSpan(window, index, opens, closes, day))
-        day += dt.timedelta(days=1)
-    spans.sort(key=lambda s: (s.opens, s.index))
-    return spans
+    memo = _memo(schedule)
+    zone = memo.zone
+    first = start.astimezone(zone).date() - _ONE_DAY
+    last = end.astimezone(zone).date() + _ONE_DAY
+    return [s for s in memo.spans(first, last, include_holidays) if s.opens < end and s.closes > start]
 
 
 def open_spans(schedule: Schedule, now: dt.datetime, *, include_holidays: bool = False) -> list[WindowSpan]:

@@ -208,16 +208,25 @@ def aggregate(
         observed_at = engines.observed_at
         engine_counters: Mapping[str, tuple[float | None, float | None]] = _EMPTY
     else:
-        missing = _partial(engines, expected)
-        if missing is not None:
-            return missing, None
+        # The common case, every expected pod read, is checked without sorting the names.
+        for name in expected:
+            if not isinstance(engines.get(name), EngineSample):
+                missing = _partial(engines, expected)
+                if missing is not None:
+                    return missing, None
+                break
         samples = {name: s for name, s in engines.items() if name in expected and isinstance(s, EngineSample)}
-        waiting = float(sum(s.waiting for s in samples.values()))
-        running = float(sum(s.running for s in samples.values()))
+        # Queue gauges are whole requests (ints): summed in one pass, exactly as sum() would.
+        queued = in_batch = 0
+        for s in samples.values():
+            queued += s.waiting
+            in_batch += s.running
+        waiting, running = float(queued), float(in_batch)
         kvs = [s.kv_cache_usage for s in samples.values() if s.kv_cache_usage is not None]
         kv = sum(kvs) / len(kvs) if kvs else None
         prompt_rate = gen_rate = None
-        if rated and previous is not None:
+        # With gateway counters the offered rates come from the gateway below: these would be discarded.
+        if rated and previous is not None and gateway is None:
             prompt_rate, gen_rate = _engine_rates(samples, previous, interval)
         engine_counters = MappingProxyType(
             {name: (s.prompt_tokens_total, s.generation_tokens_total) for name, s in samples.items()}
@@ -228,8 +237,8 @@ def aggregate(
     gateway_series: Mapping[str, GatewaySeries] | None = None
     if gateway is not None:
         series = gateway.instances.values()
-        waiting += sum(s.held for s in series)
-        overflow_in_flight = float(sum(s.fallback_in_flight for s in series))
+        waiting += sum([s.held for s in series])
+        overflow_in_flight = float(sum([s.fallback_in_flight for s in series]))
         gateway_series = MappingProxyType(dict(gateway.instances))
         prompt_rate = gen_rate = None
         if previous is not None and gateway_at is not None:
@@ -239,8 +248,14 @@ def aggregate(
             if span > 0.0:
                 prompt_rate, gen_rate, overflow_rate = _gateway_rates(gateway, previous.gateway or {}, span)
 
-    values = (waiting, running, overflow_in_flight)
-    if not all(math.isfinite(v) and v >= 0 for v in values):
+    if not (
+        math.isfinite(waiting)
+        and waiting >= 0
+        and math.isfinite(running)
+        and running >= 0
+        and math.isfinite(overflow_in_flight)
+        and overflow_in_flight >= 0
+    ):
         return NoData(
             f"invalid queue values (waiting {waiting}, running {running}, fallback {overflow_in_flight})"
         ), None
@@ -271,11 +286,12 @@ class ReadingWindow:
             raise ValueError(f"the window's resolution must be in [0, {seconds:g}) seconds, got {resolution}")
         self.seconds = seconds
         self.resolution = resolution
+        self._span = dt.timedelta(seconds=seconds)
         self._readings: deque[Reading] = deque()
 
     def baseline(self, now: dt.datetime) -> Reading | None:
         """The newest reading at least `seconds` before `now`, else the oldest one (None when empty)."""
-        cutoff = now - dt.timedelta(seconds=self.seconds)
+        cutoff = now - self._span
         chosen: Reading | None = None
         for reading in self._readings:
             if reading.at <= cutoff:
@@ -294,9 +310,11 @@ class ReadingWindow:
         """
         if self._readings and reading.at < self._readings[-1].at:
             self._readings.clear()  # the clock went back: start over rather than take negative intervals
-        if self._readings and (reading.at - self._readings[-1].at).total_seconds() < self.resolution:
+        # At resolution 0 nothing is too close (the clock never went back by here): no need to subtract.
+        last = self._readings[-1].at if self._readings else None
+        if self.resolution and last is not None and (reading.at - last).total_seconds() < self.resolution:
             return
         self._readings.append(reading)
-        cutoff = reading.at - dt.timedelta(seconds=self.seconds)
+        cutoff = reading.at - self._span
         while len(self._readings) > 1 and self._readings[1].at <= cutoff:
             self._readings.popleft()

@@ -33,7 +33,7 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _default_run(runs: int, jobs: int) -> None:
+def _default_run(runs: int, jobs: int) -> tuple[float, float]:
     """Time the default `ebbtide simulate`: workload built as the CLI builds it, every row computed."""
     spec = load_spec(DEFAULTS["pool"])
     trace = read_trace(DEFAULTS["trace"])
@@ -52,7 +52,9 @@ def _default_run(runs: int, jobs: int) -> None:
             f"default run {i + 1}: {walls[-1]:.2f} s wall, {cpus[-1]:.2f} s CPU "
             f"({len(workload):,} requests, {len(results)} rows, {jobs} job(s))"
         )
-    print(f"default run, median of {runs}: {statistics.median(walls):.2f} s wall, {statistics.median(cpus):.2f} s CPU")
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    print(f"default run, median of {runs}: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4), help="as `ebbtide simulate --jobs`")
     args = parser.parse_args(argv)
 
-    _default_run(args.runs, args.jobs)
+    default_wall, default_cpu = _default_run(args.runs, args.jobs)
     if args.no_week:
         return 0
     spec = load_spec(DEFAULTS["pool"])
@@ -101,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f", {args.baseline} {medians[args.baseline]:.2f} s, ratio {ratio:.2f}")
     else:
         print()
+    print(
+        f"side by side: default run {default_wall:.2f} s wall ({default_cpu:.2f} s CPU, {len(POLICY_NAMES)} rows); "
+        f"{len(workload):,} requests over {args.days} days, {args.policy} {medians[args.policy]:.2f} s"
+    )
     return 0
 
 

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from controller.sim.lanes import REL_EPS, Lane, curve_time, drain, in_flight, invert, reached
+from controller.sim.lanes import REL_EPS, EndTimes, Lane, curve_time, drain, invert, reached
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
 from policies.overflow import Route, Routing, route_request
@@ -190,8 +189,8 @@ class PoolEngine:
         self._t = 0.0
         self._ready = 0
         self._lanes = (Lane(), Lane())
-        self._running: deque[FloatArray] = deque()
-        self._overflowing: deque[FloatArray] = deque()
+        self._running = EndTimes()
+        self._overflowing = EndTimes()
         # Running token counts, so a reading sums its rate window in O(1) (integers: exact).
         zero = np.zeros(1, dtype=np.int64)
         self._cum_in = np.concatenate((zero, np.cumsum(workload.input_tokens, dtype=np.int64)))
@@ -229,7 +228,7 @@ class PoolEngine:
             raise ValueError(f"time runs forward only ({t_end} < {self._t})")
         arrival = self.workload.arrival_s
         lo = self._next
-        hi = int(np.searchsorted(arrival, t_end, side="left"))
+        hi = int(arrival.searchsorted(t_end, side="left"))
         if hi > lo:
             self._serve_arrivals(lo, hi)
             self._next = hi
@@ -338,7 +337,7 @@ class PoolEngine:
                 + self.fallback.ttft_seconds
                 + self.workload.output_tokens[fb] / self.fallback.tokens_per_second
             )
-            self._overflowing.append(ends)
+            self._overflowing.add(ends)
 
     _fallback_cap: float = math.inf
 
@@ -365,11 +364,11 @@ class PoolEngine:
         self._settle_started(now)
         one, two = self._lanes
         pending = (one.pending() if one.pending_pos else 0) + (two.pending() if two.pending_pos else 0)
-        running = in_flight(self._running, now)
-        overflow = in_flight(self._overflowing, now)
+        running = self._running.count_after(now)
+        overflow = self._overflowing.count_after(now)
         batch_limit = self._ready * self.replica.max_num_seqs
         excess = max(running - batch_limit, 0)
-        lo = int(np.searchsorted(self.workload.arrival_s, now - self.rate_window_seconds, side="left"))
+        lo = int(self.workload.arrival_s.searchsorted(now - self.rate_window_seconds, side="left"))
         hi = self._next
         self._count_saturated(hi)
         # Over what has been observed: in the first minute the window is as long as the run so far.
@@ -383,6 +382,16 @@ class PoolEngine:
             output_tokens_per_second=float(self._cum_out[hi] - self._cum_out[lo]) / window,
             overflow_tokens_per_second=overflow_tokens / window,
         )
+
+    def routed_tokens(self) -> tuple[int, int, int]:
+        """Prompt, completion and saturated-overflow tokens of every request routed so far.
+
+        What a gateway's cumulative counters hold: every request that has arrived before `now` (the
+        engine routes each one on arrival), read from the running sums (integers: exact).
+        """
+        hi = self._next
+        self._count_saturated(hi)
+        return int(self._cum_in[hi]), int(self._cum_out[hi]), int(self._sat_in[hi]) + int(self._sat_out[hi])
 
     def _count_saturated(self, hi: int) -> None:
         """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
@@ -432,13 +441,13 @@ class PoolEngine:
                     first_token = np.maximum(start + prefill[:k], reached(lane, prefilled[:k]))
                     self.ttft[done] = first_token - arrival
                     finish = first_token + self.workload.output_tokens[done] / self.replica.sequence_tokens_per_second
-                    self._running.append(finish)
+                    self._running.add(finish)
                 lane.pending_pos = [positions[k:]] if k < positions.size else []
                 lane.pending_idx = [indices[k:]] if k < indices.size else []
             # Requests not settled yet need the curve from the last moment it was at or below the lowest
             # of their positions; everything before can go.
             if lane.pending_pos:
-                keep = max(int(np.searchsorted(lane.bv, float(lane.pending_pos[0][0]), side="right")) - 1, 0)
+                keep = max(bisect.bisect_right(lane.bv, float(lane.pending_pos[0][0])) - 1, 0)  # bv never falls
                 del lane.bt[:keep], lane.bv[:keep]
             else:
                 lane.bt = [now]
@@ -477,7 +486,7 @@ class PoolEngine:
                 first_token = max(start + prefill[m], reached)
                 self.ttft[i] = first_token - arrived
                 finish.append(first_token + int(outputs[i]) / seq_tps)
-            self._running.append(np.asarray(finish, dtype=np.float64))
+            self._running.add(finish)
         if k < len(positions):
             lane.pending_pos = [lane.pending_pos[0][k:]]
             lane.pending_idx = [lane.pending_idx[0][k:]]

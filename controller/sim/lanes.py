@@ -8,12 +8,12 @@ work positions, when service of them began and when the curve first reached them
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["REL_EPS", "Lane", "curve_time", "drain", "in_flight", "invert", "on_curve", "reached"]
+__all__ = ["REL_EPS", "EndTimes", "Lane", "curve_time", "drain", "invert", "on_curve", "reached"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -80,11 +80,31 @@ def drain(
     return b1, s1, 0.0, s2
 
 
-def in_flight(chunks: deque[FloatArray], now: float) -> int:
-    """How many of the end times in `chunks` are after `now`; chunks wholly in the past are dropped."""
-    while chunks and float(chunks[0].max(initial=-1.0)) <= now:
-        chunks.popleft()
-    return sum(int(np.count_nonzero(chunk > now)) for chunk in chunks) if chunks else 0
+class EndTimes:
+    """End times of requests in flight (running batch, or streaming from the fallback), counted at `now`.
+
+    A min-heap: each reading pops what has ended and counts the rest, so a long request does not keep
+    every later one's chunk alive and re-scanned. Readings' `now` never goes back (the engine's time
+    runs forward), so an end time popped once can never count again.
+    """
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[float] = []
+
+    def add(self, ends: FloatArray | list[float]) -> None:
+        """Requests that end at these times."""
+        heap = self._heap
+        for end in ends.tolist() if isinstance(ends, np.ndarray) else ends:
+            heapq.heappush(heap, end)
+
+    def count_after(self, now: float) -> int:
+        """How many end after `now` (those that ended are dropped)."""
+        heap = self._heap
+        while heap and heap[0] <= now:
+            heapq.heappop(heap)
+        return len(heap)
 
 
 def curve_time(bt: list[float], bv: list[float], target: float, j: int, flat: float) -> float:

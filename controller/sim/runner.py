@@ -247,7 +247,8 @@ def run_policy(
                 if key == last:
                     repeats = outcome.decision.reason.value
                 last = key
-            engine.set_ready(cluster.ready_count(t))
+            if outcome.applied:  # otherwise the pods, and so the Ready count, are as before the step
+                engine.set_ready(cluster.ready_count(t))
         else:
             skipped += 1
         times[i] = t

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import numpy as np
-
 from controller.daemon.decisionlog import DecisionFilter
 from controller.demand.aggregate import GatewayCounters, GatewaySeries, ReadingWindow, aggregate
 from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
@@ -37,10 +35,16 @@ class SimClock:
             raise ValueError("the simulation start must be timezone-aware")
         self.start = start
         self.offset = 0.0
+        self._now = (0.0, start)
 
     def now(self) -> dt.datetime:
         """The current simulated moment."""
-        return self.start + dt.timedelta(seconds=self.offset)
+        # Asked several times per tick; the same offset gives the same (immutable) moment.
+        offset, moment = self._now
+        if offset != self.offset:
+            moment = self.start + dt.timedelta(seconds=self.offset)
+            self._now = (self.offset, moment)
+        return moment
 
     def at(self, offset: float) -> dt.datetime:
         """The moment `offset` seconds after the start."""
@@ -68,6 +72,8 @@ class SimCluster:
         self.pods: list[Pod] = []
         self.finished: list[Pod] = []
         self.scale_events = 0
+        self._starts: tuple[dt.datetime, ...] | None = None
+        """The live pods' billing starts; cleared whenever `scale` changes the pods."""
 
     @property
     def live(self) -> list[Pod]:
@@ -78,7 +84,10 @@ class SimCluster:
         """Current and ready replicas with their billing starts."""
         now = self.clock.offset
         ready = sum(1 for p in self.pods if p.ready_at is not None and p.ready_at <= now)
-        starts = tuple(self.clock.at(p.scheduled_at) for p in self.pods if p.scheduled_at is not None)
+        starts = self._starts
+        if starts is None:
+            starts = tuple(self.clock.at(p.scheduled_at) for p in self.pods if p.scheduled_at is not None)
+            self._starts = starts
         return ReplicaStatus(current=len(self.pods), ready=ready, billing_starts=starts)
 
     def ready_count(self, at: float) -> int:
@@ -97,6 +106,7 @@ class SimCluster:
         if replicas == len(self.pods):
             return
         self.scale_events += 1
+        self._starts = None
         while len(self.pods) < replicas:
             self.pods.append(Pod(created_at=now))
         if len(self.pods) > replicas:
@@ -152,29 +162,17 @@ class SimMetrics:
         self.fail_every = fail_every
         self.reads = 0
         self.window = ReadingWindow(engine.rate_window_seconds)
-        self._counted = 0
-        self._prompt_total = 0
-        self._completion_total = 0
-        self._saturation_total = 0
+        self._names: list[str] = []
+        """Replica names by index, made once."""
 
     def _gateway(self, held: float, in_flight: float) -> GatewayCounters:
         """The simulated gateway's counters: tokens of every request that has arrived (offered load)."""
-        workload, engine = self.engine.workload, self.engine
-        upto = int(np.searchsorted(workload.arrival_s, engine.now, side="left"))
-        lo = self._counted
-        if upto > lo:
-            # Integer sums: cumulative counters stay exact, so rates match a windowed sum bit for bit.
-            inputs, outputs = workload.input_tokens[lo:upto], workload.output_tokens[lo:upto]
-            saturated = engine.saturated[lo:upto]
-            self._prompt_total += int(inputs.sum())
-            self._completion_total += int(outputs.sum())
-            self._saturation_total += int(inputs[saturated].sum()) + int(outputs[saturated].sum())
-            self._counted = upto
+        prompt, completion, saturation = self.engine.routed_tokens()
         series = GatewaySeries(
-            prompt_tokens_total=float(self._prompt_total),
-            completion_tokens_total=float(self._completion_total),
-            saturation_tokens_total=float(self._saturation_total),
-            fallback_usd_total=engine.fallback_usd_day,
+            prompt_tokens_total=float(prompt),
+            completion_tokens_total=float(completion),
+            saturation_tokens_total=float(saturation),
+            fallback_usd_total=self.engine.fallback_usd_day,
             fallback_in_flight=in_flight,
             held=held,
         )
@@ -184,17 +182,26 @@ class SimMetrics:
         """One sample per Ready replica, the pool's queue shared out as evenly as whole requests go."""
         ready = self.engine.ready
         out: dict[str, EngineSample] = {}
+        names = self._names
+        while len(names) < ready:
+            names.append(f"replica-{len(names)}")
+        previous: EngineSample | None = None
         for i in range(ready):
-            out[f"replica-{i}"] = EngineSample(
-                waiting=waiting // ready + (1 if i < waiting % ready else 0),
-                running=running // ready + (1 if i < running % ready else 0),
-                kv_cache_usage=None,
-                prompt_tokens_total=None,
-                generation_tokens_total=None,
-                request_success_total=None,
-                admission_rejections_total=None,
-                engines=1,
-            )
+            replica_waiting = waiting // ready + (1 if i < waiting % ready else 0)
+            replica_running = running // ready + (1 if i < running % ready else 0)
+            # Samples are frozen: replicas with the same share can hold the same one.
+            if previous is None or (previous.waiting, previous.running) != (replica_waiting, replica_running):
+                previous = EngineSample(
+                    waiting=replica_waiting,
+                    running=replica_running,
+                    kv_cache_usage=None,
+                    prompt_tokens_total=None,
+                    generation_tokens_total=None,
+                    request_success_total=None,
+                    admission_rejections_total=None,
+                    engines=1,
+                )
+            out[names[i]] = previous
         return out
 
     def sample(self, pool: PoolRef, now: dt.datetime) -> DemandSample | NoData:
@@ -226,9 +233,18 @@ class SimLedger:
         self._closed_seconds = 0.0
         self._seen = 0
         self._day_cache: tuple[dt.date, dt.datetime] | None = None
+        self._last_day: tuple[dt.datetime, dt.datetime] | None = None
 
     def day_start(self, now: dt.datetime) -> dt.datetime:
         """Local midnight of the day containing `now`."""
+        last = self._last_day
+        if last is not None and last[0] is now:
+            return last[1]  # the runner and the ledger's read ask for the same moment each tick
+        midnight = self._midnight(now)
+        self._last_day = (now, midnight)
+        return midnight
+
+    def _midnight(self, now: dt.datetime) -> dt.datetime:
         local = now.astimezone(self.zone)
         cached = self._day_cache
         if cached is not None and cached[0] == local.date():
@@ -252,8 +268,9 @@ class SimLedger:
             if pod.scheduled_at is not None and pod.removed_at is not None:
                 self._closed_seconds += max(min(pod.removed_at, until) - max(pod.scheduled_at, since), 0.0)
         self._seen = len(finished)
-        live = sum(
-            max(until - max(p.scheduled_at, since), 0.0) for p in self.cluster.pods if p.scheduled_at is not None
+        pods = self.cluster.pods
+        live = (
+            sum(max(until - max(p.scheduled_at, since), 0.0) for p in pods if p.scheduled_at is not None) if pods else 0
         )
         hours = (self._closed_seconds + live) / 3600.0 * self.cluster.gpus_per_replica
         return Usage(hours, self.engine.fallback_usd_day)
