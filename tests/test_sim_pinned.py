@@ -23,8 +23,8 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "997afeab6eae24a7",
-    "ebbtide": "4efbe6631e79a168",
+    "report": "88c0fdaf01365c87",
+    "ebbtide": "ab4aebaf54c4fd77",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",
     "hpa": "69acc8cb4c716f5d",
