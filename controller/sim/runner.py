@@ -8,7 +8,6 @@ scales the simulated Deployment.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -458,6 +457,3 @@ def run_all(
     return out
 
 
-def now_utc() -> dt.datetime:
-    """Wall-clock time (for report metadata only; never inside the simulation)."""
-    return dt.datetime.now(dt.UTC)

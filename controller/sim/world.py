@@ -75,11 +75,6 @@ class SimCluster:
         self._starts: tuple[dt.datetime, ...] | None = None
         """The live pods' billing starts; cleared whenever `scale` changes the pods."""
 
-    @property
-    def live(self) -> list[Pod]:
-        """Pods that exist now (pending, starting or ready)."""
-        return self.pods
-
     def replicas(self, pool: PoolRef) -> ReplicaStatus:
         """Current and ready replicas with their billing starts."""
         now = self.clock.offset
@@ -249,8 +244,8 @@ class SimLedger:
         cached = self._day_cache
         if cached is not None and cached[0] == local.date():
             return cached[1]
-        # Midnight as a real instant: fold-aware via UTC round trip (a DST change never falls at 00:00 in
-        # the zones that matter here, but the result stays aware either way).
+        # Local midnight as an aware datetime (zoneinfo resolves it; where a DST change skips or repeats
+        # 00:00, as in a few zones, it takes the offset in force before the change: fold=0).
         midnight = dt.datetime.combine(local.date(), dt.time(0), tzinfo=self.zone)
         self._day_cache = (local.date(), midnight)
         return midnight
@@ -323,6 +318,5 @@ class DecisionLog:
 
 
 def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    # json calls this only for what it cannot encode itself (never a float: allow_nan refuses those first).
     return str(value)
