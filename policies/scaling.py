@@ -17,23 +17,25 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from policies.billing import paid_until
+from policies.memory import hour_mean, overflow_share, smooth_rates
 from policies.schedules import active_override, open_spans, window_spans
 from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
 from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
+from policies.worth import (
+    OVERFLOW_CREDIT,
+    CostCheck,
+    cost_limit,
+    mean_sized_replicas,
+    offered_and_price,
+    replica_worth,
+    start_check,
+)
 
 __all__ = ["CostCheck", "decide", "mean_sized_replicas", "replica_worth", "schedule_limits"]
 
-# Share of the current overflow a new replica is credited with: bursts are uneven, and what one more
-# replica absorbs of them shrinks with every replica added.
-OVERFLOW_CREDIT = 0.5
-
-# A running replica is priced for the next hour, on the mean demand of the last one, kept in 5-minute
-# buckets.
-KEEP_HORIZON_SECONDS = 3600.0
-KEEP_BUCKET_SECONDS = 300.0
 # The share of the last hour's offered tokens sent to the fallback with a replica Ready at which the
 # load counts as bursty and gets the mean's headroom. Measured on the simulator's weeks: at 2% the Azure
 # code trace (its per-second p99 at 11x its mean) keeps the headroom in its busy hours and the Azure
@@ -103,125 +105,6 @@ def schedule_limits(spec: GPUPoolSpec, now: dt.datetime) -> Limits:
     return Limits(floor, ceiling, floor_reason, floor_message, ceiling_reason)
 
 
-@dataclass(frozen=True, slots=True)
-class CostCheck:
-    """The break-even comparison for starting one more replica."""
-
-    worth_it: bool
-    absorbed_tokens_per_second: float
-    api_usd: float
-    gpu_usd: float
-    horizon_seconds: float
-
-
-def _usd_per_token(spec: GPUPoolSpec, demand: DemandSample) -> tuple[float, float]:
-    """(offered tokens per second, fallback dollars per token at the offered input/output mix)."""
-    offered_in = max(demand.input_tokens_per_second or 0.0, 0.0)
-    offered_out = max(demand.output_tokens_per_second or 0.0, 0.0)
-    offered = offered_in + offered_out
-    if offered <= 0:
-        return 0.0, (spec.fallback.input_usd_per_million + spec.fallback.output_usd_per_million) / 2e6
-    usd = offered_in * spec.fallback.input_usd_per_million + offered_out * spec.fallback.output_usd_per_million
-    return offered, usd / offered / 1e6
-
-
-def replica_worth(
-    spec: GPUPoolSpec,
-    demand: DemandSample,
-    replicas_before: int,
-    *,
-    current: int,
-    keep_tokens_per_second: float | None = None,
-    headroom_replicas: int = 0,
-) -> CostCheck | None:
-    """Does replica number `replicas_before + 1` cost less than the API spend it absorbs?
-
-    A running replica (`replicas_before < current`) carries an equal share of the offered tokens with
-    the replicas before it; its start is sunk, so it is worth keeping while that share, priced at the
-    fallback, exceeds its hourly price (the offered rate taken as the larger of the smoothed one and
-    `keep_tokens_per_second`, the last hour's average, when given). A new replica absorbs the offered
-    tokens beyond what the replicas before it carry at `replicaTokensPerSecond` each (up to that much
-    itself), or its credit of what the gateway is overflowing (bursts the averages cannot see),
-    or, while the last hour's mean asks for it (it is one of the first `headroom_replicas`), its equal
-    share of that mean, whichever is more; it is committed for the billing horizon (the
-    billing unit, the minimum billed time, or one cold start plus the scale-down delay, whichever is
-    longest) but serves only after its cold start. None when the offered token rate is unknown.
-    """
-    if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
-        return None
-    offered, usd_per_token = _usd_per_token(spec, demand)
-    capacity = spec.demand.replica_tokens_per_second
-    gpu_hourly = spec.replica_usd_per_hour
-    if replicas_before < current:
-        if keep_tokens_per_second is not None:
-            offered = max(offered, keep_tokens_per_second)
-        absorbed = min(offered / (replicas_before + 1), capacity)
-        api_usd = absorbed * usd_per_token * 3600.0
-        return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0)
-    beyond = min(max(offered - replicas_before * capacity, 0.0), capacity)
-    overflow = max(demand.overflow_tokens_per_second or 0.0, 0.0)
-    bursts = OVERFLOW_CREDIT * min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity)
-    headroom = 0.0
-    if replicas_before < headroom_replicas:
-        # Sized on the hour's mean, a new replica carries an equal share of it, as a running one does.
-        headroom = min((keep_tokens_per_second or 0.0) / (replicas_before + 1), capacity)
-    return _start_check(spec, max(beyond, bursts, headroom), usd_per_token)
-
-
-def mean_sized_replicas(spec: GPUPoolSpec, mean_tokens_per_second: float | None) -> int:
-    """Replicas `demand.replicaMeanTokensPerSecond` asks for at this hourly mean (0 when off or unknown).
-
-    `decide` applies it only while the gateway sent at least `BURST_OVERFLOW_SHARE` of the last hour's
-    offered tokens to the fallback with a replica Ready: a smooth load needs no headroom for bursts.
-    """
-    per_replica = spec.demand.replica_mean_tokens_per_second
-    if per_replica is None or mean_tokens_per_second is None or mean_tokens_per_second <= 0:
-        return 0
-    return max(math.ceil(mean_tokens_per_second / per_replica - 1e-9), 0)
-
-
-def _start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> CostCheck:
-    """A new replica absorbing `absorbed` tok/s after its cold start, against its billed horizon."""
-    horizon = float(
-        max(
-            spec.billing.granularity.seconds,
-            spec.billing.minimum_billed_seconds,
-            spec.cold_start_seconds + spec.demand.scale_down_delay_seconds,
-        )
-    )
-    serving = max(horizon - spec.cold_start_seconds, 0.0)
-    api_usd = absorbed * usd_per_token * serving
-    gpu_usd = spec.replica_usd_per_hour * horizon / 3600.0
-    return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
-
-
-def _cost_limit(
-    spec: GPUPoolSpec,
-    demand: DemandSample,
-    wanted: int,
-    current: int,
-    keep_tokens_per_second: float | None,
-    headroom_replicas: int,
-) -> tuple[int, CostCheck | None]:
-    """How many of the `wanted` replicas pay for themselves, and the first check that failed (if any)."""
-    replicas = 0
-    while replicas < wanted:
-        check = replica_worth(
-            spec,
-            demand,
-            replicas,
-            current=current,
-            keep_tokens_per_second=keep_tokens_per_second,
-            headroom_replicas=headroom_replicas,
-        )
-        if check is None:
-            return wanted, None
-        if not check.worth_it:
-            return replicas, check
-        replicas += 1
-    return wanted, None
-
-
 def _hold(spec: GPUPoolSpec, obs: Observation, limits: Limits, reason: Reason, why: str) -> Decision:
     """No usable data: keep what runs; only the schedule may move the replicas."""
     held = min(max(obs.current_replicas, limits.floor), limits.ceiling)
@@ -267,76 +150,8 @@ def decide(spec: GPUPoolSpec, obs: Observation, state: PolicyState, now: dt.date
     offered_now = None
     if demand.input_tokens_per_second is not None and demand.output_tokens_per_second is not None:
         offered_now = demand.input_tokens_per_second + demand.output_tokens_per_second
-    demand, state = _smooth_rates(spec, demand, state, now)
+    demand, state = smooth_rates(spec, demand, state, now)
     return _decide_on_demand(spec, obs, demand, state, now, limits, gpu_capped, offered_now)
-
-
-def _smooth_rates(
-    spec: GPUPoolSpec, demand: DemandSample, state: PolicyState, now: dt.datetime
-) -> tuple[DemandSample, PolicyState]:
-    """Exponentially weighted token rates; the queue gauges stay as sampled."""
-    if demand.input_tokens_per_second is None or demand.output_tokens_per_second is None:
-        return demand, state
-    raw = (demand.input_tokens_per_second, demand.output_tokens_per_second, demand.overflow_tokens_per_second or 0.0)
-    elapsed = None if state.rates_at is None else max((now - state.rates_at).total_seconds(), 0.0)
-    in_, out, over = _ewma(state.rates, raw, elapsed, spec.demand.rate_smoothing_seconds)
-    smoothed = (in_, out, over)
-    smoothed_demand = replace(
-        demand,
-        input_tokens_per_second=smoothed[0],
-        output_tokens_per_second=smoothed[1],
-        overflow_tokens_per_second=smoothed[2] if demand.overflow_tokens_per_second is not None else None,
-    )
-    buckets = _hour_buckets(state.keep_buckets, raw[0] + raw[1], elapsed, now)
-    overflow_buckets = _hour_buckets(state.overflow_buckets, raw[2], elapsed, now)
-    return smoothed_demand, replace(
-        state, rates=smoothed, rates_at=now, keep_buckets=buckets, overflow_buckets=overflow_buckets
-    )
-
-
-def _hour_buckets(
-    buckets: tuple[tuple[dt.datetime, float, float], ...], rate: float, elapsed: float | None, now: dt.datetime
-) -> tuple[tuple[dt.datetime, float, float], ...]:
-    """Add `rate` over the `elapsed` seconds up to `now` to its 5-minute bucket; keep the last hour's.
-
-    One reading speaks for at most one bucket's time: after a gap (no data, an `off` override) it does
-    not stand for the whole gap. Buckets outside the last hour, or after `now` (a clock set back), go.
-    """
-    oldest = now - dt.timedelta(seconds=KEEP_HORIZON_SECONDS)
-    kept = [b for b in buckets if oldest < b[0] <= now]
-    if elapsed:
-        credited = min(elapsed, KEEP_BUCKET_SECONDS)
-        slot = now - dt.timedelta(seconds=now.timestamp() % KEEP_BUCKET_SECONDS)
-        if kept and kept[-1][0] == slot:
-            _, tokens, seconds = kept[-1]
-            kept[-1] = (slot, tokens + rate * credited, seconds + credited)
-        else:
-            kept.append((slot, rate * credited, credited))
-    return tuple(kept)
-
-
-def _hour_mean(buckets: tuple[tuple[dt.datetime, float, float], ...]) -> float | None:
-    """Offered tokens per second over the last hour (None before any time has been measured)."""
-    seconds = sum(b[2] for b in buckets)
-    return sum(b[1] for b in buckets) / seconds if seconds > 0 else None
-
-
-def _overflow_share(state: PolicyState) -> float | None:
-    """The share of the last hour's offered tokens the gateway sent away with a replica Ready."""
-    offered = sum(b[1] for b in state.keep_buckets)
-    if offered <= 0:
-        return None
-    return sum(b[1] for b in state.overflow_buckets) / offered
-
-
-def _ewma(
-    previous: tuple[float, ...] | None, raw: tuple[float, ...], elapsed: float | None, tau: float
-) -> tuple[float, ...]:
-    """Move each average towards the raw value by the weight `elapsed` seconds have at time constant `tau`."""
-    if previous is None or elapsed is None or tau == 0:
-        return raw
-    weight = 1.0 - math.exp(-elapsed / tau)
-    return tuple(p + weight * (r - p) for p, r in zip(previous, raw, strict=True))
 
 
 def _decide_on_demand(
@@ -381,18 +196,18 @@ def _decide_on_demand(
     # Bursts come faster than a cold start: sized on the hour's mean with headroom, the replicas for them
     # are Ready when they come, and are not released in the lulls between them. Only for a load that
     # overflows with replicas Ready: a smooth one needs no headroom (see BURST_OVERFLOW_SHARE).
-    hour_mean = _hour_mean(state.keep_buckets)
-    share = _overflow_share(state)
+    mean = hour_mean(state.keep_buckets)
+    share = overflow_share(state)
     bursty = share is not None and share >= BURST_OVERFLOW_SHARE
-    mean_wanted = mean_sized_replicas(spec, hour_mean) if bursty else 0
-    if mean_wanted > 0 and hour_mean is not None and share is not None:
-        details += [("hour_mean_tokens_per_second", hour_mean), ("hour_overflow_share", share)]
+    mean_wanted = mean_sized_replicas(spec, mean) if bursty else 0
+    if mean_wanted > 0 and mean is not None and share is not None:
+        details += [("hour_mean_tokens_per_second", mean), ("hour_overflow_share", share)]
         if mean_wanted > wanted:
             wanted = mean_wanted
             # Holding what the mean asks for is steady, not a queue that went low.
             reason = Reason.MEAN_HEADROOM if wanted > current else Reason.STEADY if wanted == current else reason
             message = (
-                f"last hour's mean {hour_mean:.0f} tok/s at {spec.demand.replica_mean_tokens_per_second:g} "
+                f"last hour's mean {mean:.0f} tok/s at {spec.demand.replica_mean_tokens_per_second:g} "
                 f"per replica wants {wanted} (bursty: {share:.1%} of it overflowed)"
             )
 
@@ -409,10 +224,8 @@ def _decide_on_demand(
     # replica is credited with OVERFLOW_CREDIT of it.
     overflow_pays = False
     if overflow > 0 and fallback_open and current > 0 and obs.ready_replicas >= current:
-        _, usd_per_token = _usd_per_token(spec, demand)
-        burst = _start_check(
-            spec, OVERFLOW_CREDIT * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token
-        )
+        _, usd_per_token = offered_and_price(spec, demand)
+        burst = start_check(spec, OVERFLOW_CREDIT * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token)
         overflow_pays = burst.worth_it
         if overflow_pays and wanted <= current:
             wanted = current + 1
@@ -426,7 +239,7 @@ def _decide_on_demand(
     # Only replicas that pay for themselves against the fallback; the window floor still holds below.
     cost_limited = False
     if desired > 0 and fallback_open:
-        affordable, check = _cost_limit(spec, demand, desired, current, hour_mean, mean_wanted)
+        affordable, check = cost_limit(spec, demand, desired, current, mean, mean_wanted)
         if affordable < desired and check is not None:
             cost_limited = True
             verb = "keeping" if affordable < current else "staying at"
