@@ -8,12 +8,9 @@ models) judges them.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +21,7 @@ from kubernetes.client import ApiClient, ApiException
 from controller.kube.client import MERGE_PATCH, request_json
 from e2e.cluster import GPU_RESOURCE
 from e2e.cluster import cold_start as cold_start_annotations
+from e2e.system_support import LocalProcess, parse_line
 
 __all__ = [
     "NO_METRICS",
@@ -46,11 +44,9 @@ NO_METRICS: dict[str, Any] = {"source": "prometheus", "prometheus": {"url": "htt
 """A metrics section whose reads always fail on loopback (port 9 refuses): no data, and no traffic anywhere else."""
 
 
-def _command(kubeconfig: Path, namespace: str, *flags: str) -> list[str]:
+def _args(kubeconfig: Path, namespace: str, *flags: str) -> list[str]:
+    """`ebbtide controller` arguments for a namespace of the test cluster."""
     return [
-        sys.executable,
-        "-m",
-        "controller.cli",
         "controller",
         "--kubeconfig",
         str(kubeconfig),
@@ -72,41 +68,23 @@ def _env() -> dict[str, str]:
 def run_once(kubeconfig: Path, namespace: str, *flags: str, timeout: float = 90.0) -> tuple[int, list[dict[str, Any]]]:
     """`ebbtide controller --once` (no leader election unless flags say so): exit code and JSON log lines."""
     election = () if "--leader-elect" in flags else ("--no-leader-elect",)
-    args = _command(kubeconfig, namespace, "--once", *election, "--log-level", "debug", *flags)
+    args = [sys.executable, "-m", "controller.cli", *_args(kubeconfig, namespace, "--once", *election, "--log-level",
+                                                           "debug", *flags)]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO, check=False)
-    lines = [_parse(line) for line in done.stdout.splitlines() if line.strip()]
+    lines = [parse_line(line) for line in done.stdout.splitlines() if line.strip()]
     if done.stderr.strip():
         lines.append({"stderr": done.stderr})
     return done.returncode, lines
 
 
-def _parse(line: str) -> dict[str, Any]:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return {"raw": line}
-    return value if isinstance(value, dict) else {"raw": line}
-
-
-class Controller:
+class Controller(LocalProcess):
     """A long-running controller process; `lines` holds its log lines as they come."""
 
     def __init__(self, kubeconfig: Path, namespace: str, *flags: str, tick: float = 1.0) -> None:
-        args = _command(kubeconfig, namespace, "--tick", str(tick), "--log-level", "debug", *flags)
+        args = _args(kubeconfig, namespace, "--tick", str(tick), "--log-level", "debug", *flags)
         if "--leader-elect" not in flags:
             args.append("--no-leader-elect")
-        self.lines: list[dict[str, Any]] = []
-        self._proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.strip():
-                self.lines.append(_parse(line))
+        super().__init__(args, "controller")
 
     def decisions(self, pool: str) -> list[dict[str, Any]]:
         """The decision log lines of one pool so far."""
@@ -124,31 +102,11 @@ class Controller:
 
         return eventually(find, timeout, "the health server's address")
 
-    def alive(self) -> bool:
-        """Whether the process still runs."""
-        return self._proc.poll() is None
-
     def kill(self) -> None:
         """SIGKILL: a crash, nothing released."""
         self._proc.kill()
         self._proc.wait(10)
         self._reader.join(5)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; the exit code."""
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-        try:
-            code = self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            code = self._proc.wait(10)
-        self._reader.join(5)
-        return code
-
-    def tail(self, count: int = 40) -> str:
-        """The last log lines, for an assertion message."""
-        return "\n".join(json.dumps(line) for line in self.lines[-count:])
 
     def __enter__(self) -> Controller:
         return self

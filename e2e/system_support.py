@@ -31,6 +31,7 @@ __all__ = [
     "PodWatcher",
     "chart_args",
     "free_port",
+    "parse_line",
     "prometheus",
     "prometheus_query",
 ]
@@ -63,6 +64,15 @@ def chart_args(deployment: dict[str, Any], replace: dict[str, str | None], extra
     return [*args, *extra]
 
 
+def parse_line(line: str) -> dict[str, Any]:
+    """One output line of an `ebbtide` process: its JSON object, or {"raw": the text}."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {"raw": line.rstrip()}
+    return value if isinstance(value, dict) else {"raw": line.rstrip()}
+
+
 class LocalProcess:
     """`ebbtide ARGS...` as a subprocess; its output lines (JSON parsed when they are JSON) as they come."""
 
@@ -89,13 +99,8 @@ class LocalProcess:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                value = {"raw": line.rstrip()}
-            self.lines.append(value if isinstance(value, dict) else {"raw": line.rstrip()})
+            if line.strip():
+                self.lines.append(parse_line(line))
 
     def alive(self) -> bool:
         """Whether the process still runs."""
@@ -107,7 +112,7 @@ class LocalProcess:
             self._proc.send_signal(signal.SIGUSR1)
             time.sleep(1.0)
 
-    def tail(self, count: int = 30) -> str:
+    def tail(self, count: int = 40) -> str:
         """The last lines, for assertion messages."""
         return f"--- {self.name} ---\n" + "\n".join(json.dumps(line) for line in self.lines[-count:])
 
