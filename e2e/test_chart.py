@@ -21,6 +21,7 @@ from kubernetes.dynamic import DynamicClient
 from controller.kube.client import MERGE_PATCH, ApiException, request_json
 from e2e.accounts import service_account_token, token_client
 from e2e.cluster import K8sCluster
+from e2e.controller_harness import create_deployment
 from e2e.helm import CHART, ROOT, HelmError, helm, render
 
 pytestmark = pytest.mark.e2e
@@ -207,18 +208,7 @@ def test_helm_install_grants_exactly_the_calls_needed_and_uninstall_leaves_the_c
         assert _status(controller, "GET", f"{leases}/ebbtide-controller") == 200
         assert _status(controller, "GET", f"{leases}/someone-else") == 403
         assert _status(controller, "GET", f"/api/v1/namespaces/{pools}/secrets/provider-key") == 403
-        deployment = {
-            "metadata": {"name": "vllm"},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": "vllm"}},
-                "template": {
-                    "metadata": {"labels": {"app": "vllm"}},
-                    "spec": {"containers": [{"name": "v", "image": "v"}]},
-                },
-            },
-        }
-        request_json(admin, "POST", f"/apis/apps/v1/namespaces/{pools}/deployments", body=deployment)
+        create_deployment(admin, pools, "vllm")
         scale = f"/apis/apps/v1/namespaces/{pools}/deployments/vllm/scale"
         body = {"spec": {"replicas": 1}}
         assert _status(controller, "PATCH", scale, body=body, content_type=MERGE_PATCH) == 200
