@@ -18,9 +18,11 @@ In each slot `s` of length `L_s` the plan has `n_s` Ready replicas, `0 <= n_s <=
 costs `rate * (sum_s L_s n_s + cold_start * sum_s max(n_s - n_{s-1}, 0))`, where `rate` is one
 replica's price per second, `n_{-1}` the initial replicas and `n_S` the replicas Ready at the horizon
 (they serve the unbilled tail); a rise is allowed only one cold start after a tick. Each slot's
-requests save their API price up to `U_s(n_s, n_{s+1})`, an upper bound of what any on-time subset of
-them can save. The bound is `min over plans of cost + API total - sum_s U_s`, found by a DP over
-slots whose state is the Ready count.
+requests save their API price up to `U_s(n_s, j_s, n_{s+1}, j_{s+1})`, an upper bound of what any
+on-time subset of them can save, where `j_s` is the level of the slot's *shared stretch* taken by the
+slot before (below). The bound is `min over plans and levels of cost + API total - sum_s U_s`, found by
+a DP over slots whose state is (Ready count, level): `(max_replicas + 1) * (SHARE_LEVELS + 1)` states
+(`policies/slot_savings.py` computes `U`).
 
 `U_s`: each slot is cut into `A` atoms (of length at least `T` where the slot allows). Take a *group*
 of consecutive atoms, an on-time GPU subset `G` of its requests within one lane, `f` the group's
@@ -33,10 +35,20 @@ fractional knapsack: requests are binned by price per replica-second of work (`K
 work counted at its densest request's price, which can only overstate the saving), filled densest
 first up to that capacity. The groups of a partition hold disjoint requests, so their bounds add up,
 and the least sum over all partitions of the slot into groups is again a bound: that is `U_s`, found
-by a DP over atoms. A request whose own prefill exceeds `T` saves nothing. Above 16 replicas the part
-of a window that reaches into the next slot is counted at `max_replicas` instead of at the next slot's
-Ready count (an overstatement of capacity, so still a bound), which keeps the work linear in the pool
-size.
+by a DP over atoms. A request whose own prefill exceeds `T` saves nothing.
+
+The shared stretch. A window that starts in slot `s` can end up to `T` into slot `s + 1`, whose own
+groups count the same capacity: the first `R = min(T, L_{s+1})` seconds of slot `s + 1`, `n_{s+1} * R`
+replica-seconds. Let `y` be the part of it that slot `s`'s on-time requests actually use, a share
+`y / (n_{s+1} R)` in `((j - 1) / m, j / m]` for one level `j` of `m = SHARE_LEVELS` (level 0: none).
+Slot `s`'s groups count at most `min(j / m * n_{s+1} R, n_{s+1} * their window in R)` there. Each group
+of slot `s + 1`, whose window is `[f, e]`, loses at least what `y` must occupy inside it: `n_{s+1} *
+max((j - 1) / m * R - min(f, R) - max(R - e, 0), 0)` (of the stretch, at most the parts before `f` and
+after `e` lie outside the window). So each boundary counts at most one level's width of the stretch
+twice instead of all of it. A window that reaches past the next slot (a slot shorter than `T`), and a
+group that reaches beyond its slot without closing it, count that part at `max_replicas` in full; above
+16 replicas every window's part in the next slot is counted so, at `max_replicas` and without levels
+(an overstatement of capacity, so still a bound), which keeps the work linear in the pool size.
 
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
 `n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready one
@@ -45,12 +57,14 @@ replica lifetime is billed for at least its length (rounding up to the billing u
 only add); the lifetimes' lengths sum to the Ready replica-seconds plus one cold start for every
 replica that became Ready (a replica removed before Ready only adds), and every rise of `n` is such
 a replica. So its GPU bill is at least the plan's cost. Its on-time requests in each slot form a
-subset that satisfies every group inequality above under `n(t)`, so they save at most `U_s(n_s,
-n_{s+1})`; every other request is priced at the fallback. Its comparable cost is therefore at least
-the DP's value for its own plan, which is at least the DP's minimum. Nothing here depends on how the
-policy decides, only on what the world allows. Daily budget caps are ignored (dropping a constraint
-can only lower the bound). With billing by the second and a minimum no longer than the cold start,
-the billing is counted exactly; with coarser billing it is counted by the second, a weaker bound.
+subset that satisfies every group inequality above under `n(t)`, with the capacity each slot's
+on-time requests use of the next slot's shared stretch at its level `j_{s+1}`, so they save at most
+`U_s(n_s, j_s, n_{s+1}, j_{s+1})`; every other request is priced at the fallback. Its comparable cost is
+therefore at least the DP's value for its own plan and levels, which is at least the DP's minimum.
+Nothing here depends on how the policy decides, only on what the world allows. Daily budget caps are
+ignored (dropping a constraint can only lower the bound). With billing by the second and a minimum no
+longer than the cold start, the billing is counted exactly; with coarser billing it is counted by the
+second, a weaker bound.
 """
 
 from __future__ import annotations
@@ -61,22 +75,24 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from policies.slot_savings import SlotSavings
+
 __all__ = ["Optimum", "OptimumProblem", "OptimumTooLarge", "offline_optimum", "plan_cost", "slot_grid", "too_large"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_DENSITY_BINS = 8
-"""Price-per-work bins of the knapsack bound; the API's prices make densities vary within ~25 %."""
-_MAX_ATOMS = 8
-_CHUNK = 2048
-"""Slots evaluated at once (bounds the memory of the vectorised knapsack)."""
-_MAX_ENTRIES = 64_000_000
-"""Largest table of slot bounds solved (512 MB of floats): a week at 1-second ticks with 8 replicas fits."""
 _EXACT_NEXT = 16
-"""Up to this many replicas, a slot's bound depends on the next slot's Ready count; above, the window
-reaching into the next slot is counted at the pool's maximum (a looser bound, linear in memory)."""
+"""Up to this many replicas, a slot's bound depends on the next slot's Ready count and on the shared
+stretch's levels; above, the window reaching into the next slot is counted at the pool's maximum and
+in full (a looser bound, linear in the pool size)."""
+SHARE_LEVELS = 4
+"""Levels of the capacity two neighbouring slots share: each boundary counts at most a quarter of it
+twice (see the module docstring)."""
+_MAX_WORK = 400_000_000
+"""Largest DP solved, in slots x states^2 (about a minute on one core): a week at 6-second ticks with
+8 replicas fits."""
 
 
 class OptimumTooLarge(ValueError):
@@ -156,170 +172,80 @@ def slot_grid(horizon_s: float, step_s: float, cold_start_s: float) -> tuple[Flo
     return bounds, rise
 
 
-def _savings(p: OptimumProblem, bounds: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Per slot: every request's API dollars, and U[s, n, n'] (dollars savable with n, then n', Ready)."""
-    slots = bounds.size - 1
-    top = p.max_replicas
-    lengths = np.diff(bounds)
-    slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1)
-    api_total = _sums(slot, p.api_usd, slots)
-    # U[s, n, n'], or U[s, n, 0] alone when the next slot is counted at the maximum (see _EXACT_NEXT).
-    problem = too_large(p)
-    if problem:
-        raise OptimumTooLarge(problem)
-    U = np.zeros((slots, top + 1, top + 1 if top <= _EXACT_NEXT else 1))
-    t_obj = p.objective_s
-    savable = (p.prefill_s <= t_obj) & (p.api_usd > 0)
-    if top == 0 or not np.any(savable):
-        return api_total, U
-    atoms = int(min(max(math.floor(float(np.median(lengths)) / t_obj), 1), _MAX_ATOMS)) if t_obj > 0 else 1
-    s_idx = slot[savable]
-    offset = p.arrival_s[savable] - bounds[s_idx]
-    atom = np.clip((offset / (lengths[s_idx] / atoms)).astype(np.int64), 0, atoms - 1)
-    value = p.api_usd[savable]
-    work = np.maximum(p.work_s[savable], 1e-15)
-    decode = np.maximum(p.work_s[savable] - p.prefill_s[savable], 0.0)
-    density = value / work
-    lo, hi = float(density.min()), float(density.max())
-    bins = _DENSITY_BINS if hi > lo * (1 + 1e-9) else 1
-    klass = (
-        np.clip((np.log(density / lo) / math.log(hi / lo) * bins).astype(np.int64), 0, bins - 1)
-        if bins > 1
-        else (np.zeros(density.size, dtype=np.int64))
-    )
-    # Each bin's work is counted at the densest request in it: E = V / density_max <= the bin's work.
-    bin_top = np.zeros(bins)
-    np.maximum.at(bin_top, klass, density)
-    cell = s_idx * atoms + atom
-    V = _sums(cell * bins + klass, value, slots * atoms * bins).reshape(slots, atoms, bins)
-    dmax_flat = np.zeros(slots * atoms)
-    np.maximum.at(dmax_flat, cell, decode)
-    dmax = dmax_flat.reshape(slots, atoms)
-    free = _sums(cell, np.where(p.prefill_s[savable] <= 0, value, 0.0), slots * atoms).reshape(slots, atoms)
-    first_flat = np.full(slots * atoms, math.inf)
-    np.minimum.at(first_flat, cell, offset)
-    last_flat = np.full(slots * atoms, -math.inf)
-    np.maximum.at(last_flat, cell, offset)
-    first, last = first_flat.reshape(slots, atoms), last_flat.reshape(slots, atoms)
-    order = np.argsort(-bin_top)  # densest bin first
-    V = V[:, :, order]
-    E = V / bin_top[order]
-    busy = np.flatnonzero(V.sum(axis=(1, 2)) > 0)
-    nxt = np.append(lengths[1:], math.inf)
-    for c in range(0, busy.size, _CHUNK):
-        rows = busy[c : c + _CHUNK]
-        U[rows] = _slot_bounds(
-            V[rows],
-            E[rows],
-            dmax[rows],
-            free[rows],
-            first[rows],
-            last[rows],
-            bin_top[order],
-            lengths[rows],
-            nxt[rows],
-            t_obj,
-            top,
-            p.lanes,
-        )
-    return api_total, U
+def _levels(p: OptimumProblem) -> int:
+    return SHARE_LEVELS if p.max_replicas <= _EXACT_NEXT else 0
 
 
 def too_large(p: OptimumProblem) -> str:
-    """Why the DP would not fit in memory for this problem, or "" when it does."""
+    """Why the DP would take too long for this problem, or "" when it does not."""
     bounds, _ = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
-    slots, top = bounds.size - 1, p.max_replicas
-    if slots * (top + 1) * (top + 1 if top <= _EXACT_NEXT else 1) <= _MAX_ENTRIES:
+    slots = bounds.size - 1
+    states = (p.max_replicas + 1) * (_levels(p) + 1)
+    if slots * states * states <= _MAX_WORK:
         return ""
     return (
-        f"offline_optimum: {slots:,} slots of at most {p.step_s:g} s with 0..{top} replicas are too many to "
-        "solve; use a longer control tick or a shorter horizon"
+        f"offline_optimum: {slots:,} slots of at most {p.step_s:g} s with 0..{p.max_replicas} replicas are too "
+        "many to solve; use a longer control tick or a shorter horizon"
     )
 
 
-def _sums(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
-    return np.asarray(np.bincount(index, weights=weights, minlength=size), dtype=np.float64)
+@dataclass(frozen=True, slots=True)
+class _Solution:
+    total_usd: float
+    ready: IntArray
+    """Ready replicas per slot, then at the horizon."""
+    saved: FloatArray
+    """Each slot's bound on savings along the plan."""
+    api_total: FloatArray
 
 
-def _greedy(V: FloatArray, before: FloatArray, density: FloatArray, cap: FloatArray) -> FloatArray:
-    """Fractional knapsack over density bins (last axis, densest first) filled up to `cap`.
-
-    Bin `c` holds `V[c]` dollars at `density[c]` per replica-second, after `before[c]` replica-seconds
-    of denser bins.
-    """
-    room = np.maximum(cap[..., None] - before, 0.0)
-    return np.asarray(np.minimum(V, density * room).sum(axis=-1))
-
-
-def _slot_bounds(
-    V: FloatArray,
-    E: FloatArray,
-    dmax: FloatArray,
-    free: FloatArray,
-    first: FloatArray,
-    last: FloatArray,
-    density: FloatArray,
-    length: FloatArray,
-    nxt: FloatArray,
-    t_obj: float,
-    top: int,
-    lanes: int,
-) -> FloatArray:
-    """U[s, n, n'] for a chunk of slots: the least sum of group bounds over partitions into atom runs.
-
-    `first` and `last` are each atom's earliest and latest savable arrival (offsets in the slot; inf
-    and -inf when it has none): a group's window runs from its first arrival to its last one plus `T`.
-    """
-    rows, atoms, _ = V.shape
-    cV = np.concatenate((np.zeros((rows, 1, V.shape[2])), np.cumsum(V, axis=1)), axis=1)
-    cE = np.concatenate((np.zeros((rows, 1, E.shape[2])), np.cumsum(E, axis=1)), axis=1)
-    cF = np.concatenate((np.zeros((rows, 1)), np.cumsum(free, axis=1)), axis=1)
-
-    def group(i: int, k: int) -> tuple[FloatArray, ...]:
-        """Atoms i..k: bins' values and work ahead of each, slack, free value, window in and beyond the slot."""
-        begin = first[:, i : k + 1].min(axis=1)
-        end = last[:, i : k + 1].max(axis=1) + t_obj
-        empty = ~np.isfinite(end)
-        inside = np.where(empty, 0.0, np.minimum(end, length) - np.where(empty, 0.0, begin))
-        beyond = np.where(empty, 0.0, np.maximum(end - length, 0.0))
-        slack = lanes * dmax[:, i : k + 1].max(axis=1)
-        work = cE[:, k + 1] - cE[:, i]
-        before = np.cumsum(work, axis=-1) - work
-        return cV[:, k + 1] - cV[:, i], before, slack, cF[:, k + 1] - cF[:, i], inside, beyond
-
-    def bound(parts: tuple[FloatArray, ...], cap: FloatArray) -> FloatArray:
-        v, before, slack, fr = parts[:4]
-        return np.where(cap > 0, _greedy(v, before, density, cap + slack), fr)
-
-    groups = {(i, k): group(i, k) for k in range(atoms) for i in range(k + 1)}
-    # A group that does not end the slot counts any window beyond it at the pool's maximum; one that
-    # ends it counts up to the next slot's length at that slot's Ready replicas.
-    closing = {i: groups[(i, atoms - 1)] for i in range(atoms)}
-    after = {i: np.minimum(closing[i][5], nxt) for i in range(atoms)}
-    nexts = range(top + 1) if top <= _EXACT_NEXT else [top]
-    out = np.empty((rows, top + 1, len(nexts)))
-    for n in range(top + 1):
-        best = np.zeros((rows, atoms))  # best[:, j]: least bound of atoms [0, j)
-        for k in range(atoms - 1):
-            candidates = [
-                best[:, i] + bound(groups[(i, k)], n * groups[(i, k)][4] + top * groups[(i, k)][5])
-                for i in range(k + 1)
-            ]
-            best[:, k + 1] = np.min(candidates, axis=0)
-        for column, m in enumerate(nexts):
-            tail = [
-                best[:, i] + bound(closing[i], n * closing[i][4] + m * after[i] + top * (closing[i][5] - after[i]))
-                for i in range(atoms)
-            ]
-            out[:, n, column] = np.min(tail, axis=0)
-    return out
-
-
-def _saved(U: FloatArray, ready: IntArray) -> FloatArray:
-    """Each slot's bound on savings under a plan (Ready per slot, then at the horizon)."""
-    rows = np.arange(ready.size - 1)
-    following = ready[1:] if U.shape[2] > 1 else np.zeros(ready.size - 1, dtype=np.int64)
-    return np.asarray(U[rows, ready[:-1], following])
+def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
+    """The DP over slots whose state is (Ready replicas, level of the shared stretch taken by the slot
+    before); with `forced`, the Ready counts are fixed to it and only the levels are chosen."""
+    problem = too_large(p)
+    if problem:
+        raise OptimumTooLarge(problem)
+    bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
+    slots = bounds.size - 1
+    top = p.max_replicas
+    savings = SlotSavings(p, bounds, _levels(p), exact_next=top <= _EXACT_NEXT)
+    J = savings.in_share.size
+    lengths = savings.lengths
+    rate = p.replica_usd_per_hour / 3600.0
+    counts = np.arange(top + 1)
+    up = np.maximum(counts[None, :] - counts[:, None], 0)  # up[n, n']
+    starts = (rate * p.cold_start_s * up)[:, None, :, None]
+    blocked = np.where(up > 0, math.inf, 0.0)[:, None, :, None]
+    # cost[n, j]: least cost of the slots before s with n Ready in slot s, its shared stretch at level j.
+    cost = np.full((top + 1, J), math.inf)
+    cost[: p.initial_replicas + 1, 0] = 0.0  # nothing came before time 0
+    if forced is not None:
+        cost[counts != forced[0]] = math.inf
+    states = (top + 1) * J
+    choice = np.zeros((slots + 1, states), dtype=np.int64)
+    gained = np.zeros((slots + 1, states))
+    for c, end, U in savings.chunks():
+        for s in range(c, end):
+            u = U[s - c]  # (n, j, n' or 1, j')
+            step = (cost + rate * lengths[s] * counts[:, None])[:, :, None, None] - u
+            step = step + (starts if rise[s + 1] else blocked)
+            if forced is not None:
+                step[:, :, counts != forced[s + 1], :] = math.inf
+            flat = np.broadcast_to(step, (top + 1, J, top + 1, J)).reshape(states, states)
+            best = np.argmin(flat, axis=0)
+            choice[s + 1] = best
+            columns = np.arange(states)
+            cost = flat[best, columns].reshape(top + 1, J)
+            gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J)).reshape(states, states)[best, columns]
+    path = np.empty(slots + 1, dtype=np.int64)
+    path[-1] = int(np.argmin(cost))
+    total = float(cost.reshape(-1)[path[-1]])
+    saved = np.zeros(slots)
+    for s in range(slots, 0, -1):
+        saved[s - 1] = gained[s, path[s]]
+        path[s - 1] = choice[s, path[s]]
+    total += float(savings.api_total.sum())
+    return _Solution(total, path // J, saved, savings.api_total)
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
@@ -328,53 +254,27 @@ def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
     `ready` holds the Ready replicas of each slot of `slot_grid` and, last, those Ready at the horizon
     (they serve the unbilled tail).
     """
-    bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
-    api_total, U = _savings(p, bounds)
+    bounds, _ = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
     ready = np.asarray(ready, dtype=np.int64)
     if ready.size != bounds.size or np.any(ready < 0) or np.any(ready > p.max_replicas):
         return math.inf
-    rate = p.replica_usd_per_hour / 3600.0
-    previous = np.concatenate(([p.initial_replicas], ready[:-1]))
-    ups = np.maximum(ready - previous, 0)
-    if np.any((ups > 0) & ~rise):
-        return math.inf
-    saved = _saved(U, ready)
-    return float(rate * (np.diff(bounds) @ ready[:-1] + p.cold_start_s * ups.sum()) + api_total.sum() - saved.sum())
+    return _solve(p, forced=ready).total_usd
 
 
 def offline_optimum(p: OptimumProblem) -> Optimum:
     """The least cost of the model over every plan (see the module docstring), and that plan."""
-    bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
+    bounds, _ = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
     slots = bounds.size - 1
     lengths = np.diff(bounds)
-    api_total, U = _savings(p, bounds)
+    best = _solve(p)
+    ready = best.ready
     rate = p.replica_usd_per_hour / 3600.0
-    top = p.max_replicas
-    states = np.arange(top + 1)
-    hold = rate * lengths[:, None] * states[None, :]  # billing of n Ready replicas through each slot
-    up = np.maximum(states[None, :] - states[:, None], 0)  # up[n, n']
-    start_cost = rate * p.cold_start_s * up
-    blocked = np.where(up > 0, math.inf, 0.0)
-    cost = np.where(states <= p.initial_replicas, 0.0, math.inf)
-    choice = np.zeros((slots + 1, top + 1), dtype=np.int64)
-    # cost[n]: least cost of the slots before s with n Ready in slot s (its billing and savings not yet);
-    # after the last slot, n is the Ready count at the horizon.
-    for s in range(slots):
-        # U[s] is (n, n') or (n, 1): the latter broadcasts over n'.
-        step = (cost + hold[s])[:, None] - U[s] + (start_cost if rise[s + 1] else blocked)
-        choice[s + 1] = np.argmin(step, axis=0)
-        cost = step[choice[s + 1], states]
-    ready = np.empty(slots + 1, dtype=np.int64)
-    ready[-1] = int(np.argmin(cost))
-    for s in range(slots, 0, -1):
-        ready[s - 1] = choice[s, ready[s]]
     previous = np.concatenate(([p.initial_replicas], ready[:-1]))
     starts = int(np.maximum(ready - previous, 0).sum())
     replica_seconds = float(lengths @ ready[:-1]) + p.cold_start_s * starts
-    saved = _saved(U, ready)
-    unsaved = api_total - saved
+    unsaved = best.api_total - best.saved
     counts = np.bincount(np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1), minlength=slots)
-    share = np.divide(unsaved, api_total, out=np.zeros(slots), where=api_total > 0)
+    share = np.divide(unsaved, best.api_total, out=np.zeros(slots), where=best.api_total > 0)
     gpu_usd = rate * replica_seconds
     fallback_usd = float(unsaved.sum())
     return Optimum(

@@ -151,6 +151,45 @@ def test_no_plan_and_routing_of_a_tiny_world_beats_the_bound(seed: int) -> None:
     assert bound <= best + 1e-9
 
 
+def _boundary_case(rng: np.random.Generator) -> tuple[list[float], list[int], list[int]]:
+    """Requests around a slot boundary, enough of them to fill a replica across it."""
+    m = int(rng.integers(3, 6))
+    edge = float(rng.choice([2.0, 4.0]))
+    arrivals = sorted((edge + rng.integers(-12, 9, m) / EIGHTHS).tolist())
+    inputs = rng.integers(2, 14, m).tolist()
+    outputs = rng.integers(0, 10, m).tolist()
+    return arrivals, inputs, outputs
+
+
+def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_every_world(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The window of a slot's last requests reaches into the next slot, whose first requests use the same
+    # capacity. Counting it for both (SHARE_LEVELS = 0, the earlier bound) is looser; the levels must
+    # still stay below every plan and routing of the world, and be tighter somewhere.
+    import policies.optimum as optimum
+
+    tighter = 0
+    for seed in range(40):
+        rng = np.random.default_rng(500 + seed)
+        arrivals, inputs, outputs = _boundary_case(rng)
+        usd_per_hour = float(rng.choice([36.0, 360.0]))  # cheap GPUs: the plan runs one, and it fills
+        problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
+        bound = offline_optimum(problem).total_usd
+        with monkeypatch.context() as patch:
+            patch.setattr(optimum, "SHARE_LEVELS", 0)
+            loose = offline_optimum(problem).total_usd
+        assert bound >= loose - 1e-9
+        tighter += bound > loose + 1e-9
+        best = min(
+            _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour)
+            for plan in itertools.product(range(2), repeat=int(HORIZON / STEP))
+            for assignment in itertools.product(range(3), repeat=len(arrivals))
+        )
+        assert bound <= best + 1e-9, f"seed {seed}: bound {bound} above the world's best {best}"
+    assert tighter >= 4, f"the shared capacity tightened only {tighter} of 40 cases"
+
+
 def test_one_request_the_bound_is_the_true_optimum() -> None:
     # One request at 4 s: a replica started at tick 2 is Ready at 4 and serves it on time; 2 s of cold
     # start and 2 s of service cost $2 at $0.50/s, against $3 at the API.

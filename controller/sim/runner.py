@@ -455,5 +455,3 @@ def run_all(
         for run in out.values():
             on_done(run)
     return out
-
-

@@ -1,0 +1,260 @@
+"""What each slot's requests can save at most: the savings bound `U` of `offline_optimum`.
+
+`policies/optimum.py` states the model and the proof; this module computes, slot by slot, the bound
+`U_s(n, j, n', j')` on the API dollars that the on-time GPU requests arriving in slot `s` can save when
+`n` replicas are Ready in it and `n'` in the next one, `j` is the level of the capacity at the start of
+slot `s` that the previous slot's on-time work takes (the slot loses at least `in_share[j]` of it), and
+`j'` the level of the next slot's capacity that this slot's on-time work takes (at most
+`out_share[j']` of it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from policies.optimum import OptimumProblem
+
+__all__ = ["SlotSavings", "shares"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_DENSITY_BINS = 8
+"""Price-per-work bins of the knapsack bound; the API's prices make densities vary within ~25 %."""
+_MAX_ATOMS = 8
+_CHUNK = 512
+"""Slots evaluated at once (bounds the memory of the vectorised knapsack)."""
+
+
+def shares(levels: int) -> tuple[FloatArray, FloatArray]:
+    """Per level `j` of the capacity shared across a slot boundary: the share the earlier slot may use
+    at most, and the share the later slot loses at least.
+
+    The true share `y` lies in `((j - 1) / levels, j / levels]` (level 0: `y = 0`), so the earlier slot
+    is allowed `j / levels` and the later one loses `(j - 1) / levels`: each boundary counts at most one
+    level's width twice. `levels = 0` counts the whole shared capacity for both slots (one state).
+    """
+    if levels <= 0:
+        return np.ones(1), np.zeros(1)
+    j = np.arange(levels + 1, dtype=np.float64)
+    return j / levels, np.maximum(j - 1, 0) / levels
+
+
+def _sums(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
+    return np.asarray(np.bincount(index, weights=weights, minlength=size), dtype=np.float64)
+
+
+def _greedy(V: FloatArray, before: FloatArray, density: FloatArray, cap: FloatArray) -> FloatArray:
+    """Fractional knapsack over density bins (last axis, densest first) filled up to `cap`.
+
+    Bin `c` holds `V[c]` dollars at `density[c]` per replica-second, after `before[c]` replica-seconds
+    of denser bins. `cap` may carry extra trailing axes before the bins' (broadcast against them).
+    """
+    room = np.maximum(cap[..., None] - before, 0.0)
+    return np.asarray(np.minimum(V, density * room).sum(axis=-1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Atoms i..k of each slot in a chunk: their savable dollars per bin, the work of denser bins ahead
+    of each bin, slack, free value, and the group's window inside, beyond and before the slot's end."""
+
+    value: FloatArray
+    before: FloatArray
+    slack: FloatArray
+    free: FloatArray
+    inside: FloatArray
+    beyond: FloatArray
+    lost: FloatArray
+    """Per incoming level: the share of one replica's capacity the previous slot's work takes inside
+    the window at least (the previous slot's part minus what lies outside the window)."""
+
+
+class SlotSavings:
+    """The requests binned into slots, atoms and density bins, ready for `U` chunk by chunk."""
+
+    def __init__(self, p: OptimumProblem, bounds: FloatArray, levels: int, exact_next: bool) -> None:
+        self.p = p
+        self.slots = slots = bounds.size - 1
+        self.top = p.max_replicas
+        self.exact_next = exact_next
+        self.out_share, self.in_share = shares(levels)
+        lengths = np.diff(bounds)
+        self.lengths = lengths
+        self.nxt = np.append(lengths[1:], math.inf)
+        t_obj = p.objective_s
+        # The stretch at each slot's start that the previous slot's requests can still use.
+        self.shared_in = np.minimum(t_obj, lengths)
+        self.shared_out = np.minimum(t_obj, self.nxt)
+        slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1)
+        self.api_total = _sums(slot, p.api_usd, slots)
+        self.busy = np.zeros(slots, dtype=bool)
+        savable = (p.prefill_s <= t_obj) & (p.api_usd > 0)
+        self.empty = self.top == 0 or not np.any(savable)
+        if self.empty:
+            return
+        self.atoms = atoms = (
+            int(min(max(math.floor(float(np.median(lengths)) / t_obj), 1), _MAX_ATOMS)) if t_obj > 0 else 1
+        )
+        s_idx = slot[savable]
+        offset = p.arrival_s[savable] - bounds[s_idx]
+        atom = np.clip((offset / (lengths[s_idx] / atoms)).astype(np.int64), 0, atoms - 1)
+        value = p.api_usd[savable]
+        work = np.maximum(p.work_s[savable], 1e-15)
+        decode = np.maximum(p.work_s[savable] - p.prefill_s[savable], 0.0)
+        density = value / work
+        lo, hi = float(density.min()), float(density.max())
+        bins = _DENSITY_BINS if hi > lo * (1 + 1e-9) else 1
+        klass = (
+            np.clip((np.log(density / lo) / math.log(hi / lo) * bins).astype(np.int64), 0, bins - 1)
+            if bins > 1
+            else (np.zeros(density.size, dtype=np.int64))
+        )
+        # Each bin's work is counted at the densest request in it: E = V / density_max <= the bin's work.
+        bin_top = np.zeros(bins)
+        np.maximum.at(bin_top, klass, density)
+        cell = s_idx * atoms + atom
+        V = _sums(cell * bins + klass, value, slots * atoms * bins).reshape(slots, atoms, bins)
+        dmax_flat = np.zeros(slots * atoms)
+        np.maximum.at(dmax_flat, cell, decode)
+        self.dmax = dmax_flat.reshape(slots, atoms)
+        free = np.where(p.prefill_s[savable] <= 0, value, 0.0)
+        self.free = _sums(cell, free, slots * atoms).reshape(slots, atoms)
+        first_flat = np.full(slots * atoms, math.inf)
+        np.minimum.at(first_flat, cell, offset)
+        last_flat = np.full(slots * atoms, -math.inf)
+        np.maximum.at(last_flat, cell, offset)
+        self.first, self.last = first_flat.reshape(slots, atoms), last_flat.reshape(slots, atoms)
+        order = np.argsort(-bin_top)  # densest bin first
+        self.V = V[:, :, order]
+        self.density = bin_top[order]
+        self.E = self.V / self.density
+        self.busy = self.V.sum(axis=(1, 2)) > 0
+
+    @property
+    def next_counts(self) -> range | list[int]:
+        """The next slot's Ready counts `U` distinguishes (only the maximum above `_EXACT_NEXT`)."""
+        return range(self.top + 1) if self.exact_next else [self.top]
+
+    def chunks(self) -> Iterator[tuple[int, int, FloatArray]]:
+        """(first slot, end, U of those slots): U[s, n, j, n', j'], zero where a slot saves nothing."""
+        shape = (self.top + 1, self.in_share.size, len(self.next_counts), self.out_share.size)
+        for c in range(0, self.slots, _CHUNK):
+            end = min(c + _CHUNK, self.slots)
+            U = np.zeros((end - c, *shape))
+            rows = c + np.flatnonzero(self.busy[c:end]) if not self.empty else np.zeros(0, dtype=np.int64)
+            if rows.size:
+                # U falls with what the previous slot takes and rises with what this one may take of
+                # the next: where the two extremes agree, no level matters (a slot that is not full).
+                hi = self._bounds(rows, np.zeros(1), np.ones(1))
+                lo = self._bounds(rows, self.in_share[-1:], np.zeros(1))
+                fixed = np.all(hi - lo <= 1e-12 * np.maximum(np.abs(hi), 1.0), axis=(1, 2, 3, 4))
+                U[rows[fixed] - c] = hi[fixed]
+                tight = rows[~fixed]
+                if tight.size and self.in_share.size > 1:
+                    U[tight - c] = self._bounds(tight, self.in_share, self.out_share)
+                elif tight.size:
+                    U[tight - c] = hi[~fixed]
+            yield c, end, U
+
+    def _group(
+        self, rows: IntArray, cum: tuple[FloatArray, FloatArray, FloatArray], i: int, k: int, in_share: FloatArray
+    ) -> _Group:
+        cV, cE, cF = cum
+        t_obj, length = self.p.objective_s, self.lengths[rows]
+        begin = self.first[rows, i : k + 1].min(axis=1)
+        end = self.last[rows, i : k + 1].max(axis=1) + t_obj
+        empty = ~np.isfinite(end)
+        begin = np.where(empty, 0.0, begin)
+        end = np.where(empty, 0.0, end)
+        inside = np.where(empty, 0.0, np.minimum(end, length) - begin)
+        beyond = np.where(empty, 0.0, np.maximum(end - length, 0.0))
+        # The previous slot's work in the shared stretch [0, shared) is at least its share of it; of
+        # that, what lies before `begin` or after `end` may be outside this window.
+        shared = self.shared_in[rows]
+        outside = np.minimum(begin, shared) + np.maximum(shared - end, 0.0)
+        lost = np.maximum(in_share[None, :] * shared[:, None] - outside[:, None], 0.0)
+        work = cE[:, k + 1] - cE[:, i]
+        return _Group(
+            value=cV[:, k + 1] - cV[:, i],
+            before=np.cumsum(work, axis=-1) - work,
+            slack=self.p.lanes * self.dmax[rows, i : k + 1].max(axis=1),
+            free=cF[:, k + 1] - cF[:, i],
+            inside=inside,
+            beyond=beyond,
+            lost=lost,
+        )
+
+    def _bound(self, g: _Group, cap: FloatArray) -> FloatArray:
+        """The group's savings bound for capacities `cap` of shape (rows, ...)."""
+        extra = cap.ndim - 1
+        shape = (-1,) + (1,) * extra
+        value = g.value.reshape(g.value.shape[:1] + (1,) * extra + g.value.shape[1:])
+        before = g.before.reshape(value.shape)
+        saved = _greedy(value, before, self.density, cap + g.slack.reshape(shape))
+        return np.where(cap > 0, saved, g.free.reshape(shape))
+
+    def _bounds(self, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
+        """U for the slots `rows`: the least sum of group bounds over partitions into atom runs.
+
+        A group's window runs from its first arrival to its last one plus `T`. One that does not end
+        the slot counts any window beyond it at the pool's maximum; one that ends it counts the next
+        slot's capacity up to the share `out_share[j']` of the stretch it shares with that slot, and
+        any window past the next slot at the maximum.
+        """
+        atoms, top = self.atoms, self.top
+        cum = tuple(
+            np.concatenate((np.zeros((rows.size, 1, *a.shape[2:])), np.cumsum(a[rows], axis=1)), axis=1)
+            for a in (self.V, self.E, self.free)
+        )
+        groups = {(i, k): self._group(rows, cum, i, k, in_share) for k in range(atoms) for i in range(k + 1)}  # type: ignore[arg-type]
+        nexts = np.asarray(list(self.next_counts), dtype=np.float64)
+        # The next slot's capacity a closing group may use, per (n', j'): within its window, its share.
+        after = {i: np.minimum(groups[(i, atoms - 1)].beyond, self.nxt[rows]) for i in range(atoms)}
+        shared_out = self.shared_out[rows]
+        extra = {
+            i: np.minimum(
+                out_share[None, None, :] * nexts[None, :, None] * shared_out[:, None, None],
+                nexts[None, :, None] * after[i][:, None, None],
+            )
+            + top * (groups[(i, atoms - 1)].beyond - after[i])[:, None, None]
+            for i in range(atoms)
+        }
+        n = np.arange(top + 1, dtype=np.float64)
+        J = in_share.size
+
+        def cap_of(g: _Group) -> FloatArray:
+            """(rows, n, j): n replicas over the window, less what the previous slot takes of it."""
+            return n[None, :, None] * (g.inside[:, None, None] - g.lost[:, None, :])
+
+        def bounds_of(g: _Group, cap: FloatArray) -> FloatArray:
+            # Levels that leave the group's capacity alone give the same bound: compute one, broadcast.
+            if np.all(g.lost == 0.0):
+                return np.broadcast_to(self._bound(g, cap[:, :, :1]), cap.shape)
+            return self._bound(g, cap)
+
+        best = np.zeros((rows.size, top + 1, J, atoms))  # best[..., a]: least bound of atoms [0, a)
+        for k in range(atoms - 1):
+            candidates = []
+            for i in range(k + 1):
+                g = groups[(i, k)]
+                cap = cap_of(g) + top * g.beyond[:, None, None]
+                candidates.append(best[..., i] + bounds_of(g, cap))
+            best[..., k + 1] = np.min(candidates, axis=0)
+        tails = []
+        for i in range(atoms):
+            g = groups[(i, atoms - 1)]
+            inner = cap_of(g)
+            if np.all(g.lost == 0.0):
+                saved = self._bound(g, inner[:, :, :1, None, None] + extra[i][:, None, None])
+            else:
+                saved = self._bound(g, inner[:, :, :, None, None] + extra[i][:, None, None])
+            tails.append(best[:, :, :, i, None, None] + saved)
+        return np.asarray(np.min(tails, axis=0), dtype=np.float64)
