@@ -24,7 +24,8 @@ slot before (below). The bound is `min over plans and levels of cost + API total
 a DP over slots whose state is (Ready count, level): `(max_replicas + 1) * (SHARE_LEVELS + 1)` states
 (`policies/slot_savings.py` computes `U`).
 
-`U_s`: each slot is cut into `A` atoms (of length at least `T` where the slot allows). Take a *group*
+`U_s`: each slot is cut into `A` equal atoms (of about `T`, or `T / 2` in a slot that one replica
+cannot serve whole; any cut gives a bound, finer ones more partitions to choose from). Take a *group*
 of consecutive atoms, an on-time GPU subset `G` of its requests within one lane, `f` the group's
 first arrival, `l` its last, and `i` the last request of `G`. Work arriving at or after `f` is served
 no earlier than `f`, and a FIFO lane serves all of `G` before `i`, and `i`'s prefill, before `i`'s

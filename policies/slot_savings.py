@@ -29,7 +29,13 @@ IntArray = npt.NDArray[np.int64]
 _DENSITY_BINS = 8
 """Price-per-work bins of the knapsack bound; the API's prices make densities vary within ~25 %."""
 _MAX_ATOMS = 8
-_CHUNK = 512
+_FINE_ATOMS = 16
+FINE_ATOM_SHARE = 0.5
+"""Slots with load enough to matter are cut again into atoms of this share of the objective (at most
+`_FINE_ATOMS`): more partitions, a tighter `U`; light slots keep atoms of one objective."""
+_CHUNK = 2048
+"""Slots whose U is held at once."""
+_BATCH = 512
 """Slots evaluated at once (bounds the memory of the vectorised knapsack)."""
 
 
@@ -51,14 +57,15 @@ def _sums(index: IntArray, weights: FloatArray, size: int) -> FloatArray:
     return np.asarray(np.bincount(index, weights=weights, minlength=size), dtype=np.float64)
 
 
-def _greedy(V: FloatArray, before: FloatArray, density: FloatArray, cap: FloatArray) -> FloatArray:
+def _greedy(before: FloatArray, upper: FloatArray, density: FloatArray, cap: FloatArray) -> FloatArray:
     """Fractional knapsack over density bins (last axis, densest first) filled up to `cap`.
 
-    Bin `c` holds `V[c]` dollars at `density[c]` per replica-second, after `before[c]` replica-seconds
-    of denser bins. `cap` may carry extra trailing axes before the bins' (broadcast against them).
+    Bin `c` is filled from `before[c]` replica-seconds (the work of denser bins) to `upper[c]`, at
+    `density[c]` dollars per replica-second: it saves `density * (clip(cap, before, upper) - before)`.
+    `cap` may carry extra trailing axes before the bins' (broadcast against them).
     """
-    room = np.maximum(cap[..., None] - before, 0.0)
-    return np.asarray(np.minimum(V, density * room).sum(axis=-1))
+    filled = np.clip(cap[..., None], before, upper)
+    return np.asarray(filled @ density - before @ density)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,8 @@ class _Group:
     """Atoms i..k of each slot in a chunk: their savable dollars per bin, the work of denser bins ahead
     of each bin, slack, free value, and the group's window inside, beyond and before the slot's end."""
 
-    value: FloatArray
     before: FloatArray
+    upper: FloatArray
     slack: FloatArray
     free: FloatArray
     inside: FloatArray
@@ -75,6 +82,21 @@ class _Group:
     lost: FloatArray
     """Per incoming level: the share of one replica's capacity the previous slot's work takes inside
     the window at least (the previous slot's part minus what lies outside the window)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Atoms:
+    """Every slot's requests binned into `atoms` equal atoms and the density bins."""
+
+    atoms: int
+    V: FloatArray
+    """Savable dollars per (slot, atom, bin), densest bin first."""
+    E: FloatArray
+    """Their work, counted at each bin's densest request."""
+    dmax: FloatArray
+    free: FloatArray
+    first: FloatArray
+    last: FloatArray
 
 
 class SlotSavings:
@@ -100,12 +122,11 @@ class SlotSavings:
         self.empty = self.top == 0 or not np.any(savable)
         if self.empty:
             return
-        self.atoms = atoms = (
-            int(min(max(math.floor(float(np.median(lengths)) / t_obj), 1), _MAX_ATOMS)) if t_obj > 0 else 1
-        )
+        median = float(np.median(lengths))
+        coarse = int(min(max(math.floor(median / t_obj), 1), _MAX_ATOMS)) if t_obj > 0 else 1
+        fine = int(min(max(math.floor(median / (t_obj * FINE_ATOM_SHARE)), 1), _FINE_ATOMS)) if t_obj > 0 else 1
         s_idx = slot[savable]
         offset = p.arrival_s[savable] - bounds[s_idx]
-        atom = np.clip((offset / (lengths[s_idx] / atoms)).astype(np.int64), 0, atoms - 1)
         value = p.api_usd[savable]
         work = np.maximum(p.work_s[savable], 1e-15)
         decode = np.maximum(p.work_s[savable] - p.prefill_s[savable], 0.0)
@@ -120,23 +141,34 @@ class SlotSavings:
         # Each bin's work is counted at the densest request in it: E = V / density_max <= the bin's work.
         bin_top = np.zeros(bins)
         np.maximum.at(bin_top, klass, density)
-        cell = s_idx * atoms + atom
-        V = _sums(cell * bins + klass, value, slots * atoms * bins).reshape(slots, atoms, bins)
-        dmax_flat = np.zeros(slots * atoms)
-        np.maximum.at(dmax_flat, cell, decode)
-        self.dmax = dmax_flat.reshape(slots, atoms)
-        free = np.where(p.prefill_s[savable] <= 0, value, 0.0)
-        self.free = _sums(cell, free, slots * atoms).reshape(slots, atoms)
-        first_flat = np.full(slots * atoms, math.inf)
-        np.minimum.at(first_flat, cell, offset)
-        last_flat = np.full(slots * atoms, -math.inf)
-        np.maximum.at(last_flat, cell, offset)
-        self.first, self.last = first_flat.reshape(slots, atoms), last_flat.reshape(slots, atoms)
         order = np.argsort(-bin_top)  # densest bin first
-        self.V = V[:, :, order]
         self.density = bin_top[order]
-        self.E = self.V / self.density
-        self.busy = self.V.sum(axis=(1, 2)) > 0
+        free = np.where(p.prefill_s[savable] <= 0, value, 0.0)
+
+        def atomize(atoms: int) -> _Atoms:
+            atom = np.clip((offset / (lengths[s_idx] / atoms)).astype(np.int64), 0, atoms - 1)
+            cell = s_idx * atoms + atom
+            V = _sums(cell * bins + klass, value, slots * atoms * bins).reshape(slots, atoms, bins)[:, :, order]
+            dmax = np.zeros(slots * atoms)
+            np.maximum.at(dmax, cell, decode)
+            first = np.full(slots * atoms, math.inf)
+            np.minimum.at(first, cell, offset)
+            last = np.full(slots * atoms, -math.inf)
+            np.maximum.at(last, cell, offset)
+            return _Atoms(
+                atoms=atoms,
+                V=V,
+                E=V / self.density,
+                dmax=dmax.reshape(slots, atoms),
+                free=_sums(cell, free, slots * atoms).reshape(slots, atoms),
+                first=first.reshape(slots, atoms),
+                last=last.reshape(slots, atoms),
+            )
+
+        self.coarse = atomize(coarse)
+        self.fine = atomize(fine) if fine > coarse else None
+        self.savable_total = self.coarse.V.sum(axis=(1, 2))
+        self.busy = self.savable_total > 0
 
     @property
     def next_counts(self) -> range | list[int]:
@@ -151,26 +183,53 @@ class SlotSavings:
             U = np.zeros((end - c, *shape))
             rows = c + np.flatnonzero(self.busy[c:end]) if not self.empty else np.zeros(0, dtype=np.int64)
             if rows.size:
-                # U falls with what the previous slot takes and rises with what this one may take of
-                # the next: where the two extremes agree, no level matters (a slot that is not full).
-                hi = self._bounds(rows, np.zeros(1), np.ones(1))
-                lo = self._bounds(rows, self.in_share[-1:], np.zeros(1))
-                fixed = np.all(hi - lo <= 1e-12 * np.maximum(np.abs(hi), 1.0), axis=(1, 2, 3, 4))
-                U[rows[fixed] - c] = hi[fixed]
-                tight = rows[~fixed]
-                if tight.size and self.in_share.size > 1:
-                    U[tight - c] = self._bounds(tight, self.in_share, self.out_share)
-                elif tight.size:
-                    U[tight - c] = hi[~fixed]
+                U[rows - c] = self._chunk(rows)
             yield c, end, U
 
+    def _chunk(self, rows: IntArray) -> FloatArray:
+        """U for busy slots `rows`.
+
+        U falls with what the previous slot takes and rises with what this one may take of the next:
+        where the two extremes agree, no level matters (a slot that is not full). Where even the
+        tighter extreme saves every savable dollar with one replica the slot is light and keeps its
+        coarse atoms; the others are cut again into fine atoms (any cut gives a bound).
+        """
+        out = np.empty((rows.size, self.top + 1, self.in_share.size, len(self.next_counts), self.out_share.size))
+        none, full = np.zeros(1), np.ones(1)
+        hi = self._bounds(self.coarse, rows, none, full)
+        lo = self._bounds(self.coarse, rows, self.in_share[-1:], none)
+        todo = np.ones(rows.size, dtype=bool)
+        if self.fine is not None:
+            saved_all = lo[:, 1:] >= self.savable_total[rows, None, None, None, None] * (1 - 1e-12)
+            light = np.all(saved_all, axis=(1, 2, 3, 4))
+            out[light] = hi[light]
+            todo = ~light
+            if np.any(todo):
+                hi[todo] = self._bounds(self.fine, rows[todo], none, full)
+                lo[todo] = self._bounds(self.fine, rows[todo], self.in_share[-1:], none)
+        fixed = todo & np.all(hi - lo <= 1e-12 * np.maximum(np.abs(hi), 1.0), axis=(1, 2, 3, 4))
+        out[fixed] = hi[fixed]
+        tight = todo & ~fixed
+        if np.any(tight) and self.in_share.size > 1:
+            atoms = self.fine if self.fine is not None else self.coarse
+            out[tight] = self._bounds(atoms, rows[tight], self.in_share, self.out_share)
+        elif np.any(tight):
+            out[tight] = hi[tight]
+        return out
+
     def _group(
-        self, rows: IntArray, cum: tuple[FloatArray, FloatArray, FloatArray], i: int, k: int, in_share: FloatArray
+        self,
+        a: _Atoms,
+        rows: IntArray,
+        cum: tuple[FloatArray, FloatArray, FloatArray],
+        i: int,
+        k: int,
+        in_share: FloatArray,
     ) -> _Group:
-        cV, cE, cF = cum
+        _, cE, cF = cum
         t_obj, length = self.p.objective_s, self.lengths[rows]
-        begin = self.first[rows, i : k + 1].min(axis=1)
-        end = self.last[rows, i : k + 1].max(axis=1) + t_obj
+        begin = a.first[rows, i : k + 1].min(axis=1)
+        end = a.last[rows, i : k + 1].max(axis=1) + t_obj
         empty = ~np.isfinite(end)
         begin = np.where(empty, 0.0, begin)
         end = np.where(empty, 0.0, end)
@@ -183,9 +242,9 @@ class SlotSavings:
         lost = np.maximum(in_share[None, :] * shared[:, None] - outside[:, None], 0.0)
         work = cE[:, k + 1] - cE[:, i]
         return _Group(
-            value=cV[:, k + 1] - cV[:, i],
             before=np.cumsum(work, axis=-1) - work,
-            slack=self.p.lanes * self.dmax[rows, i : k + 1].max(axis=1),
+            upper=np.cumsum(work, axis=-1),
+            slack=self.p.lanes * a.dmax[rows, i : k + 1].max(axis=1),
             free=cF[:, k + 1] - cF[:, i],
             inside=inside,
             beyond=beyond,
@@ -196,12 +255,16 @@ class SlotSavings:
         """The group's savings bound for capacities `cap` of shape (rows, ...)."""
         extra = cap.ndim - 1
         shape = (-1,) + (1,) * extra
-        value = g.value.reshape(g.value.shape[:1] + (1,) * extra + g.value.shape[1:])
-        before = g.before.reshape(value.shape)
-        saved = _greedy(value, before, self.density, cap + g.slack.reshape(shape))
+        bins = g.before.shape[:1] + (1,) * extra + g.before.shape[1:]
+        saved = _greedy(g.before.reshape(bins), g.upper.reshape(bins), self.density, cap + g.slack.reshape(shape))
         return np.where(cap > 0, saved, g.free.reshape(shape))
 
-    def _bounds(self, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
+    def _bounds(self, a: _Atoms, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
+        """U for the slots `rows` (see `_batch`), a batch at a time."""
+        parts = [self._batch(a, rows[b : b + _BATCH], in_share, out_share) for b in range(0, rows.size, _BATCH)]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def _batch(self, a: _Atoms, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
         """U for the slots `rows`: the least sum of group bounds over partitions into atom runs.
 
         A group's window runs from its first arrival to its last one plus `T`. One that does not end
@@ -209,12 +272,12 @@ class SlotSavings:
         slot's capacity up to the share `out_share[j']` of the stretch it shares with that slot, and
         any window past the next slot at the maximum.
         """
-        atoms, top = self.atoms, self.top
+        atoms, top = a.atoms, self.top
         cum = tuple(
-            np.concatenate((np.zeros((rows.size, 1, *a.shape[2:])), np.cumsum(a[rows], axis=1)), axis=1)
-            for a in (self.V, self.E, self.free)
+            np.concatenate((np.zeros((rows.size, 1, *x.shape[2:])), np.cumsum(x[rows], axis=1)), axis=1)
+            for x in (a.V, a.E, a.free)
         )
-        groups = {(i, k): self._group(rows, cum, i, k, in_share) for k in range(atoms) for i in range(k + 1)}  # type: ignore[arg-type]
+        groups = {(i, k): self._group(a, rows, cum, i, k, in_share) for k in range(atoms) for i in range(k + 1)}  # type: ignore[arg-type]
         nexts = np.asarray(list(self.next_counts), dtype=np.float64)
         # The next slot's capacity a closing group may use, per (n', j'): within its window, its share.
         after = {i: np.minimum(groups[(i, atoms - 1)].beyond, self.nxt[rows]) for i in range(atoms)}
