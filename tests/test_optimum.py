@@ -190,6 +190,38 @@ def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_
     assert tighter >= 4, f"the shared capacity tightened only {tighter} of 40 cases"
 
 
+def test_fine_atoms_tighten_the_bound_and_it_stays_below_every_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One 4 s slot (a 4 s tick and cold start): its requests are cut into atoms of half the objective
+    # where one replica cannot serve them whole. Coarse atoms (FINE_ATOM_SHARE = 1) give a looser bound;
+    # the fine one must still stay below every plan and routing of the world, and be tighter somewhere.
+    import policies.slot_savings as slot_savings
+    import tests.test_optimum as here
+
+    for name, value in (("COLD", 4.0), ("STEP", 4.0), ("HORIZON", 8.0)):
+        monkeypatch.setattr(here, name, value)
+    tighter = 0
+    for seed in range(80):
+        rng = np.random.default_rng(900 + seed)
+        m = int(rng.integers(3, 6))
+        arrivals = sorted((4.0 + rng.integers(0, 32, m) / EIGHTHS).tolist())
+        inputs, outputs = rng.integers(2, 14, m).tolist(), rng.integers(0, 10, m).tolist()
+        usd_per_hour = float(rng.choice([36.0, 360.0]))
+        problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
+        bound = offline_optimum(problem).total_usd
+        with monkeypatch.context() as patch:
+            patch.setattr(slot_savings, "FINE_ATOM_SHARE", 1.0)
+            coarse = offline_optimum(problem).total_usd
+        assert bound >= coarse - 1e-9
+        tighter += bound > coarse + 1e-9
+        best = min(
+            _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour)
+            for plan in itertools.product(range(2), repeat=2)
+            for assignment in itertools.product(range(3), repeat=m)
+        )
+        assert bound <= best + 1e-9, f"seed {seed}: bound {bound} above the world's best {best}"
+    assert tighter >= 3, f"fine atoms tightened only {tighter} of 80 cases"
+
+
 def test_one_request_the_bound_is_the_true_optimum() -> None:
     # One request at 4 s: a replica started at tick 2 is Ready at 4 and serves it on time; 2 s of cold
     # start and 2 s of service cost $2 at $0.50/s, against $3 at the API.
