@@ -92,8 +92,8 @@ SHARE_LEVELS = 4
 """Levels of the capacity two neighbouring slots share: each boundary counts at most a quarter of it
 twice (see the module docstring)."""
 _MAX_WORK = 400_000_000
-"""Largest DP solved, in slots x states^2 (about a minute on one core): a week at 6-second ticks with
-8 replicas fits."""
+"""Largest DP solved, in slots x states^2 (a minute or two on one core): a week at 4-second ticks with
+8 replicas fits, one at 2-second ticks does not."""
 
 
 class OptimumTooLarge(ValueError):
