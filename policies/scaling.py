@@ -221,18 +221,26 @@ def _decide_on_demand(
     # over pays for it.
     overflow = demand.overflow_tokens_per_second or 0.0
     # Only with every replica Ready: one still starting will take over part of the overflow. A new
-    # replica is credited with OVERFLOW_CREDIT of it.
+    # replica is credited with OVERFLOW_CREDIT of it, for at most the scale-down delay: a burst is only
+    # known to last while it is seen, and with hourly billing crediting it for the whole paid hour
+    # bought replicas for bursts long gone (measured: 1.77x against 1.42x the optimum at 10x).
     overflow_pays = False
     if overflow > 0 and fallback_open and current > 0 and obs.ready_replicas >= current:
         _, usd_per_token = offered_and_price(spec, demand)
-        burst = start_check(spec, OVERFLOW_CREDIT * min(overflow, spec.demand.replica_tokens_per_second), usd_per_token)
+        burst = start_check(
+            spec,
+            OVERFLOW_CREDIT * min(overflow, spec.demand.replica_tokens_per_second),
+            usd_per_token,
+            serving_at_most=float(spec.demand.scale_down_delay_seconds),
+        )
         overflow_pays = burst.worth_it
         if overflow_pays and wanted <= current:
             wanted = current + 1
             reason = Reason.OVERFLOW_PAYS
             message = (
                 f"overflowing {overflow:.0f} tok/s: half of it is ${burst.api_usd:.2f} of API spend over "
-                f"{burst.horizon_seconds:.0f} s vs ${burst.gpu_usd:.2f} of GPU: adding a replica"
+                f"{burst.serving_seconds or 0:.0f} s vs ${burst.gpu_usd:.2f} of GPU for "
+                f"{burst.horizon_seconds:.0f} s: adding a replica"
             )
     desired = wanted
 

@@ -36,6 +36,9 @@ class CostCheck:
     api_usd: float
     gpu_usd: float
     horizon_seconds: float
+    """How long the replica is billed for."""
+    serving_seconds: float | None = None
+    """How long the absorbed rate is credited (a new replica: its horizon less the cold start)."""
 
 
 def offered_and_price(spec: GPUPoolSpec, demand: DemandSample) -> tuple[float, float]:
@@ -81,7 +84,7 @@ def replica_worth(
             offered = max(offered, keep_tokens_per_second)
         absorbed = min(offered / (replicas_before + 1), capacity)
         api_usd = absorbed * usd_per_token * 3600.0
-        return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0)
+        return CostCheck(api_usd >= gpu_hourly and absorbed > 0, absorbed, api_usd, gpu_hourly, 3600.0, 3600.0)
     beyond = min(max(offered - replicas_before * capacity, 0.0), capacity)
     overflow = max(demand.overflow_tokens_per_second or 0.0, 0.0)
     bursts = OVERFLOW_CREDIT * min(max(overflow - (replicas_before - current) * capacity, 0.0), capacity)
@@ -104,8 +107,14 @@ def mean_sized_replicas(spec: GPUPoolSpec, mean_tokens_per_second: float | None)
     return max(math.ceil(mean_tokens_per_second / per_replica - 1e-9), 0)
 
 
-def start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> CostCheck:
-    """A new replica absorbing `absorbed` tok/s after its cold start, against its billed horizon."""
+def start_check(
+    spec: GPUPoolSpec, absorbed: float, usd_per_token: float, *, serving_at_most: float | None = None
+) -> CostCheck:
+    """A new replica absorbing `absorbed` tok/s after its cold start, against its billed horizon.
+
+    `serving_at_most` caps how long the absorbed rate is credited (a burst is only known to last as long
+    as it is seen); the replica is still billed for its whole horizon.
+    """
     horizon = float(
         max(
             spec.billing.granularity.seconds,
@@ -114,9 +123,11 @@ def start_check(spec: GPUPoolSpec, absorbed: float, usd_per_token: float) -> Cos
         )
     )
     serving = max(horizon - spec.cold_start_seconds, 0.0)
+    if serving_at_most is not None:
+        serving = min(serving, serving_at_most)
     api_usd = absorbed * usd_per_token * serving
     gpu_usd = spec.replica_usd_per_hour * horizon / 3600.0
-    return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon)
+    return CostCheck(api_usd >= gpu_usd and absorbed > 0, absorbed, api_usd, gpu_usd, horizon, serving)
 
 
 def cost_limit(

@@ -268,6 +268,20 @@ def test_overflow_that_pays_for_a_replica_adds_one() -> None:
     assert state.overflow_at == TUE_NOON and state.overflow_replicas == 1
 
 
+def test_with_hourly_billing_a_burst_is_credited_for_the_scale_down_delay_not_the_paid_hour() -> None:
+    # The same 1,500 tok/s of overflow is ~$0.77 over the 300 s scale-down delay, less than the $1.64 an
+    # hour's replica costs: no replica. Credited for the paid hour less the cold start (3,420 s, ~$8.7)
+    # it would have bought one.
+    spec = make_spec(billing={"granularity": "hour"})
+    decision, state = decide(spec, obs(1, overflowing(TUE_NOON, 1500)), OLD_STATE, TUE_NOON)
+    assert decision.desired_replicas == 1 and decision.reason is not Reason.OVERFLOW_PAYS
+    assert state.overflow_at is None
+    # A burst four times that size pays even over the delay.
+    decision, _ = decide(spec, obs(1, overflowing(TUE_NOON, 6000)), OLD_STATE, TUE_NOON)
+    assert (decision.desired_replicas, decision.reason) == (2, Reason.OVERFLOW_PAYS)
+    assert "over 300 s" in decision.message and "for 3600 s" in decision.message
+
+
 def test_trickle_of_overflow_does_not_add_a_replica_nor_hold_one() -> None:
     # Half of 200 tok/s is $0.10 over 300 s: less than the $0.22 a replica costs.
     decision, state = decide(make_spec(), obs(1, overflowing(TUE_NOON, 200)), OLD_STATE, TUE_NOON)
