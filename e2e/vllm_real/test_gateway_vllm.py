@@ -13,6 +13,7 @@ body and every response body exactly as vLLM sent it. Opt-in: marked ``vllm`` (s
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import threading
@@ -237,12 +238,17 @@ def test_on_time_requests_get_their_first_token_before_late_ones(priority_vllm: 
     # on-time work ahead and are on time, so vLLM's priority scheduler must start them before those
     # eight; first-in-first-out would start them last. What vLLM saw (priorities, when each request
     # arrived, when its first byte came back) is read at the tap: one clock, no client threads.
-    output = 1000
+    # The outputs are long (vLLM streams a tiny model at 100-300 tokens/s): while vLLM computes, the
+    # client threads can wait seconds for a core, and a burst request sent after the on-time ones had
+    # ended would find no on-time work ahead (it made this test fail once in each of two full runs with
+    # 1,000 tokens). Once the two on-time latecomers have their first byte, every client leaves.
+    output = 4000
     burst_size = 4 * MAX_NUM_SEQS
     settings = GatewaySettings(scrape_interval_seconds=0.5, check_priority=True)
     pool = _pool(demand={"replicaTokensPerSecond": 10}, objective={"ttftSeconds": 85, "deferLateRequests": True},
                  fallback={"maxQueueWaitSeconds": 900})  # fmt: skip
     leave = {f"burst-{i}": threading.Event() for i in range(burst_size)}
+    leave |= {f"later-{i}": threading.Event() for i in range(2)}
     # Endpoints Ready as in cluster mode: a /metrics that a starved vLLM answers late must not hold requests.
     with (
         Tap(priority_vllm.url) as tap,
@@ -252,8 +258,9 @@ def test_on_time_requests_get_their_first_token_before_late_ones(priority_vllm: 
         start = len(tap.generated())
         with ThreadPoolExecutor(burst_size + 2) as threads:
             burst = []
-            for tag, event in leave.items():  # one at a time, so that the lanes follow arrival order
-                burst.append(threads.submit(_stream, gw.base_url, output, tag, event))
+            for i in range(burst_size):  # one at a time, so that the lanes follow arrival order
+                tag = f"burst-{i}"
+                burst.append(threads.submit(_stream, gw.base_url, output, tag, leave[tag]))
                 time.sleep(0.05)
             _wait(lambda: _started_on_time(tap, start, burst_size), "the burst at vLLM, its on-time ones running")
             for e in tap.generated()[start:]:
@@ -261,7 +268,10 @@ def test_on_time_requests_get_their_first_token_before_late_ones(priority_vllm: 
                     leave[orjson.loads(e.request)["user"]].set()
             _wait(lambda: _started_late(tap, start) >= MAX_NUM_SEQS, "late ones started in the slots freed")
             time.sleep(0.5)  # the gateway has seen the on-time ones end: no on-time work ahead
-            later = [threads.submit(_stream, gw.base_url, output, f"later-{i}") for i in range(2)]
+            later = [threads.submit(_stream, gw.base_url, output, f"later-{i}", leave[f"later-{i}"]) for i in range(2)]
+            _wait(lambda: _first_bytes(tap, start, "later-") == 2, "the two latecomers' first bytes")
+            for event in leave.values():
+                event.set()
             routes = [f.result() for f in burst + later]
     exchanges = tap.generated()[start:]
     timeline = _timeline(exchanges)
@@ -273,8 +283,9 @@ def test_on_time_requests_get_their_first_token_before_late_ones(priority_vllm: 
     for r in exchanges[burst_size:]:
         # The late requests still waiting in vLLM's queue when this on-time one arrived: it must
         # start before most of them (all but those vLLM starts in the same step as it).
-        waiting = [x for x in late if x.arrived < r.arrived < x.first_byte]
-        overtaken = [x for x in waiting if x.first_byte > r.first_byte]
+        # (A late request its client left before vLLM started it never started: after this one.)
+        waiting = [x for x in late if x.arrived < r.arrived < (x.first_byte or math.inf)]
+        overtaken = [x for x in waiting if (x.first_byte or math.inf) > r.first_byte]
         assert len(waiting) >= MAX_NUM_SEQS and len(overtaken) * 2 >= len(waiting), timeline
 
 
@@ -291,6 +302,15 @@ def _started_on_time(tap: Tap, start: int, size: int) -> bool:
     exchanges = tap.generated()[start : start + size]
     on_time = [e for e in exchanges if _priority(e) is None]
     return len(exchanges) == size and bool(on_time) and all(e.first_byte for e in on_time)
+
+
+def _first_bytes(tap: Tap, start: int, prefix: str) -> int:
+    """Requests whose ``user`` tag starts with ``prefix`` and whose first byte vLLM has sent."""
+    return sum(
+        1
+        for e in tap.generated()[start:]
+        if str(orjson.loads(e.request).get("user", "")).startswith(prefix) and e.first_byte
+    )
 
 
 def _started_late(tap: Tap, start: int) -> int:
