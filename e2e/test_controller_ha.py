@@ -66,9 +66,19 @@ def test_one_acts_and_the_other_takes_over(k8s_cluster: K8sCluster, namespace: s
         assert not controllers[follower].decisions("chat"), controllers[follower].tail()
         # /readyz tells them apart; both are alive.
         leading = httpx.get(controllers[leader].health_url() + "/readyz", timeout=5)
-        standing = httpx.get(controllers[follower].health_url() + "/readyz", timeout=5)
         assert leading.status_code == 200, leading.text
-        assert standing.status_code == 503 and f"holder: {leader}" in standing.text, standing.text
+        # The follower names the holder once its own lease loop has read the Lease: within a retry
+        # period (2 s, jittered) of its last attempt, which may have come just before the leader's.
+        standing = eventually(
+            lambda: (
+                (r := httpx.get(controllers[follower].health_url() + "/readyz", timeout=5)).status_code == 503
+                and f"holder: {leader}" in r.text
+                and r
+            ),
+            10,
+            "the follower's /readyz naming the holder",
+        )
+        assert standing.status_code == 503, standing.text
         assert httpx.get(controllers[follower].health_url() + "/healthz", timeout=5).status_code == 200
         metrics = httpx.get(controllers[leader].health_url() + "/metrics", timeout=5).text
         assert "ebbtide_controller_leader 1.0" in metrics and "ebbtide_controller_ticks_total" in metrics
