@@ -221,12 +221,12 @@ class SlotSavings:
         self,
         a: _Atoms,
         rows: IntArray,
-        cum: tuple[FloatArray, FloatArray, FloatArray],
+        cum: tuple[FloatArray, FloatArray],
         i: int,
         k: int,
         in_share: FloatArray,
     ) -> _Group:
-        _, cE, cF = cum
+        cE, cF = cum
         t_obj, length = self.p.objective_s, self.lengths[rows]
         begin = a.first[rows, i : k + 1].min(axis=1)
         end = a.last[rows, i : k + 1].max(axis=1) + t_obj
@@ -275,7 +275,7 @@ class SlotSavings:
         atoms, top = a.atoms, self.top
         cum = tuple(
             np.concatenate((np.zeros((rows.size, 1, *x.shape[2:])), np.cumsum(x[rows], axis=1)), axis=1)
-            for x in (a.V, a.E, a.free)
+            for x in (a.E, a.free)
         )
         groups = {(i, k): self._group(a, rows, cum, i, k, in_share) for k in range(atoms) for i in range(k + 1)}  # type: ignore[arg-type]
         nexts = np.asarray(list(self.next_counts), dtype=np.float64)

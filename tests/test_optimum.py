@@ -156,6 +156,29 @@ def test_no_plan_and_routing_of_a_tiny_world_beats_the_bound(seed: int) -> None:
     assert bound <= _world_best(arrivals, inputs, outputs, usd_per_hour) + 1e-9
 
 
+def _tighter_and_below_every_world(
+    cases: list[tuple[list[float], list[int], list[int], float]],
+    monkeypatch: pytest.MonkeyPatch,
+    module: object,
+    setting: str,
+    looser: float,
+) -> int:
+    """For one-replica worlds: the bound stays at or above itself with `module.setting = looser` and at
+    or below every plan and routing of the world; how many cases it is strictly tighter in."""
+    tighter = 0
+    for seed, (arrivals, inputs, outputs, usd_per_hour) in enumerate(cases):
+        problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
+        bound = offline_optimum(problem).total_usd
+        with monkeypatch.context() as patch:
+            patch.setattr(module, setting, looser)
+            loose = offline_optimum(problem).total_usd
+        assert bound >= loose - 1e-9
+        tighter += bound > loose + 1e-9
+        best = _world_best(arrivals, inputs, outputs, usd_per_hour, top=1)
+        assert bound <= best + 1e-9, f"case {seed}: bound {bound} above the world's best {best}"
+    return tighter
+
+
 def _boundary_case(rng: np.random.Generator) -> tuple[list[float], list[int], list[int]]:
     """Requests around a slot boundary, enough of them to fill a replica across it."""
     m = int(rng.integers(3, 6))
@@ -174,20 +197,12 @@ def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_
     # still stay below every plan and routing of the world, and be tighter somewhere.
     import policies.optimum as optimum
 
-    tighter = 0
+    cases = []
     for seed in range(40):
         rng = np.random.default_rng(500 + seed)
         arrivals, inputs, outputs = _boundary_case(rng)
-        usd_per_hour = float(rng.choice([36.0, 360.0]))  # cheap GPUs: the plan runs one, and it fills
-        problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
-        bound = offline_optimum(problem).total_usd
-        with monkeypatch.context() as patch:
-            patch.setattr(optimum, "SHARE_LEVELS", 0)
-            loose = offline_optimum(problem).total_usd
-        assert bound >= loose - 1e-9
-        tighter += bound > loose + 1e-9
-        best = _world_best(arrivals, inputs, outputs, usd_per_hour, top=1)
-        assert bound <= best + 1e-9, f"seed {seed}: bound {bound} above the world's best {best}"
+        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))  # cheap GPUs: one runs, full
+    tighter = _tighter_and_below_every_world(cases, monkeypatch, optimum, "SHARE_LEVELS", 0)
     assert tighter >= 4, f"the shared capacity tightened only {tighter} of 40 cases"
 
 
@@ -200,22 +215,14 @@ def test_fine_atoms_tighten_the_bound_and_it_stays_below_every_world(monkeypatch
 
     for name, value in (("COLD", 4.0), ("STEP", 4.0), ("HORIZON", 8.0)):
         monkeypatch.setattr(here, name, value)
-    tighter = 0
+    cases = []
     for seed in range(80):
         rng = np.random.default_rng(900 + seed)
         m = int(rng.integers(3, 6))
         arrivals = sorted((4.0 + rng.integers(0, 32, m) / EIGHTHS).tolist())
         inputs, outputs = rng.integers(2, 14, m).tolist(), rng.integers(0, 10, m).tolist()
-        usd_per_hour = float(rng.choice([36.0, 360.0]))
-        problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
-        bound = offline_optimum(problem).total_usd
-        with monkeypatch.context() as patch:
-            patch.setattr(slot_savings, "FINE_ATOM_SHARE", 1.0)
-            coarse = offline_optimum(problem).total_usd
-        assert bound >= coarse - 1e-9
-        tighter += bound > coarse + 1e-9
-        best = _world_best(arrivals, inputs, outputs, usd_per_hour, top=1)
-        assert bound <= best + 1e-9, f"seed {seed}: bound {bound} above the world's best {best}"
+        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    tighter = _tighter_and_below_every_world(cases, monkeypatch, slot_savings, "FINE_ATOM_SHARE", 1.0)
     assert tighter >= 3, f"fine atoms tightened only {tighter} of 80 cases"
 
 
