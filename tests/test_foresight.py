@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from controller.sim import foresight
-from controller.sim.foresight import block_costs, block_plan, constant_unsaved, foresight_run, parse_blocks
+from controller.sim.foresight import (
+    block_costs,
+    block_plan,
+    constant_unsaved,
+    foresight_run,
+    hindsight_plan,
+    parse_blocks,
+)
 from controller.sim.runner import OPTIMUM, RunSettings, run_one, run_policy
 from controller.sim.workload import Workload
 from policies.overflow import Routing
@@ -90,6 +97,26 @@ def test_without_start_costs_each_block_takes_its_cheapest_count_and_ties_take_f
     assert block_plan(np.array([[2.0, 0.0], [0.0, 0.0]]), start_usd=5.0).tolist() == [0, 0]
 
 
+def test_hindsight_takes_the_count_of_least_cost_over_the_blocks_before() -> None:
+    costs = np.array([[1.0, 9.0, 9.0, 1.0, 1.0], [4.0, 2.0, 2.0, 4.0, 4.0]])
+    # Block 0 keeps the initial count; block 3 sees 9+9 against 2+2 over the two blocks before it.
+    assert hindsight_plan(costs, window=2, initial=1).tolist() == [1, 0, 1, 1, 1]
+    assert hindsight_plan(costs, window=1).tolist() == [0, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match="at least one block"):
+        hindsight_plan(costs, window=0)
+
+
+def test_hindsight_needs_only_the_past() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        costs = rng.uniform(0.0, 5.0, size=(4, 12))
+        b = int(rng.integers(1, 12))
+        changed = costs.copy()
+        changed[:, b:] = rng.uniform(0.0, 5.0, size=(4, 12 - b))
+        window = int(rng.integers(1, 5))
+        assert hindsight_plan(costs, window)[: b + 1].tolist() == hindsight_plan(changed, window)[: b + 1].tolist()
+
+
 def _busy_then_quiet() -> Workload:
     """An hour with a request every second (one replica keeps up), then an hour without any."""
     arrivals = np.arange(0.0, 3600.0, 1.0) + 0.5
@@ -135,7 +162,7 @@ def test_the_ladder_prints_every_row_and_bad_input_is_named(capsys: pytest.Captu
     code = foresight.main(["--days", "1", "--peak-rps", "0.05", "--jobs", "1", "--blocks", "60"])
     out = capsys.readouterr().out
     assert code == 0
-    for row in ("ebbtide", "foresight_60m", "optimum_plan", "offline_optimum", "lower_bound"):
+    for row in ("ebbtide", "hindsight_60m", "foresight_60m", "optimum_plan", "offline_optimum", "lower_bound"):
         assert f"\n{row} " in out
     with pytest.raises(SystemExit) as exit_:
         foresight.main(["--blocks", "0"])

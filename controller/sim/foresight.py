@@ -15,8 +15,13 @@ replica started paying one cold start (a DP over blocks), and the workload runs 
 it, each block's replicas started one cold start ahead. That run's row is printed, as achieved: its
 billing and routing are the simulated world's, not the estimate's.
 
-What it is, and is not. It is an achievable cost for a planner that knows each block's outcome and
-holds one count through it. It is not a bound: a policy that also reacts within a block can do better
+Hindsight rows. The same constant runs also give a plan that needs only the past: each block takes
+the count that would have cost least over the hour before it (block 0 keeps the initial count). It is
+what an online policy could do if it replayed the last hour's requests through `k` replicas for every
+`k` (the gateway sees each request it routes), re-deciding once a block.
+
+What it is, and is not. A foresight row is an achievable cost for a planner that knows each block's
+outcome and holds one count through it. It is not a bound: a policy that also reacts within a block can do better
 than the block's one count, and blocks run in sequence are not quite the constant runs they were
 picked from. Read it as the price of a forecast: what scaling to a perfect forecast at that horizon
 costs, against what Ebbtide pays without one. It measures the simulated world; it asserts nothing.
@@ -74,6 +79,8 @@ BoolArray = npt.NDArray[np.bool_]
 
 DEFAULT_BLOCKS = (60.0, 15.0, 5.0)
 """Block lengths in minutes: an hour, a quarter, five minutes."""
+HINDSIGHT_S = 3600.0
+"""The past a hindsight row looks back on: the last hour, as Ebbtide's own mean does."""
 
 
 def parse_blocks(text: str) -> tuple[float, ...]:
@@ -166,6 +173,22 @@ def block_plan(costs: FloatArray, start_usd: float = 0.0, initial: int = 0) -> I
     return path
 
 
+def hindsight_plan(costs: FloatArray, window: int, initial: int = 0) -> IntArray:
+    """Each block's count from the past only: the one of least cost over the `window` blocks before it.
+
+    Block 0 has no past and keeps `initial`; a tie takes the fewer replicas.
+    """
+    if window < 1:
+        raise ValueError("the window must hold at least one block")
+    counts, blocks = costs.shape
+    before = np.concatenate((np.zeros((counts, 1)), np.cumsum(costs, axis=1)), axis=1)
+    ends = np.arange(blocks)
+    past = before[:, ends] - before[:, np.maximum(ends - window, 0)]
+    out = np.asarray(np.argmin(past, axis=0), dtype=np.int64)
+    out[0] = min(initial, counts - 1)
+    return out
+
+
 def foresight_run(
     workload: Workload,
     spec: GPUPoolSpec,
@@ -173,9 +196,11 @@ def foresight_run(
     block_s: float,
     unsaved_by_k: Sequence[BoolArray],
     api_usd: FloatArray,
-    name: str | None = None,
+    *,
+    hindsight: bool = False,
 ) -> PolicyRun:
-    """The run that follows each block's cheapest count (see the module docstring)."""
+    """The run that follows each block's cheapest count, or with `hindsight` the count of least cost
+    over the hour before each block (see the module docstring)."""
     costs = block_costs(
         workload.arrival_s,
         api_usd,
@@ -184,11 +209,17 @@ def foresight_run(
         block_s=block_s,
         replica_usd_per_hour=spec.replica_usd_per_hour,
     )
-    start_usd = spec.replica_usd_per_hour * spec.cold_start_seconds / 3600.0
-    counts = block_plan(costs, start_usd, settings.initial_replicas)
+    if hindsight:
+        window = max(round(HINDSIGHT_S / block_s), 1)
+        counts = hindsight_plan(costs, window, settings.initial_replicas)
+        name = f"hindsight_{block_s / 60:g}m"
+    else:
+        start_usd = spec.replica_usd_per_hour * spec.cold_start_seconds / 3600.0
+        counts = block_plan(costs, start_usd, settings.initial_replicas)
+        name = f"foresight_{block_s / 60:g}m"
     starts = np.arange(counts.size, dtype=np.float64) * block_s
     plan = ReplicaPlan(workload.start, starts, counts, float(spec.cold_start_seconds))
-    return _plan_run(name or f"foresight_{block_s / 60:g}m", workload, spec, settings, plan)
+    return _plan_run(name, workload, spec, settings, plan)
 
 
 def _pool(jobs: int) -> ProcessPoolExecutor:
@@ -198,28 +229,36 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
     )
 
 
+def _row(
+    workload: Workload,
+    spec: GPUPoolSpec,
+    settings: RunSettings,
+    masks: Sequence[BoolArray],
+    api_usd: FloatArray,
+    job: tuple[float, bool],
+) -> PolicyRun:
+    block_s, hindsight = job
+    return foresight_run(workload, spec, settings, block_s, masks, api_usd, hindsight=hindsight)
+
+
 def ladder(
     workload: Workload, spec: GPUPoolSpec, settings: RunSettings, blocks_min: Sequence[float], jobs: int
 ) -> dict[str, PolicyRun]:
-    """Ebbtide, the optimum's plan and one foresight row per block length, with the two references."""
+    """Ebbtide, a hindsight and a foresight row per block length, the optimum's plan and the references."""
     top = _top(spec, settings)
     price = spec.fallback.price
     api_usd = (
         workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million
     ) / 1e6
     counts = range(top + 1)
+    plans = [(b * 60.0, True) for b in blocks_min] + [(b * 60.0, False) for b in blocks_min]
     if jobs > 1:
         with _pool(jobs) as pool:
             masks = list(pool.map(partial(constant_unsaved, workload, spec, settings), counts))
-            rows = list(
-                pool.map(
-                    partial(foresight_run, workload, spec, settings, unsaved_by_k=masks, api_usd=api_usd),
-                    [b * 60 for b in blocks_min],
-                )
-            )
+            rows = list(pool.map(partial(_row, workload, spec, settings, masks, api_usd), plans))
     else:
         masks = [constant_unsaved(workload, spec, settings, k) for k in counts]
-        rows = [foresight_run(workload, spec, settings, b * 60, masks, api_usd) for b in blocks_min]
+        rows = [_row(workload, spec, settings, masks, api_usd, job) for job in plans]
     runs = run_all(workload, spec, settings, [EBBTIDE, OPTIMUM_PLAN, OPTIMUM, LOWER_BOUND], progress=False, jobs=jobs)
     out = {EBBTIDE: runs[EBBTIDE]}
     out.update({r.name: r for r in rows})
