@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,12 +160,23 @@ def test_foresight_scales_for_the_busy_hour_and_to_zero_for_the_quiet_one() -> N
     assert optimum.total_usd <= run.slo_priced_usd + 1e-9
 
 
-def test_the_ladder_prints_every_row_and_bad_input_is_named(capsys: pytest.CaptureFixture[str]) -> None:
-    code = foresight.main(["--days", "1", "--peak-rps", "0.05", "--jobs", "1", "--blocks", "60"])
+def test_the_ladder_prints_every_row_and_bad_input_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_json = tmp_path / "ladder.json"
+    code = foresight.main(
+        ["--days", "1", "--peak-rps", "0.05", "--jobs", "1", "--blocks", "60", "--json", str(out_json)]
+    )
     out = capsys.readouterr().out
     assert code == 0
-    for row in ("ebbtide", "hindsight_60m", "foresight_60m", "optimum_plan", "offline_optimum", "lower_bound"):
+    rows = ("ebbtide", "hindsight_60m", "foresight_60m", "optimum_plan", "offline_optimum", "lower_bound")
+    for row in rows:
         assert f"\n{row} " in out
+    document = json.loads(out_json.read_text())
+    assert list(document["policies"]) == list(rows)
+    assert document["inputs"]["blocks_min"] == [60.0]
+    assert document["policies"]["offline_optimum"]["x_offline_optimum"] == pytest.approx(1.0)
+    for flag in ("--policy=ebbtide", "--plot=x.png", "--decisions=d.jsonl"):
+        assert foresight.main([flag]) == 2
+        assert f"{flag.split('=')[0]} is not supported here" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         foresight.main(["--blocks", "0"])
     assert exit_.value.code == 2

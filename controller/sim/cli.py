@@ -233,7 +233,8 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
     )
 
 
-def _inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings) -> dict[str, Any]:
+def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings) -> dict[str, Any]:
+    """What a run was given, for the JSON report's `inputs`."""
     return {
         **workload.inputs,
         "pool": str(args.pool),
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            document = to_json(runs, _inputs(args, workload, settings))
+            document = to_json(runs, run_inputs(args, workload, settings))
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         if args.decisions:
             args.decisions.parent.mkdir(parents=True, exist_ok=True)

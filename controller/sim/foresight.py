@@ -1,6 +1,8 @@
 """Foresight: what scaling would cost if the load of each block of time were known in advance.
 
-    python -m controller.sim.foresight [the options of `ebbtide simulate`] [--blocks 60,15,5]
+    python -m controller.sim.foresight [the options of `ebbtide simulate`] [--blocks 60,15,5] [--json F]
+
+(`--policy`, `--plot` and `--decisions` are refused: the rows are fixed.)
 
 `offline_optimum` knows every request to the second; an online policy such as Ebbtide's knows only the
 past. This measures what lies between: how much a forecast of each block of `--blocks` minutes could
@@ -30,6 +32,7 @@ costs, against what Ebbtide pays without one. It measures the simulated world; i
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import sys
@@ -43,7 +46,7 @@ import numpy.typing as npt
 
 from controller.sim import cli
 from controller.sim.engine import RouteCode
-from controller.sim.report import render_table
+from controller.sim.report import render_table, to_json
 from controller.sim.runner import (
     EBBTIDE,
     LOWER_BOUND,
@@ -280,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         help="block lengths in minutes, comma-separated (default 60,15,5)",
     )
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
+    # The ladder's rows are fixed: options that choose rows or write what it does not make are refused.
+    for flag, given in (("--policy", args.policy), ("--plot", args.plot), ("--decisions", args.decisions)):
+        if given:
+            print(f"foresight: error: {flag} is not supported here (the ladder's rows are fixed)", file=sys.stderr)
+            return 2
     try:
         spec = cli.apply_overrides(cli.load_spec(args.pool), args.set)
         workload = cli.build_workload(args)
@@ -296,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload: {len(workload):,} requests over {workload.duration_s / 86400:.1f} days; pool {args.pool}")
     print(render_table(runs))
     print(f"(in {time.perf_counter() - began:.1f} s; SLO: first token within {settings.slo_ttft_seconds:g} s)")
+    if args.json:
+        inputs = {**cli.run_inputs(args, workload, settings), "blocks_min": list(args.blocks)}
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(to_json(runs, inputs), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"foresight: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
     return 0
 
 
