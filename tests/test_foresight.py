@@ -174,6 +174,9 @@ def test_the_ladder_prints_every_row_and_bad_input_is_named(capsys: pytest.Captu
     assert list(document["policies"]) == list(rows)
     assert document["inputs"]["blocks_min"] == [60.0]
     assert document["policies"]["offline_optimum"]["x_offline_optimum"] == pytest.approx(1.0)
+    hourly = ["--days", "1", "--peak-rps", "0.05", "--jobs", "1", "--blocks", "60", "--set", "billing.granularity=hour"]
+    assert foresight.main(hourly) == 0
+    assert "chosen on GPU time by the second; billed by the hour" in capsys.readouterr().err
     for flag in ("--policy=ebbtide", "--plot=x.png", "--decisions=d.jsonl"):
         assert foresight.main([flag]) == 2
         assert f"{flag.split('=')[0]} is not supported here" in capsys.readouterr().err

@@ -27,6 +27,8 @@ outcome and holds one count through it. It is not a bound: a policy that also re
 than the block's one count, and blocks run in sequence are not quite the constant runs they were
 picked from. Read it as the price of a forecast: what scaling to a perfect forecast at that horizon
 costs, against what Ebbtide pays without one. It measures the simulated world; it asserts nothing.
+The plans are chosen on GPU time by the second (a start pays its cold start): with coarser billing
+their rows, billed as the pool is, pay for time the plan did not count, and a note says so.
 """
 
 from __future__ import annotations
@@ -299,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"foresight: error: {problem}", file=sys.stderr)
         return 2
+    if spec.billing.granularity.seconds > 1:
+        print(
+            f"foresight: note: the plans are chosen on GPU time by the second; billed by the "
+            f"{spec.billing.granularity.value}, their rows pay for time they did not plan for",
+            file=sys.stderr,
+        )
     began = time.perf_counter()
     runs = ladder(workload, spec, settings, args.blocks, args.jobs)
     print(f"workload: {len(workload):,} requests over {workload.duration_s / 86400:.1f} days; pool {args.pool}")
