@@ -72,6 +72,7 @@ __all__ = [
     "block_plan",
     "constant_unsaved",
     "foresight_run",
+    "hindsight_plan",
     "ladder",
     "main",
     "parse_blocks",
@@ -107,13 +108,6 @@ def _plan_run(name: str, workload: Workload, spec: GPUPoolSpec, settings: RunSet
     return run_policy(
         name, workload, spec, settings, policy=policy, routing=Routing.OVERFLOW, progress=False, static=False
     )
-
-
-def _top(spec: GPUPoolSpec, settings: RunSettings) -> int:
-    top = spec.target.max_replicas
-    if settings.gpu_cap is not None:
-        top = min(top, settings.gpu_cap // spec.target.gpus_per_replica)
-    return top
 
 
 def _horizon(workload: Workload, settings: RunSettings) -> float:
@@ -250,12 +244,8 @@ def ladder(
     workload: Workload, spec: GPUPoolSpec, settings: RunSettings, blocks_min: Sequence[float], jobs: int
 ) -> dict[str, PolicyRun]:
     """Ebbtide, a hindsight and a foresight row per block length, the optimum's plan and the references."""
-    top = _top(spec, settings)
-    price = spec.fallback.price
-    api_usd = (
-        workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million
-    ) / 1e6
-    counts = range(top + 1)
+    problem = optimum_problem(workload, spec, settings)  # its pool size and API prices are the optimum's own
+    api_usd, counts = problem.api_usd, range(problem.max_replicas + 1)
     plans = [(b * 60.0, True) for b in blocks_min] + [(b * 60.0, False) for b in blocks_min]
     if jobs > 1:
         with _pool(jobs) as pool:
