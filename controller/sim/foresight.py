@@ -47,7 +47,6 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.sim import cli
-from controller.sim.engine import RouteCode
 from controller.sim.report import render_table, to_json
 from controller.sim.runner import (
     EBBTIDE,
@@ -56,6 +55,7 @@ from controller.sim.runner import (
     OPTIMUM_PLAN,
     PolicyRun,
     RunSettings,
+    not_on_time,
     optimum_problem,
     run_all,
     run_policy,
@@ -118,7 +118,7 @@ def unsaved(run: PolicyRun) -> BoolArray:
     """Requests a run did not serve on the GPUs within its SLO (the ones ×OPT prices at the fallback)."""
     if run.route is None or run.ttft is None:
         raise ValueError(f"{run.name}: a bound's row has no per-request outcome")
-    return np.asarray(~((run.route == RouteCode.GPU) & (run.ttft <= run.slo_ttft_seconds)))
+    return not_on_time(run.route, run.ttft, run.slo_ttft_seconds)
 
 
 def constant_unsaved(workload: Workload, spec: GPUPoolSpec, settings: RunSettings, k: int) -> BoolArray:

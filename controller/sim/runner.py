@@ -42,6 +42,7 @@ __all__ = [
     "PolicyRun",
     "RunSettings",
     "lower_bound_run",
+    "not_on_time",
     "optimum_plan_run",
     "optimum_problem",
     "optimum_run",
@@ -288,10 +289,14 @@ def _api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
     )
 
 
+def not_on_time(route: np.ndarray, ttft: np.ndarray, slo: float) -> np.ndarray:
+    """Requests not served on the GPUs within `slo` (fallback ones included): those ×OPT prices at the API."""
+    return np.asarray(~((route == RouteCode.GPU) & (ttft <= slo)))
+
+
 def _late_api_usd(workload: Workload, price: ApiPrice, route: np.ndarray, ttft: np.ndarray, slo: float) -> float:
     """The fallback's price of every request not served on the GPUs within `slo` (fallback ones included)."""
-    on_time_gpu = (route == RouteCode.GPU) & (ttft <= slo)
-    return float(_api_usd(workload, price)[~on_time_gpu].sum())
+    return float(_api_usd(workload, price)[not_on_time(route, ttft, slo)].sum())
 
 
 def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
