@@ -22,7 +22,7 @@ from controller.sim.foresight import (
     hindsight_plan,
     parse_blocks,
 )
-from controller.sim.runner import OPTIMUM, RunSettings, run_one, run_policy
+from controller.sim.runner import OPTIMUM, RunSettings, optimum_problem, run_one, run_policy
 from controller.sim.workload import Workload
 from policies.overflow import Routing
 from policies.plan import ReplicaPlan, follow_plan
@@ -137,11 +137,7 @@ def test_foresight_scales_for_the_busy_hour_and_to_zero_for_the_quiet_one() -> N
     # Without replicas every request is unsaved; with one, only those of the first cold start.
     assert masks[0].all()
     assert 0 < masks[1].sum() < 100
-    price = spec.fallback.price
-    api = (
-        workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million
-    ) / 1e6
-    run = foresight_run(workload, spec, settings, 3600.0, masks, api)
+    run = foresight_run(workload, spec, settings, 3600.0, masks, optimum_problem(workload, spec, settings))
     assert run.name == "foresight_60m"
     t, ready = run.timeline["t"], run.timeline["ready"]
     assert ready[(t > 600) & (t < 3600)].min() == 1

@@ -36,17 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from controller.sim import cli
+from controller.sim.parallel import process_pool
 from controller.sim.report import render_table, to_json
 from controller.sim.runner import (
     EBBTIDE,
@@ -62,7 +61,7 @@ from controller.sim.runner import (
 )
 from controller.sim.traces import TraceError
 from controller.sim.workload import Workload
-from policies.optimum import too_large
+from policies.optimum import OptimumProblem, too_large
 from policies.overflow import Routing
 from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
@@ -108,10 +107,6 @@ def _plan_run(name: str, workload: Workload, spec: GPUPoolSpec, settings: RunSet
     return run_policy(
         name, workload, spec, settings, policy=policy, routing=Routing.OVERFLOW, progress=False, static=False
     )
-
-
-def _horizon(workload: Workload, settings: RunSettings) -> float:
-    return max(workload.duration_s, settings.tick_seconds)
 
 
 def unsaved(run: PolicyRun) -> BoolArray:
@@ -194,17 +189,17 @@ def foresight_run(
     settings: RunSettings,
     block_s: float,
     unsaved_by_k: Sequence[BoolArray],
-    api_usd: FloatArray,
+    problem: OptimumProblem,
     *,
     hindsight: bool = False,
 ) -> PolicyRun:
     """The run that follows each block's cheapest count, or with `hindsight` the count of least cost
-    over the hour before each block (see the module docstring)."""
+    over the hour before each block (see the module docstring); `problem` gives the horizon and prices."""
     costs = block_costs(
         workload.arrival_s,
-        api_usd,
+        problem.api_usd,
         unsaved_by_k,
-        horizon_s=_horizon(workload, settings),
+        horizon_s=problem.horizon_s,
         block_s=block_s,
         replica_usd_per_hour=spec.replica_usd_per_hour,
     )
@@ -221,39 +216,32 @@ def foresight_run(
     return _plan_run(name, workload, spec, settings, plan)
 
 
-def _pool(jobs: int) -> ProcessPoolExecutor:
-    methods = multiprocessing.get_all_start_methods()
-    return ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None)
-    )
-
-
 def _row(
     workload: Workload,
     spec: GPUPoolSpec,
     settings: RunSettings,
     masks: Sequence[BoolArray],
-    api_usd: FloatArray,
+    problem: OptimumProblem,
     job: tuple[float, bool],
 ) -> PolicyRun:
     block_s, hindsight = job
-    return foresight_run(workload, spec, settings, block_s, masks, api_usd, hindsight=hindsight)
+    return foresight_run(workload, spec, settings, block_s, masks, problem, hindsight=hindsight)
 
 
 def ladder(
     workload: Workload, spec: GPUPoolSpec, settings: RunSettings, blocks_min: Sequence[float], jobs: int
 ) -> dict[str, PolicyRun]:
     """Ebbtide, a hindsight and a foresight row per block length, the optimum's plan and the references."""
-    problem = optimum_problem(workload, spec, settings)  # its pool size and API prices are the optimum's own
-    api_usd, counts = problem.api_usd, range(problem.max_replicas + 1)
+    problem = optimum_problem(workload, spec, settings)  # its pool size, horizon and prices are the optimum's own
+    counts = range(problem.max_replicas + 1)
     plans = [(b * 60.0, True) for b in blocks_min] + [(b * 60.0, False) for b in blocks_min]
     if jobs > 1:
-        with _pool(jobs) as pool:
+        with process_pool(jobs) as pool:
             masks = list(pool.map(partial(constant_unsaved, workload, spec, settings), counts))
-            rows = list(pool.map(partial(_row, workload, spec, settings, masks, api_usd), plans))
+            rows = list(pool.map(partial(_row, workload, spec, settings, masks, problem), plans))
     else:
         masks = [constant_unsaved(workload, spec, settings, k) for k in counts]
-        rows = [_row(workload, spec, settings, masks, api_usd, job) for job in plans]
+        rows = [_row(workload, spec, settings, masks, problem, job) for job in plans]
     runs = run_all(workload, spec, settings, [EBBTIDE, OPTIMUM_PLAN, OPTIMUM, LOWER_BOUND], progress=False, jobs=jobs)
     out = {EBBTIDE: runs[EBBTIDE]}
     out.update({r.name: r for r in rows})

@@ -18,7 +18,7 @@ from controller.sim.workload import Workload
 from policies.optimum import Optimum, offline_optimum
 from policies.spec import GPUPoolSpec
 
-__all__ = ["run_parallel"]
+__all__ = ["process_pool", "run_parallel"]
 
 # Each row's CPU seconds on the default week (measured with `--jobs 1`), for the start order: the
 # costliest pending row goes to the next free worker, so the slowest rows never start last.
@@ -32,6 +32,14 @@ _WEIGHT = {
     OPTIMUM: 0.05,
     "lower_bound": 0.0,
 }
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes, forked where the platform allows it (the workload is shared, not copied)."""
+    methods = multiprocessing.get_all_start_methods()
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None)
+    )
 
 
 def _solve(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> Optimum:
@@ -53,8 +61,6 @@ def run_parallel(
     When both the optimum's row and its plan's are asked for and `best` is not given, one worker solves
     the optimum first and both rows are queued once it is known, while the policies already run.
     """
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
     show = sys.stderr.isatty() if progress is None else progress
     needs_best = (
         [n for n in names if n in (OPTIMUM, OPTIMUM_PLAN)]
@@ -65,7 +71,7 @@ def run_parallel(
     workers = min(jobs, len(names))
     # Rows are handed out one per free worker (the pool's own queue would run them in submission order).
     waiting = sorted((n for n in names if n not in needs_best), key=lambda n: -_WEIGHT.get(n, 2.0))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         solving: Future[Optimum] | None = pool.submit(_solve, workload, spec, settings) if needs_best else None
         solved: Optimum | None = best
         futures: dict[Future[PolicyRun], str] = {}
