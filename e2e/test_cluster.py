@@ -293,6 +293,14 @@ def test_crds_from_manifests_are_served_and_reject_invalid_objects(k8s_cluster: 
         message = _rejection(create, over)
         assert "replicaMeanTokensPerSecond must be <= replicaTokensPerSecond" in message, message
 
+    # The replica's two speeds go together: one alone is no model of a replica.
+    for name, demand in (("prefill-only", {"replicaPrefillTokensPerSecond": 10000}),
+                         ("decode-only", {"replicaDecodeTokensPerSecond": 2500})):  # fmt: skip
+        half = _valid_gpupool(name)
+        half["spec"]["demand"] = demand
+        message = _rejection(create, half)
+        assert "replicaPrefillTokensPerSecond and replicaDecodeTokensPerSecond go together" in message, message
+
 
 def _try_create(create: Callable[[dict[str, Any]], Any], body: dict[str, Any]) -> bool:
     try:

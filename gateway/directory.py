@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from gateway.accounting import GatewayMetrics, PoolMetrics
 from gateway.providers import ProviderState
 from gateway.upstream import Endpoint
+from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT
 from policies.spec import GPUPool, GPUPoolSpec
 
 __all__ = ["PoolDirectory", "PoolKey", "PoolState"]
@@ -29,9 +30,6 @@ PoolKey = tuple[str, str]
 """(namespace, name) of a GPUPool."""
 
 _LOG = logging.getLogger("ebbtide.gateway")
-# Before the first usage report, a request is taken to generate this many tokens when it sets no max_tokens.
-_INITIAL_COMPLETION_TOKENS = 256.0
-_EWMA_WEIGHT = 0.05
 
 
 class PoolState:
@@ -48,15 +46,17 @@ class PoolState:
         self.fallback_open = True
         self.starting_etas: tuple[float, ...] = ()
         self.work_normal = 0.0
-        """Tokens of this gateway's in-flight GPU requests in the normal lane (estimated at dispatch)."""
+        """Work of this gateway's in-flight GPU requests in the normal lane, estimated at dispatch in tokens at
+        `replicaTokensPerSecond` (`Demand.work_tokens`: with the replica's prefill and decode speeds, its
+        replica-seconds at that rate)."""
         self.work_late = 0.0
         self.backlog_normal = 0.0
         """Of that work, what is not served yet: drained at the Ready replicas' throughput as time passes,
         normal lane first, as the simulator's fluid lanes drain (never more than the work in flight)."""
         self.backlog_late = 0.0
         self._backlog_at = time.monotonic()
-        self.mean_completion = _INITIAL_COMPLETION_TOKENS
-        self.mean_request = _INITIAL_COMPLETION_TOKENS * 2
+        self.mean_completion = INITIAL_COMPLETION_TOKENS
+        self.mean_request = self.spec.demand.work_tokens(INITIAL_COMPLETION_TOKENS, INITIAL_COMPLETION_TOKENS)
         self.held = 0
         self.ready_event = asyncio.Event()
         self._created = time.monotonic()
@@ -137,8 +137,9 @@ class PoolState:
 
     def learn(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Fold one GPU request's reported usage into the per-request work estimate."""
-        self.mean_completion += _EWMA_WEIGHT * (completion_tokens - self.mean_completion)
-        self.mean_request += _EWMA_WEIGHT * (prompt_tokens + completion_tokens - self.mean_request)
+        self.mean_completion += OUTPUT_EWMA_WEIGHT * (completion_tokens - self.mean_completion)
+        work = self.spec.demand.work_tokens(prompt_tokens, completion_tokens)
+        self.mean_request += OUTPUT_EWMA_WEIGHT * (work - self.mean_request)
 
 
 class PoolDirectory:

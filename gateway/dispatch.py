@@ -199,7 +199,7 @@ class Dispatcher:
         late = plan.lane is Lane.LATE
         route = RouteLabel.HELD_GPU if held else (RouteLabel.GPU_LATE if late else RouteLabel.GPU)
         priority = self.settings.late_priority if late and endpoint.priority_ok is not False else None
-        work = req.expected_tokens(pool.mean_completion)
+        work = pool.spec.demand.work_tokens(req.prompt_tokens, req.expected_output(pool.mean_completion))
         url = endpoint.chat_url if req.chat else endpoint.completions_url
         gauge = pool.metrics.in_flight["gpu"]
         endpoint.in_flight += 1

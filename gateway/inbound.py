@@ -66,10 +66,9 @@ class ClientRequest:
     """The request's id: the client's `X-Request-Id` when it is a sane one, else a new one; returned to
     the client and sent to the replica (vLLM uses it as its own request id), so logs line up."""
 
-    def expected_tokens(self, mean_completion: float) -> float:
-        """Estimated work of this request in tokens: its prompt and the output it will likely produce."""
-        out = mean_completion if self.max_tokens is None else min(float(self.max_tokens), mean_completion)
-        return self.prompt_tokens + out
+    def expected_output(self, mean_completion: float) -> float:
+        """The output this request will likely produce: the pool's mean, at most its max_tokens."""
+        return mean_completion if self.max_tokens is None else min(float(self.max_tokens), mean_completion)
 
 
 def _int_field(body: dict[str, Any], key: str) -> int | None:

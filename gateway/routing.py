@@ -79,7 +79,7 @@ def plan_request(
     # Only a budget cap that closed an existing fallback asks to reject (route_request's contract).
     reject = has_fallback and not pool.fallback_open and spec.budget.on_fallback_cap is FallbackCapAction.REJECT
     objective = spec.objective.ttft_seconds
-    budget = objective - prompt_tokens / tps - (now - arrival)
+    budget = objective - spec.demand.prefill_seconds(prompt_tokens) - (now - arrival)
     decision = route_request(
         waiting=pool.backlog_normal + pool.others_work(),
         ready_replicas=n,

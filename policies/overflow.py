@@ -12,7 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-__all__ = ["Lane", "Route", "RouteDecision", "Routing", "expected_wait_seconds", "route_request"]
+__all__ = [
+    "INITIAL_COMPLETION_TOKENS",
+    "OUTPUT_EWMA_WEIGHT",
+    "Lane",
+    "Route",
+    "RouteDecision",
+    "Routing",
+    "expected_wait_seconds",
+    "route_request",
+]
+
+INITIAL_COMPLETION_TOKENS = 256.0
+"""A gateway's estimate of a request's output before the pool's first usage report (no max_tokens)."""
+OUTPUT_EWMA_WEIGHT = 0.05
+"""Weight of each reported output in the gateway's moving mean of a pool's outputs."""
 
 
 class Routing(StrEnum):

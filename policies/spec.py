@@ -318,7 +318,11 @@ class Demand(_Model):
                     "rule": "!has(self.replicaMeanTokensPerSecond)"
                     " || self.replicaMeanTokensPerSecond <= self.replicaTokensPerSecond",
                     "message": "replicaMeanTokensPerSecond must be <= replicaTokensPerSecond",
-                }
+                },
+                {
+                    "rule": "has(self.replicaPrefillTokensPerSecond) == has(self.replicaDecodeTokensPerSecond)",
+                    "message": "replicaPrefillTokensPerSecond and replicaDecodeTokensPerSecond go together",
+                },
             ]
         }
     )
@@ -351,6 +355,36 @@ class Demand(_Model):
     (the gateway sent at least 2% of the hour's tokens to the fallback with a replica Ready). Set well
     below replicaTokensPerSecond: the headroom serves the bursts a mean hides, which a replica started
     when they show would meet only after its cold start. Empty: replicas follow the current rate only."""
+
+    replica_prefill_tokens_per_second: Annotated[float | None, Field(gt=0)] = None
+    """Optional, with replicaDecodeTokensPerSecond: prompt tokens one replica prefills per second when
+    it does nothing else (an 8B model on one H100: roughly 10-20k). With both, the gateway estimates a
+    request's work as its prompt over this plus its expected output over the decode rate, and its own
+    prefill as its prompt over this, the simulator's replica model; without them, as prompt plus output
+    over replicaTokensPerSecond, a blend that overstates a prompt-heavy request's work."""
+    replica_decode_tokens_per_second: Annotated[float | None, Field(gt=0)] = None
+    """Optional, with replicaPrefillTokensPerSecond: tokens one replica generates per second over its
+    whole running batch, at saturation (an 8B model on one H100: roughly 2.5-5k)."""
+
+    def work_tokens(self, prompt_tokens: float, output_tokens: float) -> float:
+        """A request's work in tokens at replicaTokensPerSecond: with the split speeds, its replica-seconds
+        (prompt over prefill, output over decode) times that rate; without them, prompt plus output."""
+        prefill, decode = self.replica_prefill_tokens_per_second, self.replica_decode_tokens_per_second
+        if prefill is None or decode is None:
+            return prompt_tokens + output_tokens
+        return (prompt_tokens / prefill + output_tokens / decode) * self.replica_tokens_per_second
+
+    def prefill_seconds(self, prompt_tokens: float) -> float:
+        """How long a replica takes to prefill a prompt: at the prefill speed, else the blended rate."""
+        return prompt_tokens / (self.replica_prefill_tokens_per_second or self.replica_tokens_per_second)
+
+    @model_validator(mode="after")
+    def _speeds_together(self) -> Demand:
+        if (self.replica_prefill_tokens_per_second is None) != (self.replica_decode_tokens_per_second is None):
+            raise ValueError(
+                "replicaPrefillTokensPerSecond and replicaDecodeTokensPerSecond go together: set both or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mean_within_capacity(self) -> Demand:

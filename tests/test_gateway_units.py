@@ -232,6 +232,39 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
 
+def test_with_the_replicas_speeds_a_prompt_heavy_request_is_estimated_at_its_own_work() -> None:
+    # A replica that prefills 4,000 prompt tokens/s and generates 500/s over its batch.
+    speeds = {
+        "replicaTokensPerSecond": 1000,
+        "replicaPrefillTokensPerSecond": 4000,
+        "replicaDecodeTokensPerSecond": 500,
+    }
+    split = _pool_state({"demand": speeds, "fallback": {"maxQueueWaitSeconds": 2}, "objective": {"ttftSeconds": 1.0}})
+    blend = _pool_state({"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 2},
+                         "objective": {"ttftSeconds": 1.0}})  # fmt: skip
+    demand = split.spec.demand
+    # 800 prompt tokens take 0.2 s and 50 generated 0.1 s: 0.3 replica-seconds, 300 tokens at 1,000/s.
+    assert demand.work_tokens(800, 50) == pytest.approx(300.0)
+    assert demand.prefill_seconds(800) == pytest.approx(0.2)
+    assert blend.spec.demand.work_tokens(800, 50) == 850.0
+    assert blend.spec.demand.prefill_seconds(800) == pytest.approx(0.8)
+    # 0.3 s of work ahead and an 800-token prompt against a 1 s objective: on time when its prefill takes
+    # 0.2 s, late when the blend counts 0.8 s for it.
+    now = time.monotonic()
+    kwargs = {"prompt_tokens": 800, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    for state in (split, blend):
+        state.drain(now, 1)
+        state.work_normal = state.backlog_normal = 300.0
+    assert plan_request(split, **kwargs).lane is Lane.ON_TIME  # type: ignore[arg-type]
+    assert plan_request(blend, **kwargs).lane is Lane.LATE  # type: ignore[arg-type]
+    # Other clients' requests count at the learned work per request, in the same units.
+    split.learn(800, 50)
+    blend.learn(800, 50)
+    start_split, start_blend = demand.work_tokens(256, 256), 512.0
+    assert split.mean_request == pytest.approx(start_split + 0.05 * (300.0 - start_split))
+    assert blend.mean_request == pytest.approx(start_blend + 0.05 * (850.0 - start_blend))
+
+
 def test_our_requests_that_ended_during_a_scrape_are_not_taken_for_other_clients() -> None:
     # The system test's burst: four of ours on the engine when its gauges were read, two of them ended
     # before the scrape's answer came back. Counted against the end alone, two look like others' load,

@@ -139,6 +139,17 @@ def test_shipped_example_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
             "spec.demand",
             "replicaMeanTokensPerSecond (7000) must be <= replicaTokensPerSecond (6000)",
         ),
+        (  # the gateway's estimate needs both speeds: a prefill speed alone is no model of a replica
+            "  target: {deployment: d}\n  demand: {replicaPrefillTokensPerSecond: 10000}\n",
+            "spec.demand",
+            "replicaPrefillTokensPerSecond and replicaDecodeTokensPerSecond go together",
+        ),
+        (
+            "  target: {deployment: d}\n"
+            "  demand: {replicaPrefillTokensPerSecond: 10000, replicaDecodeTokensPerSecond: 0}\n",
+            "spec.demand.replicaDecodeTokensPerSecond",
+            "greater than 0",
+        ),
         ("  target: {deployment: d}\n  tagret: {}\n", "spec.tagret", "unknown field"),
         ("  schedule: {}\n", "spec.target", "required field is missing"),
         (
