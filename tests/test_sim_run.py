@@ -443,3 +443,22 @@ def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
     assert cli.run(_parse(argv)) == 0
     assert "leaving out offline_optimum and optimum_plan" in capsys.readouterr().err
     assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]
+
+
+def test_gateway_estimates_route_ebbtide_on_the_gateways_books_and_leave_the_baselines_alone() -> None:
+    # A busy day of the code trace: the blend (6,000 tok/s) over-counts its prompt-heavy requests and
+    # sends more of them to the fallback than routing on their true work; plain vLLM has no gateway.
+    workload = _week(days=1, peak_rps=3.0, seed=8)
+    spec = _spec(objective={"ttftSeconds": 2.0, "deferLateRequests": True}, fallback={
+        **_spec().fallback.model_dump(by_alias=True, exclude_none=True), "maxQueueWaitSeconds": 2})  # fmt: skip
+    true, books = (
+        run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0, gateway_estimates=on), progress=False)
+        for on in (False, True)
+    )
+    assert books.fallback_requests > true.fallback_requests
+    plain = [
+        run_policy("hpa", workload, spec, RunSettings(tick_seconds=30.0, gateway_estimates=on), progress=False)
+        for on in (False, True)
+    ]
+    assert plain[0].fallback_requests == plain[1].fallback_requests
+    assert plain[0].gpu_hours == plain[1].gpu_hours

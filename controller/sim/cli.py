@@ -133,6 +133,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     world.add_argument("--sequence-tps", type=_positive, default=DEFAULT_SEQUENCE_TPS)
     world.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     world.add_argument(
+        "--gateway-estimates",
+        action="store_true",
+        help="Ebbtide's gateway routes on its own estimates of the work ahead, as the shipped one does "
+        "(default: on each request's true work)",
+    )
+    world.add_argument(
         "--scrape-fail-every",
         type=int,
         default=0,
@@ -230,6 +236,7 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
         gpu_cap=args.gpu_cap,
         scrape_fail_every=max(args.scrape_fail_every, 0),
         slo_ttft_seconds=args.slo_ttft if args.slo_ttft is not None else spec.objective.ttft_seconds,
+        gateway_estimates=args.gateway_estimates,
     )
 
 
@@ -246,6 +253,7 @@ def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettin
         "tick_s": settings.tick_seconds,
         "gpu_cap": settings.gpu_cap,
         "scrape_fail_every": settings.scrape_fail_every,
+        "gateway_estimates": settings.gateway_estimates,
         "replica": {
             "prefill_tokens_per_second": settings.replica.prefill_tokens_per_second,
             "decode_tokens_per_second": settings.replica.decode_tokens_per_second,

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from controller.sim.estimates import GatewayEstimate
 from controller.sim.lanes import REL_EPS, EndTimes, Lane, curve_time, drain, invert, reached
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
@@ -162,6 +163,7 @@ class PoolEngine:
         rate_window_seconds: float = 60.0,
         objective_ttft_seconds: float | None = None,
         has_fallback: bool = True,
+        estimate: GatewayEstimate | None = None,
     ) -> None:
         self.workload = workload
         self.replica = replica
@@ -172,6 +174,8 @@ class PoolEngine:
         self.rate_window_seconds = rate_window_seconds
         # With an objective, requests that would miss it go to the late lane (Ebbtide's gateway only).
         self.objective_ttft_seconds = objective_ttft_seconds if routing is Routing.OVERFLOW else None
+        # Routed on the gateway's own estimates of the work ahead instead of the true work (`estimates`).
+        self.estimate = estimate if routing is Routing.OVERFLOW else None
         n = len(workload)
         # Every request takes a moment of a replica, also one with no tokens at all (it still needs a step).
         self.work = np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), _MIN_WORK)
@@ -264,29 +268,36 @@ class PoolEngine:
         usd_out = self.price.output_usd_per_million / 1e6
         inputs = self.workload.input_tokens
         outputs = self.workload.output_tokens
+        est = self.estimate
         for k, t in enumerate(times):
             if ready > 0 and (b1 > 0.0 or b2 > 0.0):
                 b1, s1, b2, s2 = drain(ready, t_last, t, b1, s1, b2, s2, one, two)
             t_last = t
             lane = 0
+            w1, w2 = b1, b2  # the work ahead the routing sees: the true work, or the gateway's estimate
+            prefill = prefills[k] if objective is not None else 0.0
+            if est is not None:
+                est.advance(t, ready, s1, s2)
+                w1, w2 = est.normal, est.late
+                prefill = est.prefill_seconds(float(inputs[lo + k]))
             if routing is Routing.FALLBACK:
                 code = RouteCode.FALLBACK
             elif routing is Routing.QUEUE:
                 code = RouteCode.GPU
-            elif ready > 0 and b1 <= limit * ready and (objective is None or b1 <= (objective - prefills[k]) * ready):
+            elif ready > 0 and w1 <= limit * ready and (objective is None or w1 <= (objective - prefill) * ready):
                 # route_request puts a request within both limits in the normal lane whatever else holds.
                 code = RouteCode.GPU
             else:
                 # Expressed in work: replica-seconds ahead at one replica-second per second each.
                 decision = route_request(
-                    waiting=b1,
+                    waiting=w1,
                     ready_replicas=ready,
                     replica_requests_per_second=1.0,
                     max_wait_seconds=limit,
                     fallback_open=open_,
                     reject_when_closed=self.reject_when_closed,
-                    late_waiting=b2,
-                    on_time_wait_seconds=None if objective is None else objective - prefills[k],
+                    late_waiting=w2,
+                    on_time_wait_seconds=None if objective is None else objective - prefill,
                 )
                 code = _ROUTE_CODES[decision.route]
                 lane = int(decision.lane)
@@ -300,12 +311,16 @@ class PoolEngine:
                             two.bv.append(s2)
                     positions[0].append(s1 + b1)
                     b1 += works[k]
+                    if est is not None:
+                        est.send(False, float(inputs[lo + k]), float(outputs[lo + k]), s1 + b1)
                 else:
                     if b2 <= 0.0 and b1 <= 0.0:
                         two.bt.append(t)
                         two.bv.append(s2)
                     positions[1].append(s2 + b2)
                     b2 += works[k]
+                    if est is not None:
+                        est.send(True, float(inputs[lo + k]), float(outputs[lo + k]), s2 + b2)
                     late_idx.append(lo + k)
                 gpu_idx[lane].append(lo + k)
             else:
