@@ -269,6 +269,9 @@ class PoolEngine:
         inputs = self.workload.input_tokens
         outputs = self.workload.output_tokens
         est = self.estimate
+        # Read only by the gateway's books: the prompts and outputs as plain numbers.
+        tokens_in = inputs[lo:hi].tolist() if est is not None else []
+        tokens_out = outputs[lo:hi].tolist() if est is not None else []
         for k, t in enumerate(times):
             if ready > 0 and (b1 > 0.0 or b2 > 0.0):
                 b1, s1, b2, s2 = drain(ready, t_last, t, b1, s1, b2, s2, one, two)
@@ -279,7 +282,7 @@ class PoolEngine:
             if est is not None:
                 est.advance(t, ready, s1, s2)
                 w1, w2 = est.normal, est.late
-                prefill = est.prefill_seconds(float(inputs[lo + k]))
+                prefill = est.demand.prefill_seconds(tokens_in[k])
             if routing is Routing.FALLBACK:
                 code = RouteCode.FALLBACK
             elif routing is Routing.QUEUE:
@@ -312,7 +315,7 @@ class PoolEngine:
                     positions[0].append(s1 + b1)
                     b1 += works[k]
                     if est is not None:
-                        est.send(False, float(inputs[lo + k]), float(outputs[lo + k]), s1 + b1)
+                        est.send(False, tokens_in[k], tokens_out[k], s1 + b1)
                 else:
                     if b2 <= 0.0 and b1 <= 0.0:
                         two.bt.append(t)
@@ -320,7 +323,7 @@ class PoolEngine:
                     positions[1].append(s2 + b2)
                     b2 += works[k]
                     if est is not None:
-                        est.send(True, float(inputs[lo + k]), float(outputs[lo + k]), s2 + b2)
+                        est.send(True, tokens_in[k], tokens_out[k], s2 + b2)
                     late_idx.append(lo + k)
                 gpu_idx[lane].append(lo + k)
             else:

@@ -57,10 +57,6 @@ class GatewayEstimate:
         self.normal = min(self.normal, self._in_flight[0])
         self.late = min(self.late, self._in_flight[1])
 
-    def prefill_seconds(self, prompt_tokens: float) -> float:
-        """The request's own prefill as the gateway estimates it."""
-        return self.demand.prefill_seconds(prompt_tokens)
-
     def send(self, late: bool, prompt_tokens: float, output_tokens: float, served_by: float) -> None:
         """Book a GPU request in its lane; `served_by` is its lane's served work once the engine has
         done it. Its output is learned for the requests after it."""
