@@ -21,15 +21,55 @@ from collections.abc import Iterable, Mapping, Sequence
 from gateway.accounting import GatewayMetrics, PoolMetrics
 from gateway.providers import ProviderState
 from gateway.upstream import Endpoint
-from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT
+from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT, waiting_floor
 from policies.spec import GPUPool, GPUPoolSpec
 
-__all__ = ["PoolDirectory", "PoolKey", "PoolState"]
+__all__ = ["PoolDirectory", "PoolKey", "PoolState", "WaitingWork"]
 
 PoolKey = tuple[str, str]
 """(namespace, name) of a GPUPool."""
 
 _LOG = logging.getLogger("ebbtide.gateway")
+
+
+class WaitingWork:
+    """One lane's streamed GPU requests that have not had their first token yet, oldest first.
+
+    Their estimated work is still ahead on the replicas, but for what the one that has waited longest
+    may have prefilled: `floor` (`policies.overflow.waiting_floor`) is what the lane's backlog cannot be
+    below. A non-streamed answer arrives whole, so the gateway cannot tell when it started; those are
+    not counted, which keeps the floor a floor.
+    """
+
+    __slots__ = ("_items", "_next", "work")
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[float, float]] = {}
+        self._next = 0
+        self.work = 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, work: float, prefill: float) -> int:
+        """A request of `work` tokens, `prefill` of them its own prefill, waits; returns its token."""
+        token = self._next
+        self._next += 1
+        self._items[token] = (work, prefill)
+        self.work += work
+        return token
+
+    def done(self, token: int) -> None:
+        """The request had its first token, or ended without one (idempotent)."""
+        item = self._items.pop(token, None)
+        if item is not None:
+            self.work = self.work - item[0] if self._items else 0.0
+
+    def floor(self) -> float:
+        """Tokens of work these requests still have ahead, at least."""
+        if not self._items:
+            return 0.0
+        return waiting_floor(self.work, next(iter(self._items.values()))[1])
 
 
 class PoolState:
@@ -54,6 +94,9 @@ class PoolState:
         """Of that work, what is not served yet: drained at the Ready replicas' throughput as time passes,
         normal lane first, as the simulator's fluid lanes drain (never more than the work in flight)."""
         self.backlog_late = 0.0
+        self.waiting = (WaitingWork(), WaitingWork())
+        """The normal and the late lane's requests still waiting for their first token: the backlog is
+        never below what they have ahead (a low estimate of the work ahead corrects itself)."""
         self._backlog_at = time.monotonic()
         self.mean_completion = INITIAL_COMPLETION_TOKENS
         self.mean_request = self.spec.demand.work_tokens(INITIAL_COMPLETION_TOKENS, INITIAL_COMPLETION_TOKENS)
@@ -83,21 +126,25 @@ class PoolState:
             self.ready_event.clear()
 
     def drain(self, now: float, ready: int) -> None:
-        """Serve the backlog from the last update until `now` at `ready` replicas' throughput."""
+        """Serve the backlog from the last update until `now` at `ready` replicas' throughput; neither lane
+        falls below what its requests waiting for a first token have ahead."""
         elapsed = now - self._backlog_at
         self._backlog_at = now
-        if elapsed <= 0 or ready <= 0:
-            return
-        capacity = elapsed * ready * self.spec.demand.replica_tokens_per_second
-        if capacity < self.backlog_normal:
-            self.backlog_normal -= capacity
-            return
-        capacity -= self.backlog_normal
-        self.backlog_normal = 0.0
-        self.backlog_late = max(self.backlog_late - capacity, 0.0)
+        if elapsed > 0 and ready > 0:
+            capacity = elapsed * ready * self.spec.demand.replica_tokens_per_second
+            if capacity < self.backlog_normal:
+                self.backlog_normal -= capacity
+            else:
+                capacity -= self.backlog_normal
+                self.backlog_normal = 0.0
+                self.backlog_late = max(self.backlog_late - capacity, 0.0)
+        self.backlog_normal = max(self.backlog_normal, self.waiting[0].floor())
+        self.backlog_late = max(self.backlog_late, self.waiting[1].floor())
 
-    def add_work(self, work: float, late: bool, now: float) -> None:
-        """A GPU request of `work` tokens was sent, in the late lane or not."""
+    def add_work(self, work: float, late: bool, now: float, *, prefill: float | None = None) -> int | None:
+        """A GPU request of `work` tokens was sent, in the late lane or not. With `prefill` (the tokens of
+        its own prefill in the same units; a streamed request, whose first token the gateway sees) it
+        also waits until `first_token` with the token returned."""
         self.drain(now, len(self.routable(now)))
         if late:
             self.work_late += work
@@ -105,9 +152,17 @@ class PoolState:
         else:
             self.work_normal += work
             self.backlog_normal += work
+        return None if prefill is None else self.waiting[1 if late else 0].add(work, prefill)
 
-    def remove_work(self, work: float, late: bool) -> None:
-        """A GPU request ended: its estimate leaves the work in flight, and the backlog is capped by it."""
+    def first_token(self, late: bool, token: int | None) -> None:
+        """The request `add_work` gave `token` has its first token: it no longer waits."""
+        if token is not None:
+            self.waiting[1 if late else 0].done(token)
+
+    def remove_work(self, work: float, late: bool, token: int | None = None) -> None:
+        """A GPU request ended: its estimate leaves the work in flight (and the waiting, if it never had a
+        first token), and the backlog is capped by what is left in flight."""
+        self.first_token(late, token)
         if late:
             self.work_late = max(self.work_late - work, 0.0)
             self.backlog_late = min(self.backlog_late, self.work_late)

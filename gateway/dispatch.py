@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -199,17 +199,24 @@ class Dispatcher:
         late = plan.lane is Lane.LATE
         route = RouteLabel.HELD_GPU if held else (RouteLabel.GPU_LATE if late else RouteLabel.GPU)
         priority = self.settings.late_priority if late and endpoint.priority_ok is not False else None
-        work = pool.spec.demand.work_tokens(req.prompt_tokens, req.expected_output(pool.mean_completion))
+        demand = pool.spec.demand
+        work = demand.work_tokens(req.prompt_tokens, req.expected_output(pool.mean_completion))
         url = endpoint.chat_url if req.chat else endpoint.completions_url
         gauge = pool.metrics.in_flight["gpu"]
         endpoint.in_flight += 1
-        pool.add_work(work, late, time.monotonic())
+        # A stream's first token is seen: until then its work is surely still ahead (PoolState.waiting).
+        prefill = demand.prefill_seconds(req.prompt_tokens) * demand.replica_tokens_per_second if req.stream else None
+        token = pool.add_work(work, late, time.monotonic(), prefill=prefill)
+
+        def first_token() -> None:
+            pool.first_token(late, token)
+
         gauge.inc()
         try:
             body = gpu_body(req, pool.served_model, priority)
             pool.metrics.added_latency.observe(time.perf_counter() - received)
             try:
-                result = await self._relay_gpu(request, req, url, body, route, started)
+                result = await self._relay_gpu(request, req, url, body, route, started, first_token)
             except Refused as refused:
                 if priority is not None and refused.status == 400 and b"priority" in refused.body.lower():
                     endpoint.priority_ok = False
@@ -217,7 +224,7 @@ class Dispatcher:
                         "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name
                     )
                     plain = gpu_body(req, pool.served_model, None)
-                    result = await self._relay_gpu(request, req, url, plain, route, started)
+                    result = await self._relay_gpu(request, req, url, plain, route, started, first_token)
                 else:
                     raise
         except AttemptFailed as failed:
@@ -239,7 +246,7 @@ class Dispatcher:
             raise
         finally:
             endpoint.in_flight -= 1
-            pool.remove_work(work, late)
+            pool.remove_work(work, late, token)
             gauge.dec()
         if not result.estimated:
             pool.learn(result.prompt_tokens, result.completion_tokens)
@@ -254,6 +261,7 @@ class Dispatcher:
         body: bytes,
         route: RouteLabel,
         started: web.StreamResponse | None,
+        first_token: Callable[[], None],
     ) -> Relayed:
         return await relay(
             request,
@@ -268,6 +276,7 @@ class Dispatcher:
             prompt_estimate=req.prompt_tokens,
             response_headers=_GPU_ROUTE_HEADERS[route],
             started=started,
+            on_first_token=first_token,
         )
 
     async def _fallback(

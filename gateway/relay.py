@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,17 +138,21 @@ async def relay(
     prompt_estimate: int,
     response_headers: Mapping[str, str],
     started: web.StreamResponse | None = None,
+    on_first_token: Callable[[], None] | None = None,
 ) -> Relayed:
     """Send one request upstream and relay the answer; see the module docstring for what raises.
 
     `started` is a stream response already sent to the client (keep-alive comments during a hold): the
-    upstream's events continue it.
+    upstream's events continue it. `on_first_token` is called once a stream's first content event (its
+    first token) has arrived, before it is sent on; a whole answer never calls it.
     """
     upstream = await _open(session, url, body, headers, timeout, first_byte)
     try:
         if not stream:
             return await _whole(upstream, prompt_estimate, response_headers)
-        return await _stream(request, upstream, first_byte, strip_usage, prompt_estimate, response_headers, started)
+        return await _stream(
+            request, upstream, first_byte, strip_usage, prompt_estimate, response_headers, started, on_first_token
+        )
     finally:
         # Not read to the end (the client left, a timeout): closing, not releasing, drops the connection
         # and with it the upstream request.
@@ -187,6 +191,7 @@ async def _stream(
     prompt_estimate: int,
     extra: Mapping[str, str],
     started: web.StreamResponse | None,
+    on_first_token: Callable[[], None] | None,
 ) -> Relayed:
     scanner = SseScanner(strip_usage=strip_usage)
     content = upstream.content
@@ -208,6 +213,8 @@ async def _stream(
         raise AttemptFailed("stream") from None
     if not scanner.committed:
         raise AttemptFailed("stream-ended")
+    if on_first_token is not None:
+        on_first_token()
     if started is None:
         response = web.StreamResponse(headers={**SSE_HEADERS, **extra})
         await response.prepare(request)

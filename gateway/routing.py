@@ -4,8 +4,9 @@ The wait is estimated as the simulator estimates it (controller/sim/engine.py): 
 Ready replicas over their throughput from the spec (`demand.replicaTokensPerSecond`), work counted in
 tokens. Work ahead is what is left of this gateway's in-flight GPU requests (their estimated prompt and
 output tokens, by lane, drained at the replicas' throughput as time passes, like the simulator's fluid
-lanes) plus the requests vLLM reports waiting or running that are not this gateway's (from the scrape,
-at the pool's mean request size). A request's own prefill counts against the objective, as in the
+lanes, and never below what its streamed requests still waiting for a first token have ahead:
+`PoolState.waiting`) plus the requests vLLM reports waiting or running that are not this gateway's
+(from the scrape, at the pool's mean request size). A request's own prefill counts against the objective, as in the
 simulator, at the same throughput. With no Ready replica, a request the policy would send to the
 fallback is held instead when a replica should be Ready before its objective runs out.
 """

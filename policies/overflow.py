@@ -21,6 +21,7 @@ __all__ = [
     "Routing",
     "expected_wait_seconds",
     "route_request",
+    "waiting_floor",
 ]
 
 INITIAL_COMPLETION_TOKENS = 256.0
@@ -70,6 +71,18 @@ def expected_wait_seconds(waiting: float, ready_replicas: int, replica_requests_
     if ready_replicas <= 0 or replica_requests_per_second <= 0:
         return float("inf")
     return max(waiting, 0.0) / (ready_replicas * replica_requests_per_second)
+
+
+def waiting_floor(waiting_work: float, head_prefill: float) -> float:
+    """Work a gateway knows is still ahead on the GPUs: its requests that have not had a first token yet.
+
+    `waiting_work` is their estimated work, `head_prefill` the estimated prefill of the one that has
+    waited longest, which may be prefilling now (in a FIFO lane every other waiting request is wholly
+    ahead). A gateway's backlog drains at the replicas' throughput, so when its estimates run low it
+    falls below the true work and requests it thinks on time are late; this floor, the same for the
+    gateway and the simulator, brings it back as long as its requests wait.
+    """
+    return max(waiting_work - head_prefill, 0.0)
 
 
 def route_request(

@@ -39,8 +39,8 @@ def paid() -> Iterator[BackgroundProvider]:
         yield p
 
 
-def _route(gw: Any, **kwargs: Any) -> str:
-    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+def _route(gw: Any, timeout: float = 60.0, **kwargs: Any) -> str:
+    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=timeout)
     raw = client.chat.completions.with_raw_response.create(
         model="chat-model", messages=MESSAGES, max_tokens=4, **kwargs
     )
@@ -232,3 +232,55 @@ def test_a_refused_connection_moves_to_another_ready_replica_before_the_fallback
             assert paid.requests == [], "a live replica beats the fallback"
             endpoints = gw.gateway.directory.pools[("default", "chat")].endpoints
             assert gw.run(lambda: endpoints[f"127.0.0.1:{dead}"].failed_until) > time.monotonic(), "tried, refused"
+
+
+def test_streams_waiting_for_their_first_token_keep_the_backlog_up_after_its_time_has_run_out(
+    paid: BackgroundProvider,
+) -> None:
+    # 1000 tokens/s and a 0.6 s wait limit, the objective loose: each request is estimated at its few
+    # prompt tokens plus the starting mean of 256 outputs, about 0.26 s, so three streams fit (waits 0,
+    # 0.26, 0.52 s) and a fourth (0.78 s) overflows. The replica is paused: none of the three gets a
+    # first token. A second later the drain at the replica's throughput alone would call the backlog
+    # empty; the three still waiting keep it at 3 x ~0.26 s less the oldest one's prefill, past the
+    # limit, so a new request still overflows. Once they have their first tokens (4 outputs at 2 tokens/s:
+    # they go on decoding for 1.5 s) the backlog drains from there at the replica's throughput, and half a
+    # second later a new request is back on the GPUs.
+    spec = {"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 0.6},
+            "objective": {"ttftSeconds": 60}}  # fmt: skip
+    with BackgroundCluster(StandinConfig(max_num_seqs=8, output_tokens=4, tokens_per_second=2)) as vllm:
+        url = vllm.url(vllm.ports[0])
+        pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+        with gateway_for([(pool, [url.removeprefix("http://")])]) as gw:
+            state = gw.gateway.directory.pools[("default", "chat")]
+            # A request sent to the paused replica would hang: a short timeout makes that a failure.
+            vllm.pause()
+            routes: list[str] = []
+
+            def stream() -> None:
+                client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+                with client.chat.completions.with_streaming_response.create(
+                    model="chat-model",
+                    messages=MESSAGES,
+                    stream=True,  # no max_tokens: the mean is its estimate
+                ) as raw:
+                    routes.append(str(raw.headers["x-ebbtide-route"]))
+                    for _ in raw.iter_lines():
+                        pass
+
+            streams = [threading.Thread(target=stream, daemon=True) for _ in range(3)]
+            for k, thread in enumerate(streams, 1):
+                thread.start()
+                wait_until(lambda k=k: gw.run(lambda: len(state.waiting[0])) == k, what=f"stream {k} waiting")
+            assert _route(gw, timeout=5) == "fallback", "a fourth is past the wait limit"
+            time.sleep(1.0)
+            assert gw.run(lambda: state.work_normal) > 0.6 * 1000 * 1.2
+            assert _route(gw, timeout=5) == "fallback", "the three still wait for a first token: their work is ahead"
+            vllm.resume()
+            wait_until(lambda: gw.run(lambda: len(state.waiting[0])) == 0, what="three first tokens")
+            time.sleep(0.5)
+            assert gw.run(lambda: state.work_normal) > 0, "still decoding"
+            assert _route(gw, timeout=30) == "gpu", "all three had their first tokens: back on the GPUs"
+            for thread in streams:
+                thread.join(30)
+            assert routes == ["gpu", "gpu", "gpu"]
+            assert gw.run(lambda: (len(state.waiting[0]), state.waiting[0].work, state.work_normal)) == (0, 0.0, 0.0)

@@ -356,6 +356,34 @@ def test_the_backlog_drains_at_the_replicas_throughput_normal_lane_first() -> No
     assert state.work_normal == 400.0 and state.backlog_normal == 400.0
 
 
+def test_streams_waiting_for_a_first_token_hold_the_backlog_up_until_their_first_token() -> None:
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000}}, endpoints=1)
+    now = time.monotonic()
+    state.drain(now, 1)
+    # Two streams of 800 tokens of work (100 of them prefill) and one whole answer of 800, all at once.
+    first = state.add_work(800.0, False, now, prefill=100.0)
+    second = state.add_work(800.0, False, now, prefill=100.0)
+    state.add_work(800.0, False, now)  # not streamed: its start cannot be seen, so it never counts as waiting
+    assert len(state.waiting[0]) == 2
+    # 3 s at 1000 tokens/s would leave nothing, but neither stream has a first token: 1600 less the
+    # oldest's prefill (it may be prefilling) is still ahead.
+    state.drain(now + 3.0, 1)
+    assert state.backlog_normal == 1500.0
+    state.first_token(False, first)
+    state.drain(now + 5.0, 1)
+    assert state.backlog_normal == 700.0, "the second alone: 800 less its own prefill"
+    state.remove_work(800.0, False, second)  # ended without a first token (failed): it waits no more
+    state.drain(now + 6.0, 1)
+    assert state.backlog_normal == 0.0 and len(state.waiting[0]) == 0 and state.waiting[0].work == 0.0
+    state.first_token(False, first)  # a repeat is harmless
+    # The late lane keeps its own.
+    late = state.add_work(500.0, True, now + 6.0, prefill=50.0)
+    state.drain(now + 10.0, 1)
+    assert (state.backlog_normal, state.backlog_late) == (0.0, 450.0)
+    state.remove_work(500.0, True, late)
+    assert state.backlog_late == 0.0
+
+
 def test_the_series_the_controller_reads_carry_the_documented_names_and_labels() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -40,9 +40,10 @@ def _run(engine: PoolEngine, ready: int, horizon: float) -> PoolEngine:
 
 def test_the_books_drain_normal_first_cap_at_what_is_in_flight_and_learn_after_use() -> None:
     est = GatewayEstimate(Demand(replica_tokens_per_second=100))
-    est.send(False, 100, 0, served_by=1.0)  # (100 prompt + 256 expected) / 100 = 3.56 s
+    est.send(False, 100, 0, first_token_at=0.0, served_by=1.0)  # (100 prompt + 256 expected) / 100 = 3.56 s
     assert est.normal == 3.56 and est.mean_completion == 256 + 0.05 * (0 - 256)
-    est.send(True, 44, 0, served_by=0.5)  # its own estimate used the mean before it learned from this one
+    # Its own estimate used the mean before it learned from this one.
+    est.send(True, 44, 0, first_token_at=0.0, served_by=0.5)
     assert abs(est.late - (44 + 243.2) / 100) < 1e-12
     # One replica for 1 s drains the normal lane first; the late lane waits.
     est.advance(1.0, 1, served_normal=0.0, served_late=0.0)
@@ -56,10 +57,69 @@ def test_the_books_drain_normal_first_cap_at_what_is_in_flight_and_learn_after_u
     est.advance(2.0, 1, served_normal=1.0, served_late=0.5)
     assert est.late == 0.0
     # No Ready replica: nothing drains.
-    est.send(False, 100, 0, served_by=2.0)
+    est.send(False, 100, 0, first_token_at=1.0, served_by=2.0)
     before = est.normal
     est.advance(10.0, 0, served_normal=1.0, served_late=0.5)
     assert est.normal == before
+
+
+def test_the_books_never_fall_below_the_requests_still_waiting_for_a_first_token() -> None:
+    # Three requests at once, each estimated at 0.3 s (1,000 prompt tokens, 0.1 s of prefill, and the
+    # starting mean of 256 outputs at 1,280 tokens/s, 0.2 s), each truly 5 s (its outputs are far longer).
+    demand = Demand(
+        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=1280
+    )
+    est = GatewayEstimate(demand)
+    for k in range(3):
+        est.send(False, 1000, 256, first_token_at=5.0 * k + 0.1, served_by=5.0 * (k + 1))
+    assert abs(est.normal - 0.9) < 1e-12
+    # 2 s at one replica drains the 0.9 s estimate away, but the engine has served 2 s of the first one's
+    # true 5: the other two still wait for a first token, so 0.6 s less the prefill (0.1 s) of the one
+    # that has waited longest (it may be prefilling) is surely ahead.
+    est.advance(2.0, 1, served_normal=2.0, served_late=0.0)
+    assert abs(est.normal - 0.5) < 1e-12
+    # The second has its first token (5.1 of served work passed); the third waits: 0.3 - 0.1.
+    est.advance(6.0, 1, served_normal=6.0, served_late=0.0)
+    assert abs(est.normal - 0.2) < 1e-12
+    # All have their first tokens, the third is still decoding: nothing is known to be ahead any more.
+    est.advance(11.0, 1, served_normal=11.0, served_late=0.0)
+    assert est.normal == 0.0
+    # The floor is never above what is in flight: a request that waits alone is its own head.
+    est.send(True, 1000, 256, first_token_at=0.1, served_by=5.0)
+    est.advance(20.0, 1, served_normal=15.0, served_late=0.0)
+    assert abs(est.late - 0.2) < 1e-12
+
+
+def test_outputs_longer_than_the_gateway_expects_keep_the_normal_lane_within_a_bound() -> None:
+    # One replica; a request every 0.25 s for 30 s, each 1,000 prompt tokens (0.1 s of prefill) and 1,000
+    # outputs (0.4 s at 2,500 tokens/s): 2 s of work per second, twice what the replica serves. The
+    # gateway starts from a mean of 256 outputs (0.2024 s per request) and learns upwards. Its drain
+    # runs ahead of the true work, but a request enters the normal lane only while the books (at least
+    # what waits for a first token, less one prefill) leave its 1.9 s: so the estimates of the requests
+    # waiting ahead of it add up to at most 2.0 s, their true work to at most 0.5 / 0.2024 times that,
+    # and the one being decoded adds at most its 0.5 s. Every normal-lane first token comes within
+    # 0.5 + 2.0 x 0.5 / 0.2024 + 0.1 s of prefill (5.54 s; 3.35 s here). Without the floor, the drain
+    # alone lets normal-lane first tokens come 7.6 s late.
+    n = 120
+    workload = Workload(
+        arrival_s=np.arange(n) * 0.25,
+        input_tokens=np.full(n, 1000, dtype=np.int64),
+        output_tokens=np.full(n, 1000, dtype=np.int64),
+        start=START,
+        duration_s=60.0,
+    )
+    replica = ReplicaModel(10_000.0, 2_500.0, 1e12, 256)
+    demand = Demand(
+        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
+    )
+    kw = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
+    engine = _run(_engine(workload, replica, demand, **kw), 1, 60.0)
+    normal = (engine.route == 1) & ~engine.late
+    bound = 0.5 + 2.0 * 0.5 / (0.1 + 256 / 2500) + 0.1
+    assert float(engine.ttft[normal].max()) <= bound
+    assert int(normal.sum()) >= 30, "the replica serves about half of them on time"
+    true = _run(_engine(workload, replica, None, **kw), 1, 60.0)
+    assert float(true.ttft[(true.route == 1) & ~true.late].max()) <= 2.0
 
 
 @st.composite

@@ -23,7 +23,7 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "2f686f8c3420abf6",
+    "report": "d6003bea90dfe466",
     "ebbtide": "ab4aebaf54c4fd77",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",

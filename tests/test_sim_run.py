@@ -330,6 +330,18 @@ def test_a_bad_override_names_the_field_and_exits_2(
     assert message in capsys.readouterr().err
 
 
+def test_the_json_says_whether_the_gateway_knew_the_true_work_and_contradicting_flags_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--days", "1", "--peak-rps", "1", "--seed", "4", "--tick", "60", "--no-progress", "--policy", "hpa"]
+    for extra, estimates in (([], True), (["--gateway-estimates"], True), (["--true-work"], False)):
+        path = tmp_path / "out.json"
+        assert cli.run(_parse([*base, *extra, "--json", str(path)])) == 0
+        assert json.loads(path.read_text())["inputs"]["gateway_estimates"] is estimates
+    assert cli.run(_parse([*base, "--true-work", "--gateway-estimates"])) == 2
+    assert "--true-work and --gateway-estimates contradict each other" in capsys.readouterr().err
+
+
 def test_offered_rates_are_over_the_time_observed() -> None:
     # 15 requests of 100 prompt and 10 output tokens in the first 15 s: 100 and 10 tok/s, not a quarter
     # of that over a 60 s window that has not passed yet.
@@ -445,20 +457,21 @@ def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
     assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]
 
 
-def test_gateway_estimates_route_ebbtide_on_the_gateways_books_and_leave_the_baselines_alone() -> None:
-    # A busy day of the code trace: the blend (6,000 tok/s) over-counts its prompt-heavy requests and
-    # sends more of them to the fallback than routing on their true work; plain vLLM has no gateway.
+def test_by_default_ebbtide_routes_on_the_gateways_books_and_the_baselines_have_none() -> None:
+    # A busy day of the code trace: the blend (6,000 tok/s, this pool gives no replica speeds) over-counts
+    # its prompt-heavy requests, so the gateway's books (the default) send more of them to the fallback
+    # than an idealized gateway that knows their true work (`true_work`); plain vLLM has no gateway.
     workload = _week(days=1, peak_rps=3.0, seed=8)
     spec = _spec(objective={"ttftSeconds": 2.0, "deferLateRequests": True}, fallback={
         **_spec().fallback.model_dump(by_alias=True, exclude_none=True), "maxQueueWaitSeconds": 2})  # fmt: skip
     true, books = (
-        run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0, gateway_estimates=on), progress=False)
-        for on in (False, True)
+        run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=30.0, true_work=knows), progress=False)
+        for knows in (True, False)
     )
     assert books.fallback_requests > true.fallback_requests
     plain = [
-        run_policy("hpa", workload, spec, RunSettings(tick_seconds=30.0, gateway_estimates=on), progress=False)
-        for on in (False, True)
+        run_policy("hpa", workload, spec, RunSettings(tick_seconds=30.0, true_work=knows), progress=False)
+        for knows in (True, False)
     ]
     assert plain[0].fallback_requests == plain[1].fallback_requests
     assert plain[0].gpu_hours == plain[1].gpu_hours

@@ -133,11 +133,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     world.add_argument("--sequence-tps", type=_positive, default=DEFAULT_SEQUENCE_TPS)
     world.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     world.add_argument(
-        "--gateway-estimates",
+        "--true-work",
         action="store_true",
-        help="Ebbtide's gateway routes on its own estimates of the work ahead, as the shipped one does "
-        "(default: on each request's true work)",
+        help="Ebbtide's gateway knows each request's true work, an idealized gateway (default: it routes on "
+        "its own estimates of the work ahead, as the shipped gateway does)",
     )
+    # The default since the release after it came; still taken, so that scripts which pass it keep working.
+    world.add_argument("--gateway-estimates", action="store_true", help=argparse.SUPPRESS)
     world.add_argument(
         "--scrape-fail-every",
         type=int,
@@ -227,6 +229,10 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
         raise InputError("--max-num-seqs must be at least 1")
     if args.gpu_cap is not None and args.gpu_cap < 0:
         raise InputError("--gpu-cap must be >= 0")
+    if args.true_work and args.gateway_estimates:
+        raise InputError(
+            "--true-work and --gateway-estimates contradict each other: give one (estimates are the default)"
+        )
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     return RunSettings(
@@ -236,7 +242,7 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
         gpu_cap=args.gpu_cap,
         scrape_fail_every=max(args.scrape_fail_every, 0),
         slo_ttft_seconds=args.slo_ttft if args.slo_ttft is not None else spec.objective.ttft_seconds,
-        gateway_estimates=args.gateway_estimates,
+        true_work=args.true_work,
     )
 
 
@@ -253,7 +259,7 @@ def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettin
         "tick_s": settings.tick_seconds,
         "gpu_cap": settings.gpu_cap,
         "scrape_fail_every": settings.scrape_fail_every,
-        "gateway_estimates": settings.gateway_estimates,
+        "gateway_estimates": not settings.true_work,
         "replica": {
             "prefill_tokens_per_second": settings.replica.prefill_tokens_per_second,
             "decode_tokens_per_second": settings.replica.decode_tokens_per_second,

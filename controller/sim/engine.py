@@ -250,8 +250,9 @@ class PoolEngine:
         times = self.workload.arrival_s[lo:hi].tolist()
         works = self.work[lo:hi].tolist()
         objective = self.objective_ttft_seconds
-        # Read only to decide a request's lane; without an objective the loop never looks.
-        prefills: list[float] = self.prefill[lo:hi].tolist() if objective is not None else []
+        est = self.estimate
+        # Read only to decide a request's lane and to book its first token; else the loop never looks.
+        prefills: list[float] = self.prefill[lo:hi].tolist() if objective is not None or est is not None else []
         codes = [RouteCode.GPU] * len(times)
         one, two = self._lanes
         positions: tuple[list[float], list[float]] = ([], [])
@@ -268,7 +269,6 @@ class PoolEngine:
         usd_out = self.price.output_usd_per_million / 1e6
         inputs = self.workload.input_tokens
         outputs = self.workload.output_tokens
-        est = self.estimate
         # Read only by the gateway's books: the prompts and outputs as plain numbers.
         tokens_in = inputs[lo:hi].tolist() if est is not None else []
         tokens_out = outputs[lo:hi].tolist() if est is not None else []
@@ -313,17 +313,29 @@ class PoolEngine:
                             two.bt.append(t)  # the late lane pauses
                             two.bv.append(s2)
                     positions[0].append(s1 + b1)
-                    b1 += works[k]
                     if est is not None:
-                        est.send(False, tokens_in[k], tokens_out[k], s1 + b1)
+                        est.send(
+                            False,
+                            tokens_in[k],
+                            tokens_out[k],
+                            first_token_at=s1 + b1 + prefills[k],
+                            served_by=s1 + b1 + works[k],
+                        )
+                    b1 += works[k]
                 else:
                     if b2 <= 0.0 and b1 <= 0.0:
                         two.bt.append(t)
                         two.bv.append(s2)
                     positions[1].append(s2 + b2)
-                    b2 += works[k]
                     if est is not None:
-                        est.send(True, tokens_in[k], tokens_out[k], s2 + b2)
+                        est.send(
+                            True,
+                            tokens_in[k],
+                            tokens_out[k],
+                            first_token_at=s2 + b2 + prefills[k],
+                            served_by=s2 + b2 + works[k],
+                        )
+                    b2 += works[k]
                     late_idx.append(lo + k)
                 gpu_idx[lane].append(lo + k)
             else:

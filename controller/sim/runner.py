@@ -78,9 +78,10 @@ class RunSettings:
     scrape_fail_every: int = 0
     """Every n-th metrics read fails (0: never), to see the no-data handling at work."""
     slo_ttft_seconds: float = 2.0
-    gateway_estimates: bool = False
-    """Ebbtide's gateway routes on the work ahead as the shipped gateway estimates it (`estimates`),
-    not on the true work; the baselines (plain vLLM, no gateway) are unaffected."""
+    true_work: bool = False
+    """Ebbtide's gateway routes on each request's true work, an idealized gateway; by default it routes
+    on the work ahead as the shipped gateway estimates it (`estimates`). The baselines (plain vLLM, no
+    gateway) are unaffected."""
 
 
 @dataclass(slots=True)
@@ -204,7 +205,7 @@ def run_policy(
         price=price,
         objective_ttft_seconds=spec.objective.ttft_seconds if spec.objective.defer_late_requests else None,
         has_fallback=spec.fallback.base_url is not None,  # without one, every request queues on the GPUs
-        estimate=GatewayEstimate(spec.demand) if settings.gateway_estimates else None,
+        estimate=None if settings.true_work else GatewayEstimate(spec.demand),
     )
     if routing is Routing.OVERFLOW:
         engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
