@@ -6,6 +6,8 @@ counters. Labels carry pool, route, provider and token kind, never a prompt, a c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from controller.demand import series
@@ -47,6 +49,12 @@ class GatewayMetrics:
         )  # fmt: skip
         self.in_flight = Gauge(series.IN_FLIGHT, "Requests being served now.", [*pool, "route"], registry=reg)
         self.held = Gauge(series.HELD, "Requests held now, waiting for a replica to become Ready.", pool, registry=reg)
+        self.work_ahead = Gauge(
+            series.WORK_AHEAD,
+            "Queue wait a new request would expect now, from the gateway's estimate of the work ahead (normal: "
+            "in the normal lane; late: behind both lanes) over the Ready replicas' throughput; +Inf with none Ready.",
+            [*pool, "lane"], registry=reg,
+        )  # fmt: skip
         self.added_latency = Histogram(
             series.ADDED_LATENCY, "Time the gateway adds before the upstream sees the request.",
             pool, buckets=_LATENCY_BUCKETS, registry=reg,
@@ -138,6 +146,18 @@ class PoolMetrics:
                 counter = self._usd[provider] = self._metrics.fallback_usd.labels(*self.labels, provider)
             if dollars > 0:
                 counter.inc(dollars)
+
+    def watch_work_ahead(self, wait: Callable[[bool], float]) -> None:
+        """Read the work ahead at each scrape: `wait(late)` is the expected wait in seconds."""
+        namespace, name = self.labels
+        gauge = self._metrics.work_ahead
+        gauge.labels(namespace, name, "normal").set_function(lambda: wait(False))
+        gauge.labels(namespace, name, "late").set_function(lambda: wait(True))
+
+    def forget_work_ahead(self) -> None:
+        """The pool is gone: its work-ahead series go too (they would read a pool no longer served)."""
+        for lane in ("normal", "late"):
+            self._metrics.work_ahead.remove(*self.labels, lane)
 
     def provider_failed(self, provider: str, reason: str) -> None:
         """Count a failed attempt at a provider."""

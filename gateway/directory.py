@@ -103,6 +103,7 @@ class PoolState:
         self.held = 0
         self.ready_event = asyncio.Event()
         self._created = time.monotonic()
+        metrics.watch_work_ahead(self.work_ahead_seconds)
 
     @property
     def name(self) -> str:
@@ -169,6 +170,17 @@ class PoolState:
         else:
             self.work_normal = max(self.work_normal - work, 0.0)
             self.backlog_normal = min(self.backlog_normal, self.work_normal)
+
+    def work_ahead_seconds(self, late: bool, now: float | None = None) -> float:
+        """The wait a new request would expect now in the normal lane, or behind both lanes (`late`): the
+        work ahead as routing sees it over the Ready replicas' throughput; infinite with none Ready."""
+        now = time.monotonic() if now is None else now
+        ready = len(self.routable(now))
+        self.drain(now, ready)
+        if ready == 0:
+            return float("inf")
+        ahead = self.backlog_normal + self.others_work() + (self.backlog_late if late else 0.0)
+        return ahead / (ready * self.spec.demand.replica_tokens_per_second)
 
     def others_work(self) -> float:
         """Tokens of work on the engines that is not this gateway's, from the last scrapes."""
@@ -251,6 +263,7 @@ class PoolDirectory:
         """Forget a pool (its GPUPool was deleted); requests in flight finish on what they hold."""
         state = self.pools.pop((namespace, name), None)
         if state is not None:
+            state.metrics.forget_work_ahead()
             state.endpoints.clear()
             state.ready_event.set()  # held requests wake, find nothing Ready and move on
             self._index_models()

@@ -242,9 +242,9 @@ def test_streams_waiting_for_their_first_token_keep_the_backlog_up_after_its_tim
     # 0.26, 0.52 s) and a fourth (0.78 s) overflows. The replica is paused: none of the three gets a
     # first token. A second later the drain at the replica's throughput alone would call the backlog
     # empty; the three still waiting keep it at 3 x ~0.26 s less the oldest one's prefill, past the
-    # limit, so a new request still overflows. Once they have their first tokens (4 outputs at 2 tokens/s:
-    # they go on decoding for 1.5 s) the backlog drains from there at the replica's throughput, and half a
-    # second later a new request is back on the GPUs.
+    # limit, so a new request still overflows (and /metrics shows that wait). Once they have their first
+    # tokens (4 outputs at 2 tokens/s: they go on decoding for 1.5 s) the backlog drains from there at the
+    # replica's throughput, and half a second later a new request is back on the GPUs.
     spec = {"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 0.6},
             "objective": {"ttftSeconds": 60}}  # fmt: skip
     with BackgroundCluster(StandinConfig(max_num_seqs=8, output_tokens=4, tokens_per_second=2)) as vllm:
@@ -275,6 +275,7 @@ def test_streams_waiting_for_their_first_token_keep_the_backlog_up_after_its_tim
             time.sleep(1.0)
             assert gw.run(lambda: state.work_normal) > 0.6 * 1000 * 1.2
             assert _route(gw, timeout=5) == "fallback", "the three still wait for a first token: their work is ahead"
+            assert metric(scrape_text(gw), "ebbtide_gateway_work_ahead_seconds", pool="chat", lane="normal") > 0.6
             vllm.resume()
             wait_until(lambda: gw.run(lambda: len(state.waiting[0])) == 0, what="three first tokens")
             time.sleep(0.5)

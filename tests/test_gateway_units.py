@@ -22,7 +22,7 @@ from gateway.routing import Action, plan_request
 from gateway.sse import SseScanner
 from gateway.upstream import queue_lines
 from policies.overflow import Lane
-from tests.gateway_support import make_pool, provider
+from tests.gateway_support import make_pool, metric, provider
 
 ROLE = b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 TOKEN = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
@@ -382,6 +382,38 @@ def test_streams_waiting_for_a_first_token_hold_the_backlog_up_until_their_first
     assert (state.backlog_normal, state.backlog_late) == (0.0, 450.0)
     state.remove_work(500.0, True, late)
     assert state.backlog_late == 0.0
+
+
+def test_the_work_ahead_series_reads_the_books_at_each_scrape_and_goes_with_its_pool() -> None:
+    pool = make_pool(
+        providers=[provider("p", "http://127.0.0.1:1/v1")], spec={"demand": {"replicaTokensPerSecond": 1000}}
+    )
+    directory = PoolDirectory()
+    directory.set_pool(pool, [("e0", "127.0.0.1:1000"), ("e1", "127.0.0.1:1001")])
+    state = directory.pools[("default", "chat")]
+    now = time.monotonic()
+    state.drain(now, 2)
+    state.add_work(3000.0, False, now)
+    state.add_work(1000.0, True, now)
+    # Two replicas at 1000 tokens/s: 3000 tokens ahead in the normal lane is 1.5 s, 4000 behind both 2 s;
+    # a second later 1000 tokens are left in each lane.
+    assert (state.work_ahead_seconds(False, now), state.work_ahead_seconds(True, now)) == (1.5, 2.0)
+    assert (state.work_ahead_seconds(False, now + 1.0), state.work_ahead_seconds(True, now + 1.0)) == (0.5, 1.0)
+
+    def scraped() -> dict[str, float]:
+        text = directory.metrics.render().decode()
+        return {
+            lane: metric(text, "ebbtide_gateway_work_ahead_seconds", pool="chat", lane=lane)
+            for lane in ("normal", "late")
+        }
+
+    # A scrape reads the books as they are then: drained further, never more than a moment ago.
+    first = scraped()
+    assert 0.0 <= first["normal"] <= 0.5 and first["normal"] <= first["late"] <= 1.0
+    directory.set_pool(pool, [])  # no Ready replica: no wait is finite
+    assert scraped() == {"normal": float("inf"), "late": float("inf")}
+    directory.remove_pool("default", "chat")
+    assert "ebbtide_gateway_work_ahead_seconds{" not in directory.metrics.render().decode()
 
 
 def test_the_series_the_controller_reads_carry_the_documented_names_and_labels() -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "SATURATION_REQUESTS",
     "SATURATION_TOKENS",
     "TOKENS",
+    "WORK_AHEAD",
     "RouteLabel",
     "TokenKind",
     "TokenSource",
@@ -74,3 +75,6 @@ HELD = "ebbtide_gateway_held"
 """Gauge {namespace, pool}: requests held now, waiting for a replica to become Ready."""
 ADDED_LATENCY = "ebbtide_gateway_added_latency_seconds"
 """Histogram {namespace, pool}: time the gateway itself adds before the upstream sees the request."""
+WORK_AHEAD = "ebbtide_gateway_work_ahead_seconds"
+"""Gauge {namespace, pool, lane}: the wait a new request would expect now from the gateway's estimate of
+the work ahead, in the normal lane or behind both (lane normal or late); +Inf with no replica Ready."""
