@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from gateway.accounting import GatewayMetrics, PoolMetrics
 from gateway.providers import ProviderState
 from gateway.upstream import Endpoint
-from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT, waiting_floor
+from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT, output_margin, waiting_floor
 from policies.spec import GPUPool, GPUPoolSpec
 
 __all__ = ["PoolDirectory", "PoolKey", "PoolState", "WaitingWork"]
@@ -90,6 +90,8 @@ class PoolState:
         `replicaTokensPerSecond` (`Demand.work_tokens`: with the replica's prefill and decode speeds, its
         replica-seconds at that rate)."""
         self.work_late = 0.0
+        self.requests_normal = 0
+        """This gateway's GPU requests in flight in the normal lane (for `margin`)."""
         self.backlog_normal = 0.0
         """Of that work, what is not served yet: drained at the Ready replicas' throughput as time passes,
         normal lane first, as the simulator's fluid lanes drain (never more than the work in flight)."""
@@ -99,6 +101,8 @@ class PoolState:
         never below what they have ahead (a low estimate of the work ahead corrects itself)."""
         self._backlog_at = time.monotonic()
         self.mean_completion = INITIAL_COMPLETION_TOKENS
+        self.var_completion = 0.0
+        """The moving variance of reported outputs, with the mean's weight (for `margin`)."""
         self.mean_request = self.spec.demand.work_tokens(INITIAL_COMPLETION_TOKENS, INITIAL_COMPLETION_TOKENS)
         self.held = 0
         self.ready_event = asyncio.Event()
@@ -153,6 +157,7 @@ class PoolState:
         else:
             self.work_normal += work
             self.backlog_normal += work
+            self.requests_normal += 1
         return None if prefill is None else self.waiting[1 if late else 0].add(work, prefill)
 
     def first_token(self, late: bool, token: int | None) -> None:
@@ -168,6 +173,7 @@ class PoolState:
             self.work_late = max(self.work_late - work, 0.0)
             self.backlog_late = min(self.backlog_late, self.work_late)
         else:
+            self.requests_normal = max(self.requests_normal - 1, 0)
             self.work_normal = max(self.work_normal - work, 0.0)
             self.backlog_normal = min(self.backlog_normal, self.work_normal)
 
@@ -179,12 +185,23 @@ class PoolState:
         self.drain(now, ready)
         if ready == 0:
             return float("inf")
-        ahead = self.backlog_normal + self.others_work() + (self.backlog_late if late else 0.0)
+        ahead = self.normal_ahead() + (self.backlog_late if late else 0.0)
         return ahead / (ready * self.spec.demand.replica_tokens_per_second)
+
+    def normal_ahead(self) -> float:
+        """Tokens of work ahead in the normal lane as routing reads it: what is left of this gateway's, the
+        other clients' (`others_work`), and a margin for the spread of all their outputs (`output_margin`)."""
+        others = self.others_requests()
+        margin = output_margin(self.requests_normal + others, self.var_completion)
+        return self.backlog_normal + others * self.mean_request + self.spec.demand.work_tokens(0.0, margin)
+
+    def others_requests(self) -> int:
+        """Requests on the engines that are not this gateway's, from the last scrapes."""
+        return sum(e.others for e in self.endpoints.values() if e.ready)
 
     def others_work(self) -> float:
         """Tokens of work on the engines that is not this gateway's, from the last scrapes."""
-        return sum(e.others for e in self.endpoints.values() if e.ready) * self.mean_request
+        return self.others_requests() * self.mean_request
 
     def fallback_usable(self, now: float) -> bool:
         """The fallback is open (status) and at least one provider may take a request now."""
@@ -204,7 +221,9 @@ class PoolState:
 
     def learn(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Fold one GPU request's reported usage into the per-request work estimate."""
-        self.mean_completion += OUTPUT_EWMA_WEIGHT * (completion_tokens - self.mean_completion)
+        deviation = completion_tokens - self.mean_completion
+        self.mean_completion += OUTPUT_EWMA_WEIGHT * deviation
+        self.var_completion += OUTPUT_EWMA_WEIGHT * (deviation * deviation - self.var_completion)
         work = self.spec.demand.work_tokens(prompt_tokens, completion_tokens)
         self.mean_request += OUTPUT_EWMA_WEIGHT * (work - self.mean_request)
 

@@ -6,7 +6,8 @@ tokens. Work ahead is what is left of this gateway's in-flight GPU requests (the
 output tokens, by lane, drained at the replicas' throughput as time passes, like the simulator's fluid
 lanes, and never below what its streamed requests still waiting for a first token have ahead:
 `PoolState.waiting`) plus the requests vLLM reports waiting or running that are not this gateway's
-(from the scrape, at the pool's mean request size). A request's own prefill counts against the objective, as in the
+(from the scrape, at the pool's mean request size), plus a margin of one standard deviation of the sum
+of their outputs (`policies.overflow.output_margin`). A request's own prefill counts against the objective, as in the
 simulator, at the same throughput. With no Ready replica, a request the policy would send to the
 fallback is held instead when a replica should be Ready before its objective runs out.
 """
@@ -82,7 +83,7 @@ def plan_request(
     objective = spec.objective.ttft_seconds
     budget = objective - spec.demand.prefill_seconds(prompt_tokens) - (now - arrival)
     decision = route_request(
-        waiting=pool.backlog_normal + pool.others_work(),
+        waiting=pool.normal_ahead(),
         ready_replicas=n,
         replica_requests_per_second=tps,
         max_wait_seconds=spec.fallback.max_queue_wait_seconds,

@@ -232,6 +232,32 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
 
+def test_outputs_that_vary_add_a_margin_to_the_work_ahead_that_can_make_a_request_late() -> None:
+    # 1000 tokens/s, no speeds (work in tokens), a 1 s objective: a 100-token prompt leaves 0.9 s of wait.
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 2},
+                         "objective": {"ttftSeconds": 1.0}})  # fmt: skip
+    now = time.monotonic()
+    kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    state.drain(now, 1)
+    for _ in range(4):
+        state.add_work(200.0, False, now)  # 800 tokens ahead: 0.8 s, on time
+    assert state.normal_ahead() == 800.0
+    assert plan_request(state, **kwargs).lane is Lane.ON_TIME  # type: ignore[arg-type]
+    # Answers of 0 and 512 tokens (about the starting mean of 256): the spread the mean cannot know, learned
+    # with the mean's weight (0.05 each) from none: a variance of about 12,800, a deviation of about 113.
+    for completion in (0, 512, 0, 512):
+        state.learn(100, completion)
+    assert 12_000 < state.var_completion < 13_500
+    margin = (4 * state.var_completion) ** 0.5  # one standard deviation of the four outputs' sum
+    assert abs(state.normal_ahead() - (800.0 + margin)) < 1e-9
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    assert plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait", "0.8 s plus ~0.23 s is late"
+    # With nothing in flight nothing is ahead, margin included.
+    for _ in range(4):
+        state.remove_work(200.0, False)
+    assert state.requests_normal == 0 and state.normal_ahead() == 0.0
+
+
 def test_with_the_replicas_speeds_a_prompt_heavy_request_is_estimated_at_its_own_work() -> None:
     # A replica that prefills 4,000 prompt tokens/s and generates 500/s over its batch.
     speeds = {

@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from policies.overflow import Lane, Route, RouteDecision, expected_wait_seconds, route_request
+from policies.overflow import (
+    OUTPUT_MARGIN_SIGMAS,
+    Lane,
+    Route,
+    RouteDecision,
+    expected_wait_seconds,
+    output_margin,
+    route_request,
+    waiting_floor,
+)
 
 INF = math.inf
 
@@ -175,3 +184,16 @@ def test_route_request_with_lanes(
         on_time_wait_seconds=on_time,
     )
     assert decision == expected
+
+
+def test_the_output_margin_is_the_spread_of_the_sum_of_the_outputs_ahead() -> None:
+    assert OUTPUT_MARGIN_SIGMAS == 1.0
+    # Four outputs ahead, each with a standard deviation of 100 tokens: their sum's is 200.
+    assert output_margin(4, 100.0**2) == 200.0
+    assert output_margin(16, 100.0**2) == 400.0, "it grows with the square root of what is ahead"
+    assert output_margin(0, 100.0**2) == 0.0 and output_margin(4, 0.0) == 0.0
+
+
+def test_the_waiting_floor_leaves_out_the_oldest_ones_prefill_and_is_never_negative() -> None:
+    assert waiting_floor(900.0, 100.0) == 800.0
+    assert waiting_floor(50.0, 100.0) == 0.0

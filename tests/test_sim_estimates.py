@@ -90,6 +90,56 @@ def test_the_books_never_fall_below_the_requests_still_waiting_for_a_first_token
     assert abs(est.late - 0.2) < 1e-12
 
 
+def test_the_normal_lanes_work_ahead_adds_the_spread_of_the_outputs_in_flight() -> None:
+    demand = Demand(
+        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
+    )
+    est = GatewayEstimate(demand)
+    est.send(False, 0, 256, first_token_at=0.0, served_by=1.0)  # at the mean: nothing spread yet
+    assert est.var_completion == 0.0 and est.normal_ahead == est.normal
+    for k, output in enumerate((0, 512, 0)):
+        est.send(False, 0, output, first_token_at=0.0, served_by=2.0 + k)
+    # Four in flight: one standard deviation of their outputs' sum, at the decode speed, is added.
+    margin = (4 * est.var_completion) ** 0.5 / 2500
+    assert est.var_completion > 0 and abs(est.normal_ahead - (est.normal + margin)) < 1e-12
+    est.advance(0.0, 1, served_normal=5.0, served_late=0.0)  # all served: nothing ahead, no margin
+    assert est.normal_ahead == 0.0
+    # The late lane carries none: it is served only when the normal lane is empty.
+    est.send(True, 0, 512, first_token_at=0.0, served_by=1.0)
+    assert est.normal_ahead == 0.0
+
+
+def test_in_a_burst_outputs_that_have_varied_keep_fewer_requests_in_the_normal_lane() -> None:
+    # Twenty lone requests, then a burst of twenty at once, all with empty prompts, on one replica with a
+    # 2 s objective. The burst's outputs are 256 tokens, 0.1024 s each at 2,500 tokens/s: with nothing
+    # learned but the starting mean all twenty fit the normal lane (19 x 0.1024 <= 2). When the lone ones
+    # generated 0 and 512 tokens in turn (ending on 0, so the learned mean is below 256 and the books
+    # alone would take at least as many), the spread of the outputs ahead counts too and some go late.
+    lone = np.arange(20) * 10.0
+
+    def workload_of(outputs: list[int]) -> Workload:
+        return Workload(
+            arrival_s=np.concatenate((lone, np.full(20, 300.0))),
+            input_tokens=np.zeros(40, dtype=np.int64),
+            output_tokens=np.asarray([*outputs, *[256] * 20], dtype=np.int64),
+            start=START,
+            duration_s=400.0,
+        )
+
+    replica = ReplicaModel(10_000.0, 2_500.0, 1e12, 256)
+    demand = Demand(
+        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
+    )
+    kw = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
+    steady, varied = (
+        _run(_engine(workload_of(outputs), replica, demand, **kw), 1, 400.0) for outputs in ([256] * 20, [512, 0] * 10)
+    )
+    burst = slice(20, 40)
+    in_normal = [int(np.sum((e.route[burst] == 1) & ~e.late[burst])) for e in (steady, varied)]
+    assert in_normal[0] == 20
+    assert in_normal[1] < 20
+
+
 def test_outputs_longer_than_the_gateway_expects_keep_the_normal_lane_within_a_bound() -> None:
     # One replica; a request every 0.25 s for 30 s, each 1,000 prompt tokens (0.1 s of prefill) and 1,000
     # outputs (0.4 s at 2,500 tokens/s): 2 s of work per second, twice what the replica serves. The

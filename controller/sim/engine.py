@@ -281,7 +281,7 @@ class PoolEngine:
             prefill = prefills[k] if objective is not None else 0.0
             if est is not None:
                 est.advance(t, ready, s1, s2)
-                w1, w2 = est.normal, est.late
+                w1, w2 = est.normal_ahead, est.late
                 prefill = est.demand.prefill_seconds(tokens_in[k])
             if routing is Routing.FALLBACK:
                 code = RouteCode.FALLBACK

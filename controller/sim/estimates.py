@@ -6,7 +6,8 @@ pool's mean output (`Demand.work_tokens`, at `demand.replicaTokensPerSecond` or,
 replica's prefill and decode speeds), drains that estimate at the Ready replicas' throughput as time
 passes, normal lane first, caps it by the estimates of the requests still in flight, and keeps it at
 least at the estimates of the requests still waiting for their first token, less the own prefill of
-the one that has waited longest (`gateway.directory.PoolState`, `policies.overflow.waiting_floor`).
+the one that has waited longest (`gateway.directory.PoolState`, `policies.overflow.waiting_floor`); the
+normal lane's work ahead adds a margin for the spread of the outputs in flight (`output_margin`).
 `GatewayEstimate` keeps the same books in the same order, so a simulated gateway routed on it sees what
 the shipped one would see; `route_request` then decides as it does in the gateway.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT, waiting_floor
+from policies.overflow import INITIAL_COMPLETION_TOKENS, OUTPUT_EWMA_WEIGHT, output_margin, waiting_floor
 from policies.spec import Demand
 
 __all__ = ["GatewayEstimate"]
@@ -64,6 +65,7 @@ class GatewayEstimate:
         self.demand = demand
         self.per_second = demand.replica_tokens_per_second
         self.mean_completion = INITIAL_COMPLETION_TOKENS
+        self.var_completion = 0.0
         self.normal = 0.0
         self.late = 0.0
         self._at = 0.0
@@ -103,4 +105,12 @@ class GatewayEstimate:
         books.in_flight += work
         books.waiting.append((first_token_at, work, self.demand.prefill_seconds(prompt_tokens)))
         books.waiting_work += work
-        self.mean_completion += OUTPUT_EWMA_WEIGHT * (output_tokens - self.mean_completion)
+        deviation = output_tokens - self.mean_completion
+        self.mean_completion += OUTPUT_EWMA_WEIGHT * deviation
+        self.var_completion += OUTPUT_EWMA_WEIGHT * (deviation * deviation - self.var_completion)
+
+    @property
+    def normal_ahead(self) -> float:
+        """The normal lane's work ahead as routing reads it: the books plus the outputs' margin."""
+        margin = output_margin(len(self._lanes[0].flight), self.var_completion)
+        return self.normal + (self.demand.work_tokens(0.0, margin) / self.per_second if margin else 0.0)
