@@ -16,6 +16,13 @@ from policies.overflow import Routing
 from policies.spec import Demand
 
 START = dt.datetime(2024, 5, 13, tzinfo=dt.UTC)
+REPLICA = ReplicaModel(10_000.0, 2_500.0, 1e12, 256)
+"""Prefill at 10,000 and decode at 2,500 tokens/s, a first token the moment it is prefilled."""
+SPEEDS = Demand(
+    replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
+)
+"""A pool that gives the gateway REPLICA's own speeds."""
+OBJECTIVE = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
 
 
 def _engine(workload: Workload, replica: ReplicaModel, demand: Demand | None, **kw: object) -> PoolEngine:
@@ -91,10 +98,7 @@ def test_the_books_never_fall_below_the_requests_still_waiting_for_a_first_token
 
 
 def test_the_normal_lanes_work_ahead_adds_the_spread_of_the_outputs_in_flight() -> None:
-    demand = Demand(
-        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
-    )
-    est = GatewayEstimate(demand)
+    est = GatewayEstimate(SPEEDS)
     est.send(False, 0, 256, first_token_at=0.0, served_by=1.0)  # at the mean: nothing spread yet
     assert est.var_completion == 0.0 and est.normal_ahead == est.normal
     for k, output in enumerate((0, 512, 0)):
@@ -126,13 +130,9 @@ def test_in_a_burst_outputs_that_have_varied_keep_fewer_requests_in_the_normal_l
             duration_s=400.0,
         )
 
-    replica = ReplicaModel(10_000.0, 2_500.0, 1e12, 256)
-    demand = Demand(
-        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
-    )
-    kw = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
     steady, varied = (
-        _run(_engine(workload_of(outputs), replica, demand, **kw), 1, 400.0) for outputs in ([256] * 20, [512, 0] * 10)
+        _run(_engine(workload_of(outputs), REPLICA, SPEEDS, **OBJECTIVE), 1, 400.0)
+        for outputs in ([256] * 20, [512, 0] * 10)
     )
     burst = slice(20, 40)
     in_normal = [int(np.sum((e.route[burst] == 1) & ~e.late[burst])) for e in (steady, varied)]
@@ -148,8 +148,8 @@ def test_outputs_longer_than_the_gateway_expects_keep_the_normal_lane_within_a_b
     # what waits for a first token, less one prefill) leave its 1.9 s: so the estimates of the requests
     # waiting ahead of it add up to at most 2.0 s, their true work to at most 0.5 / 0.2024 times that,
     # and the one being decoded adds at most its 0.5 s. Every normal-lane first token comes within
-    # 0.5 + 2.0 x 0.5 / 0.2024 + 0.1 s of prefill (5.54 s; 3.35 s here). Without the floor, the drain
-    # alone lets normal-lane first tokens come 7.6 s late.
+    # 0.5 + 2.0 x 0.5 / 0.2024 + 0.1 s of prefill (5.54 s; 2.85 s here). Without the floor, the drain
+    # alone lets normal-lane first tokens come 7.35 s late.
     n = 120
     workload = Workload(
         arrival_s=np.arange(n) * 0.25,
@@ -158,17 +158,12 @@ def test_outputs_longer_than_the_gateway_expects_keep_the_normal_lane_within_a_b
         start=START,
         duration_s=60.0,
     )
-    replica = ReplicaModel(10_000.0, 2_500.0, 1e12, 256)
-    demand = Demand(
-        replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000, replica_decode_tokens_per_second=2500
-    )
-    kw = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
-    engine = _run(_engine(workload, replica, demand, **kw), 1, 60.0)
+    engine = _run(_engine(workload, REPLICA, SPEEDS, **OBJECTIVE), 1, 60.0)
     normal = (engine.route == 1) & ~engine.late
     bound = 0.5 + 2.0 * 0.5 / (0.1 + 256 / 2500) + 0.1
     assert float(engine.ttft[normal].max()) <= bound
     assert int(normal.sum()) >= 30, "the replica serves about half of them on time"
-    true = _run(_engine(workload, replica, None, **kw), 1, 60.0)
+    true = _run(_engine(workload, REPLICA, None, **OBJECTIVE), 1, 60.0)
     assert float(true.ttft[(true.route == 1) & ~true.late].max()) <= 2.0
 
 
@@ -229,13 +224,9 @@ def test_in_a_burst_a_blended_rate_sees_more_work_ahead_than_the_replicas_speeds
         start=START,
         duration_s=60.0,
     )
-    replica = ReplicaModel(10_000.0, 2_500.0, 60.0, 256)
-    kw = {"max_wait_seconds": 2.0, "objective_ttft_seconds": 2.0}
-    speeds = Demand(replica_tokens_per_second=6000, replica_prefill_tokens_per_second=10_000,
-                    replica_decode_tokens_per_second=2_500)  # fmt: skip
     runs = [
-        _run(_engine(workload, replica, demand, **kw), 1, 60.0)
-        for demand in (None, speeds, Demand(replica_tokens_per_second=6000))
+        _run(_engine(workload, REPLICA, demand, **OBJECTIVE), 1, 60.0)
+        for demand in (None, SPEEDS, Demand(replica_tokens_per_second=6000))
     ]
     assert [int(np.sum((e.route == 1) & ~e.late)) for e in runs] == [6, 6, 5]
     assert [int(np.sum(e.late)) for e in runs] == [1, 1, 1]

@@ -312,32 +312,25 @@ class PoolEngine:
                         if b2 > 0.0 and ready > 0:
                             two.bt.append(t)  # the late lane pauses
                             two.bv.append(s2)
-                    positions[0].append(s1 + b1)
-                    if est is not None:
-                        est.send(
-                            False,
-                            tokens_in[k],
-                            tokens_out[k],
-                            first_token_at=s1 + b1 + prefills[k],
-                            served_by=s1 + b1 + works[k],
-                        )
+                    position = s1 + b1
                     b1 += works[k]
                 else:
                     if b2 <= 0.0 and b1 <= 0.0:
                         two.bt.append(t)
                         two.bv.append(s2)
-                    positions[1].append(s2 + b2)
-                    if est is not None:
-                        est.send(
-                            True,
-                            tokens_in[k],
-                            tokens_out[k],
-                            first_token_at=s2 + b2 + prefills[k],
-                            served_by=s2 + b2 + works[k],
-                        )
+                    position = s2 + b2
                     b2 += works[k]
                     late_idx.append(lo + k)
+                positions[lane].append(position)
                 gpu_idx[lane].append(lo + k)
+                if est is not None:
+                    est.send(
+                        lane == 1,
+                        tokens_in[k],
+                        tokens_out[k],
+                        first_token_at=position + prefills[k],
+                        served_by=position + works[k],
+                    )
             else:
                 codes[k] = code
                 if code == RouteCode.FALLBACK and ready > 0:
