@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
 from gateway.accounting import GatewayMetrics, PoolMetrics
@@ -41,10 +42,12 @@ class WaitingWork:
     not counted, which keeps the floor a floor.
     """
 
-    __slots__ = ("_items", "_next", "work")
+    __slots__ = ("_items", "_next", "_order", "work")
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[float, float]] = {}
+        self._order: deque[int] = deque()
+        """Tokens in the order they were added; those done are dropped from the front as `floor` meets them."""
         self._next = 0
         self.work = 0.0
 
@@ -56,6 +59,7 @@ class WaitingWork:
         token = self._next
         self._next += 1
         self._items[token] = (work, prefill)
+        self._order.append(token)
         self.work += work
         return token
 
@@ -64,12 +68,17 @@ class WaitingWork:
         item = self._items.pop(token, None)
         if item is not None:
             self.work = self.work - item[0] if self._items else 0.0
+            if not self._items:
+                self._order.clear()
 
     def floor(self) -> float:
         """Tokens of work these requests still have ahead, at least."""
-        if not self._items:
+        order, items = self._order, self._items
+        while order and order[0] not in items:
+            order.popleft()
+        if not order:
             return 0.0
-        return waiting_floor(self.work, next(iter(self._items.values()))[1])
+        return waiting_floor(self.work, items[order[0]][1])
 
 
 class PoolState:

@@ -410,6 +410,31 @@ def test_streams_waiting_for_a_first_token_hold_the_backlog_up_until_their_first
     assert state.backlog_late == 0.0
 
 
+def test_the_waiting_floor_is_the_live_requests_work_less_the_oldest_live_ones_prefill() -> None:
+    import random
+
+    from gateway.directory import WaitingWork
+
+    rng = random.Random(7)
+    for _ in range(50):
+        waiting, live = WaitingWork(), {}  # token -> (work, prefill), in insertion order
+        for _ in range(60):
+            if live and rng.random() < 0.45:
+                token = rng.choice(list(live))  # first tokens come in any order
+                waiting.done(token)
+                del live[token]
+            else:
+                work = float(rng.randint(1, 50))
+                prefill = float(rng.randint(0, int(work)))
+                live[waiting.add(work, prefill)] = (work, prefill)
+            expected = 0.0
+            if live:
+                oldest = min(live)
+                expected = max(sum(w for w, _ in live.values()) - live[oldest][1], 0.0)
+            assert len(waiting) == len(live)
+            assert abs(waiting.floor() - expected) < 1e-9
+
+
 def test_the_work_ahead_series_reads_the_books_at_each_scrape_and_goes_with_its_pool() -> None:
     pool = make_pool(
         providers=[provider("p", "http://127.0.0.1:1/v1")], spec={"demand": {"replicaTokensPerSecond": 1000}}
