@@ -199,7 +199,8 @@ class PoolState:
 
     def normal_ahead(self) -> float:
         """Tokens of work ahead in the normal lane as routing reads it: what is left of this gateway's, the
-        other clients' (`others_work`), and a margin for the spread of all their outputs (`output_margin`)."""
+        other clients' (`others_requests` at the mean request), and a margin for the spread of all their
+        outputs (`output_margin`)."""
         others = self.others_requests()
         margin = output_margin(self.requests_normal + others, self.var_completion)
         return self.backlog_normal + others * self.mean_request + self.spec.demand.work_tokens(0.0, margin)
@@ -207,10 +208,6 @@ class PoolState:
     def others_requests(self) -> int:
         """Requests on the engines that are not this gateway's, from the last scrapes."""
         return sum(e.others for e in self.endpoints.values() if e.ready)
-
-    def others_work(self) -> float:
-        """Tokens of work on the engines that is not this gateway's, from the last scrapes."""
-        return self.others_requests() * self.mean_request
 
     def fallback_usable(self, now: float) -> bool:
         """The fallback is open (status) and at least one provider may take a request now."""
