@@ -434,7 +434,7 @@ def _journey(
     eventually(lambda: _replicas(api, namespace) >= 2, 15, "a scale-up for the burst")
     up = _applied(controller, "a scale-up past one", lambda d: d["to"] >= 2)
     # Demand drove it (the cost rule may cap how far: cost-overflow names both figures).
-    demand_reasons = {"queue-high", "tokens-high", "overflow-pays", "step-limit", "cost-overflow", "pool-max"}
+    demand_reasons = {"queue-high", "tokens-high", "overflow-pays", "replay", "step-limit", "cost-overflow", "pool-max"}
     assert up and up[0]["reason"] in demand_reasons, up[0]
     assert all(r.headers.get("Authorization") == f"Bearer {PROVIDER_KEY}" for r in provider.requests)
     assert users.stream() in {SERVED, PROVIDER_MODEL}

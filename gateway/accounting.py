@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from controller.demand import series
 from controller.demand.series import RouteLabel, TokenKind, TokenSource
+from gateway.requestlog import RequestLog
 
 __all__ = ["GatewayMetrics", "PoolMetrics", "usd"]
 
@@ -28,6 +29,8 @@ class GatewayMetrics:
     """Every series the gateway exports, in its own registry (served on /metrics)."""
 
     def __init__(self) -> None:
+        self.request_log = RequestLog()
+        """The finished requests of the last hour, for the controller's replay (GET /ebbtide/requests)."""
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         pool = list(series.POOL_LABELS)
@@ -119,9 +122,13 @@ class PoolMetrics:
         saturated: bool = False,
         provider: str | None = None,
         dollars: float = 0.0,
+        arrived_at: float | None = None,
     ) -> None:
-        """Count one finished request: its route, tokens (reported or estimated), saturation and spend."""
+        """Count one finished request: its route, tokens (reported or estimated), saturation and spend;
+        with `arrived_at` (epoch seconds) it is also logged for the controller's replay."""
         self.requests[route].inc()
+        if arrived_at is not None:
+            self._metrics.request_log.record(*self.labels, arrived_at, prompt_tokens, completion_tokens)
         source = TokenSource.ESTIMATED if estimated else TokenSource.REPORTED
         pair = self._tokens.get((route, source))
         if pair is None:

@@ -24,13 +24,14 @@ from gateway.directory import PoolDirectory
 from gateway.dispatch import Dispatcher
 from gateway.errors import ApiError, error_response, error_type
 from gateway.inbound import parse_request, request_id
+from gateway.requestlog import DEFAULT_PAGE, MAX_PAGE
 from gateway.scraper import scrape_forever
 
 __all__ = ["GATEWAY", "Gateway", "build_app"]
 
 _LOG = logging.getLogger("ebbtide.gateway")
 _POST_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
-_GET_ROUTES = frozenset({"/v1/models", "/metrics", "/healthz", "/readyz"})
+_GET_ROUTES = frozenset({"/v1/models", "/metrics", "/ebbtide/requests", "/healthz", "/readyz"})
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -183,6 +184,19 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": _METRICS_TYPE})
 
 
+async def _requests(request: web.Request) -> web.Response:
+    log = request.app[GATEWAY].directory.metrics.request_log
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", str(DEFAULT_PAGE)))
+        page = log.page(after, limit)
+    except ValueError:
+        return error_response(
+            400, f"after must be an integer >= 0 and limit one in 1..{MAX_PAGE} (got {request.query_string!r})"
+        )
+    return web.Response(body=orjson.dumps(page), content_type="application/json")
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -222,6 +236,7 @@ def build_app(gateway: Gateway, *, scrape: bool = True) -> web.Application:
     app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _models, allow_head=False)
     app.router.add_get("/metrics", _metrics, allow_head=False)
+    app.router.add_get("/ebbtide/requests", _requests, allow_head=False)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_route("*", "/{tail:.*}", _unknown)

@@ -50,6 +50,11 @@ def _route_headers(route: RouteLabel, provider: str | None = None) -> Mapping[st
 _GPU_ROUTE_HEADERS = {route: _route_headers(route) for route in RouteLabel}
 
 
+def _epoch(monotonic_at: float) -> float:
+    """A moment on the monotonic clock as epoch seconds (what the controller's replay merges on)."""
+    return time.time() - (time.monotonic() - monotonic_at)
+
+
 class Dispatcher:
     """Serves requests once their pool is known."""
 
@@ -250,7 +255,8 @@ class Dispatcher:
             gauge.dec()
         if not result.estimated:
             pool.learn(result.prompt_tokens, result.completion_tokens)
-        pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated)
+        pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
+                              arrived_at=_epoch(req.arrival))  # fmt: skip
         return result.response
 
     async def _relay_gpu(
@@ -370,7 +376,8 @@ class Dispatcher:
             dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
                           provider.spec.output_usd_per_million)  # fmt: skip
             pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
-                                  saturated=saturated, provider=provider.name, dollars=dollars)  # fmt: skip
+                                  saturated=saturated, provider=provider.name, dollars=dollars,
+                                  arrived_at=_epoch(req.arrival))  # fmt: skip
             return result.response
         self._count_rejected(pool, req)
         return self._all_failed(pool, failures, last_status, retry_after)

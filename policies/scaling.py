@@ -6,7 +6,8 @@ The order of the rules is the order of their authority:
 3. without fresh data the replicas are held (a missing metric is never zero load);
 4. with data, the queue, the offered token rate and (when `replicaMeanTokensPerSecond` is set and the
    last hour overflowed enough to show bursts) the last hour's mean rate with headroom set a demand,
-   and overflow that would pay for a replica adds one; growth is step-limited and only bought where a
+   and overflow that would pay for a replica adds one, and the count that would have cost least through
+   the last hour, replayed (`policies.replay`), is kept; growth is step-limited and only bought where a
    GPU costs less than the API spend it would absorb (token rates smoothed first; a running replica
    priced on the last hour's average); shrinking waits out the scale-down delay, the burst memory, the
    idle grace and any GPU time already paid for;
@@ -21,6 +22,7 @@ from dataclasses import replace
 
 from policies.billing import paid_until
 from policies.memory import hour_mean, overflow_share, smooth_rates
+from policies.replay import replay_count, replay_message
 from policies.schedules import active_override, open_spans, window_spans
 from policies.spec import GPUCapAction, GPUPoolSpec, OverrideMode
 from policies.types import Decision, DemandSample, Limits, Observation, PolicyState, Reason
@@ -211,6 +213,16 @@ def _decide_on_demand(
                 f"per replica wants {wanted} (bursty: {share:.1%} of it overflowed)"
             )
 
+    # The count that would have cost least through the last hour, replayed (policies.replay): bursts the
+    # averages miss cost there what they cost at the fallback.
+    replay_wanted = replay_count(spec, demand.replay_usd)
+    if replay_wanted > 0 and demand.replay_usd is not None:
+        details.append(("replay_replicas", float(replay_wanted)))
+        if replay_wanted > wanted:
+            wanted = replay_wanted
+            reason = Reason.REPLAY if wanted > current else Reason.STEADY if wanted == current else reason
+            message = replay_message(demand.replay_usd, wanted)
+
     # Unknown spend counts as capped: a cap that cannot be checked holds.
     fallback_capped = spec.budget.max_fallback_usd_per_day is not None and (
         obs.fallback_usd_today is None or obs.fallback_usd_today >= spec.budget.max_fallback_usd_per_day
@@ -259,6 +271,10 @@ def _decide_on_demand(
             details += [("api_usd", check.api_usd), ("gpu_usd", check.gpu_usd)]
             desired = affordable
             reason = Reason.COST_OVERFLOW
+            # The replay has priced its count against the fallback already.
+            if replay_wanted > desired and demand.replay_usd is not None:
+                desired = min(replay_wanted, wanted)
+                reason, message = Reason.REPLAY, replay_message(demand.replay_usd, desired)
     elif desired > current and fallback_capped:
         reason = Reason.FALLBACK_BUDGET_CAP
         if obs.fallback_usd_today is None:

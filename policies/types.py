@@ -42,6 +42,7 @@ class Reason(StrEnum):
     NO_DATA_HOLD = "no-data-hold"
     STALE_DATA_HOLD = "stale-data-hold"
     STARTUP_HOLD = "startup-hold"
+    REPLAY = "replay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,10 @@ class DemandSample:
     input_tokens_per_second: float | None = None
     output_tokens_per_second: float | None = None
     overflow_tokens_per_second: float | None = None
+    replay_usd: tuple[float, ...] | None = None
+    """Per count `k` from 0: what `k` replicas held through the last hour would have cost, GPU time
+    plus the fallback price of the requests they could not have served on time (`policies.replay`);
+    None when unknown (no replay: the gateway's requests could not be read)."""
 
     @property
     def queue(self) -> float:

@@ -17,6 +17,7 @@ from controller.sim import foresight
 from controller.sim.foresight import (
     block_costs,
     block_plan,
+    block_replica_plan,
     constant_unsaved,
     foresight_run,
     hindsight_plan,
@@ -106,6 +107,18 @@ def test_hindsight_takes_the_count_of_least_cost_over_the_blocks_before() -> Non
     assert hindsight_plan(costs, window=1).tolist() == [0, 0, 1, 1, 0]
     with pytest.raises(ValueError, match="at least one block"):
         hindsight_plan(costs, window=0)
+
+
+def test_a_hindsight_count_is_asked_for_only_once_its_block_has_begun() -> None:
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    counts = np.array([0, 3, 1], dtype=np.int64)
+    fore = block_replica_plan(start, counts, 300.0, 180.0, hindsight=False)
+    hind = block_replica_plan(start, counts, 300.0, 180.0, hindsight=True)
+    # Foresight asks for block 1's three one cold start before it begins; hindsight cannot know them then.
+    assert fore.wanted(300.0 - 180.0) == 3
+    assert hind.wanted(300.0 - 1.0) == 0
+    assert hind.wanted(300.0) == 3  # decided at the block's start, Ready a cold start later
+    assert hind.wanted(600.0) == 3 and hind.wanted(600.0 + 180.0) == 1
 
 
 def test_hindsight_needs_only_the_past() -> None:

@@ -58,7 +58,14 @@ def test_a_step_sets_every_series_and_reaches_the_inner_recorder() -> None:
         inner, PoolMetrics(registry, leading=lambda: True), spec=lambda _: _spec(), window=lambda *_: "office-hours"
     )
     # 70 queued at 32 per replica -> 3; 13,000 tokens/s at 6,000 per replica -> 3 as well, 19,000 -> 4.
-    demand = DemandSample(NOW, waiting=40, running=30, input_tokens_per_second=15000, output_tokens_per_second=4000)
+    demand = DemandSample(
+        NOW,
+        waiting=40,
+        running=30,
+        input_tokens_per_second=15000,
+        output_tokens_per_second=4000,
+        replay_usd=(9.0, 5.0, 4.0, 4.5),
+    )
     recorder.record(_step(Reason.QUEUE_HIGH, 4, demand))
     assert inner.steps and inner.steps[0].decision is not None
     assert _value(registry, "ebbtide_pool_desired_replicas") == 4
@@ -67,6 +74,7 @@ def test_a_step_sets_every_series_and_reaches_the_inner_recorder() -> None:
     assert _value(registry, "ebbtide_pool_queue_requests") == 70
     assert _value(registry, "ebbtide_pool_offered_tokens_per_second") == 19000
     assert _value(registry, "ebbtide_pool_demand_replicas") == 4
+    assert _value(registry, "ebbtide_pool_replay_replicas") == 2
     assert _value(registry, "ebbtide_pool_schedule_floor_replicas") == 1
     assert _value(registry, "ebbtide_pool_gpu_hours_today") == 3.5
     assert _value(registry, "ebbtide_pool_fallback_usd_today") is None  # unknown, not 0
@@ -88,6 +96,7 @@ def test_no_data_removes_the_demand_series_and_counts_the_hold() -> None:
     recorder.record(_step(Reason.NO_DATA_HOLD, 2, None))
     assert _value(registry, "ebbtide_pool_queue_requests") is None
     assert _value(registry, "ebbtide_pool_demand_replicas") is None
+    assert _value(registry, "ebbtide_pool_replay_replicas") is None
     assert _value(registry, "ebbtide_pool_window_open", window="office-hours") == 0
     assert _value(registry, "ebbtide_pool_decisions_total", reason="no-data-hold") == 1
     assert _value(registry, "ebbtide_pool_decisions_total", reason="queue-high") == 1

@@ -23,8 +23,8 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "d6003bea90dfe466",
-    "ebbtide": "ab4aebaf54c4fd77",
+    "report": "b260013683e38274",
+    "ebbtide": "d7679f2eb6b9e973",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",
     "hpa": "69acc8cb4c716f5d",

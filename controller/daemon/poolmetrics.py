@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from controller.ports import PoolRef, StepReport
+from policies.replay import cheapest_count, replay_count
 from policies.spec import GPUPoolSpec
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "POOL_SERIES",
     "QUEUE",
     "READY_REPLICAS",
+    "REPLAY_REPLICAS",
     "SCHEDULE_FLOOR",
     "WINDOW_OPEN",
     "ForgettingRecorder",
@@ -51,6 +53,9 @@ READY_REPLICAS = "ebbtide_pool_ready_replicas"
 DEMAND_REPLICAS = "ebbtide_pool_demand_replicas"
 """Gauge {namespace, pool}: replicas the demand alone calls for (queue over targetQueuePerReplica, offered
 tokens/s over replicaTokensPerSecond, the larger), before schedule, cost and limits; absent without data."""
+REPLAY_REPLICAS = "ebbtide_pool_replay_replicas"
+"""Gauge {namespace, pool}: the count the replay of the last hour found cheapest (`policies.replay`); absent
+without a replay."""
 QUEUE = "ebbtide_pool_queue_requests"
 """Gauge {namespace, pool}: vLLM waiting + running, plus requests in flight at the fallback; absent without data."""
 OFFERED_TOKENS = "ebbtide_pool_offered_tokens_per_second"
@@ -71,6 +76,7 @@ POOL_SERIES = (
     CURRENT_REPLICAS,
     READY_REPLICAS,
     DEMAND_REPLICAS,
+    REPLAY_REPLICAS,
     QUEUE,
     OFFERED_TOKENS,
     SCHEDULE_FLOOR,
@@ -111,6 +117,7 @@ class PoolMetrics:
                 CURRENT_REPLICAS,
                 READY_REPLICAS,
                 DEMAND_REPLICAS,
+                REPLAY_REPLICAS,
                 QUEUE,
                 OFFERED_TOKENS,
                 SCHEDULE_FLOOR,
@@ -167,6 +174,11 @@ class PoolMetrics:
             if tokens is not None:
                 wanted = max(wanted, math.ceil(tokens / spec.demand.replica_tokens_per_second - 1e-9))
         self._set(DEMAND_REPLICAS, key, wanted)
+        replay = None
+        if demand is not None and demand.replay_usd:
+            costs = demand.replay_usd
+            replay = replay_count(spec, costs) if spec is not None else cheapest_count(costs)
+        self._set(REPLAY_REPLICAS, key, replay)
         if spec is not None:
             names = {w.name for w in spec.schedule.windows}
             for gone in self._windows.get(key, set()) - names:
@@ -236,6 +248,7 @@ def _doc(name: str) -> str:
         CURRENT_REPLICAS: "Pods of the target Deployment now (Ready or starting)",
         READY_REPLICAS: "Ready pods of the target Deployment",
         DEMAND_REPLICAS: "Replicas the demand alone calls for, before schedule, cost and limits",
+        REPLAY_REPLICAS: "Replicas that would have cost least through the last hour, replayed",
         QUEUE: "vLLM waiting + running, plus requests in flight at the fallback",
         OFFERED_TOKENS: "Offered prompt + completion tokens per second, all routes",
         SCHEDULE_FLOOR: "Replicas the schedule requires now (window minimum, pre-warm, keepWarm)",

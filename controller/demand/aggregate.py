@@ -178,6 +178,8 @@ def aggregate(
     gateway: GatewayCounters | NoData | None,
     previous: Reading | None,
     now: dt.datetime,
+    *,
+    replay_usd: tuple[float, ...] | None = None,
 ) -> tuple[DemandSample | NoData, Reading | None]:
     """Turn one round of raw readings into the policy's DemandSample, or NoData saying why not.
 
@@ -186,8 +188,10 @@ def aggregate(
     when the gateway could not be read, None when the pool has none; `previous` is the reading the rates
     are taken against (None: no rates yet). Waiting counts the engines' queues plus the requests the
     gateway holds; `overflow_in_flight` is what the fallback serves now. Offered token rates come from
-    the gateway (every route) when present, else from the engines' counters. Returns the sample and the
-    Reading a later call takes rates against (None after a failed read: a partial read is no baseline).
+    the gateway (every route) when present, else from the engines' counters. `replay_usd`, the replay's
+    price of each replica count over the last hour (`policies.replay`; None when there is none), passes
+    into the sample as it is. Returns the sample and the Reading a later call takes rates against (None
+    after a failed read: a partial read is no baseline).
     """
     if isinstance(engines, NoData):
         return engines, None
@@ -268,6 +272,7 @@ def aggregate(
         input_tokens_per_second=prompt_rate,
         output_tokens_per_second=gen_rate,
         overflow_tokens_per_second=overflow_rate,
+        replay_usd=replay_usd,
     )
     return sample, Reading(at=now, engines=engine_counters, gateway=gateway_series, gateway_at=gateway_at)
 

@@ -2,8 +2,9 @@
 
 Each pool is read by its own task every `interval` seconds, each read bounded by the pool's
 `scrapeTimeoutSeconds`, so a hung pod delays only its own pool's next sample and never the others'
-nor the tick. The gateway is scraped once per round for every pool by one more task. `sample()` is
-synchronous and only reads the cache; the tick calls it.
+nor the tick. The gateway is scraped once per round for every pool by one more task, which also pulls
+the requests each gateway process finished (`controller.demand.requests`) into each pool's replay
+(`policies.replay`). `sample()` is synchronous and only reads the cache; the tick calls it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from controller.demand.aggregate import (
     aggregate,
 )
 from controller.demand.gateway import GatewayScrape, GatewaySource, gateway_counters
+from controller.demand.requests import FinishedRequest, RequestFeed
 from controller.demand.sources import build_engine_source
 from controller.kube.pods import PodInfo
 from controller.ports import NoData, PoolRef
 from controller.scrape.sample import EngineSample
+from policies.replay import Replay, ReplayRequest, request_terms
 from policies.spec import GPUPoolSpec
 from policies.types import DemandSample
 
@@ -56,6 +59,30 @@ class _Pool:
     sample: DemandSample | NoData
     fallback_usd_total: float | None = None
     reads: int = 0
+    replay: Replay | None = None
+    replay_key: tuple[object, ...] = ()
+
+
+def _replay_key(spec: GPUPoolSpec) -> tuple[object, ...]:
+    """What the replay of a pool is computed from: a change starts it afresh."""
+    d = spec.demand
+    return (
+        spec.metrics.gateway,
+        spec.target.max_replicas,
+        spec.objective.ttft_seconds,
+        d.replica_tokens_per_second,
+        d.replica_prefill_tokens_per_second,
+        d.replica_decode_tokens_per_second,
+        spec.fallback.price,
+    )
+
+
+def _replay_requests(spec: GPUPoolSpec, rows: Sequence[FinishedRequest]) -> list[ReplayRequest]:
+    out = []
+    for r in rows:
+        work, prefill, usd = request_terms(spec.demand, spec.fallback.price, r.prompt_tokens, r.completion_tokens)
+        out.append(ReplayRequest(r.arrived_at, work, prefill, usd))
+    return out
 
 
 class DemandPoller:
@@ -83,6 +110,9 @@ class DemandPoller:
         self._gateway: tuple[GatewayScrape | NoData, dt.datetime] | None = None
         self._changed: asyncio.Event | None = None
         self._gateway_read = asyncio.Event()
+        self._feed = RequestFeed(timeout=gateway_timeout)
+        self._feed_ok_at: float | None = None
+        """When every gateway process's requests were last read (epoch s)."""
 
     @staticmethod
     def _key(pool: PoolRef) -> tuple[str, str]:
@@ -101,9 +131,15 @@ class DemandPoller:
             window = ReadingWindow(
                 self.rate_window_seconds, resolution=min(_WINDOW_RESOLUTION_SECONDS, self.rate_window_seconds / 2)
             )
-            self._pools[key] = _Pool(pool, spec, tuple(pods), dict(secrets or {}), window, NoData("not read yet"))
+            entry = _Pool(pool, spec, tuple(pods), dict(secrets or {}), window, NoData("not read yet"))
+            self._pools[key] = entry
         else:
             entry.spec, entry.pods, entry.secrets = spec, tuple(pods), dict(secrets or {})
+        replay_key = _replay_key(spec)
+        if entry.replay_key != replay_key:
+            entry.replay_key = replay_key
+            wanted = self.gateway_endpoints is not None and spec.metrics.gateway
+            entry.replay = Replay(spec.target.max_replicas, spec.objective.ttft_seconds) if wanted else None
         if self._changed is not None:
             self._changed.set()
 
@@ -153,6 +189,39 @@ class DemandPoller:
         result = await GatewaySource(endpoints, timeout=self.gateway_timeout).read(self.http)
         self._gateway = (result, self.clock())
         self._gateway_read.set()
+        await self._read_requests(endpoints)
+
+    async def _read_requests(self, endpoints: Sequence[str]) -> None:
+        """Pull what every gateway process finished since the last read into the pools' replays."""
+        feed = await self._feed.read(self.http, endpoints)
+        now = self.clock().timestamp()
+        if feed.failure is not None:
+            log.warning("replay: %s", feed.failure)
+        else:
+            self._feed_ok_at = now
+        if feed.skipped:
+            log.warning("replay: %d unreadable request rows from the gateway skipped", feed.skipped)
+        for key, entry in self._pools.items():
+            replay = entry.replay
+            if replay is None:
+                continue
+            if replay.clock is None and feed.failure is None and endpoints:
+                # From when every gateway's log is complete, but no more than the window back.
+                replay.begin(max(feed.complete_since, now - replay.window_seconds - replay.lag_seconds))
+            rows = feed.requests.get(key)
+            if rows:
+                replay.add(_replay_requests(entry.spec, rows))
+
+    def _replay_usd(self, entry: _Pool, now: dt.datetime) -> tuple[float, ...] | None:
+        """The pool's replay priced per count; None when it is not fed (no gateway, or one unread)."""
+        replay = entry.replay
+        if replay is None or self._feed_ok_at is None:
+            return None
+        at = now.timestamp()
+        if at - self._feed_ok_at > replay.lag_seconds:
+            return None  # requests the replay is due to take may be missing
+        replay.advance(at)
+        return replay.costs(entry.spec.replica_usd_per_hour)
 
     async def read_pool(self, pool: PoolRef) -> DemandSample | NoData:
         """Read one pool now and cache the outcome (what its task does every interval)."""
@@ -179,7 +248,9 @@ class DemandPoller:
                 raw = NoData(f"{source.kind} read failed: {type(err).__name__}: {err}")
         gateway = self._gateway_for(entry)
         now = self.clock()
-        sample, reading = aggregate(raw, expected, gateway, entry.window.baseline(now), now)
+        sample, reading = aggregate(
+            raw, expected, gateway, entry.window.baseline(now), now, replay_usd=self._replay_usd(entry, now)
+        )
         if reading is not None:
             entry.window.add(reading)
         if isinstance(gateway, GatewayCounters):

@@ -17,10 +17,11 @@ replica started paying one cold start (a DP over blocks), and the workload runs 
 it, each block's replicas started one cold start ahead. That run's row is printed, as achieved: its
 billing and routing are the simulated world's, not the estimate's.
 
-Hindsight rows. The same constant runs also give a plan that needs only the past: each block takes
-the count that would have cost least over the hour before it (block 0 keeps the initial count). It is
-what an online policy could do if it replayed the last hour's requests through `k` replicas for every
-`k` (the gateway sees each request it routes), re-deciding once a block.
+Hindsight rows. The same constant runs also give a plan that needs only the past: at each block's
+start, the count that would have cost least over the hour before it is asked for, Ready one cold start
+later (block 0 keeps the initial count). It is what an online policy could do if it replayed the last
+hour's requests through `k` replicas for every `k` (the gateway sees each request it routes),
+re-deciding once a block; Ebbtide's `replay` rule does so at every tick.
 
 What it is, and is not. A foresight row is an achievable cost for a planner that knows each block's
 outcome and holds one count through it. It is not a bound: a policy that also reacts within a block can do better
@@ -34,6 +35,7 @@ their rows, billed as the pool is, pay for time the plan did not count, and a no
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import sys
@@ -69,6 +71,7 @@ from policies.spec import GPUPoolSpec
 __all__ = [
     "block_costs",
     "block_plan",
+    "block_replica_plan",
     "constant_unsaved",
     "foresight_run",
     "hindsight_plan",
@@ -211,9 +214,20 @@ def foresight_run(
         start_usd = spec.replica_usd_per_hour * spec.cold_start_seconds / 3600.0
         counts = block_plan(costs, start_usd, settings.initial_replicas)
         name = f"foresight_{block_s / 60:g}m"
-    starts = np.arange(counts.size, dtype=np.float64) * block_s
-    plan = ReplicaPlan(workload.start, starts, counts, float(spec.cold_start_seconds))
+    plan = block_replica_plan(workload.start, counts, block_s, float(spec.cold_start_seconds), hindsight=hindsight)
     return _plan_run(name, workload, spec, settings, plan)
+
+
+def block_replica_plan(
+    start: dt.datetime, counts: IntArray, block_s: float, cold_start_s: float, *, hindsight: bool
+) -> ReplicaPlan:
+    """The replica plan of per-block counts: a foresight plan has each block's count Ready at its start
+    (asked for one cold start ahead); a hindsight count is decided at its block's start from the hour
+    before it, so its replicas are Ready one cold start later (asking earlier would see the future)."""
+    starts = np.arange(counts.size, dtype=np.float64) * block_s
+    if hindsight:
+        starts = starts + cold_start_s
+    return ReplicaPlan(start, starts, counts, cold_start_s)
 
 
 def _row(

@@ -23,7 +23,7 @@ from controller.ports import PoolRef
 from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode
 from controller.sim.estimates import GatewayEstimate
 from controller.sim.workload import Workload
-from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, SimMetrics
+from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, SimMetrics, SimReplay
 from policies.baselines import BASELINES, Sizing, baseline
 from policies.cost import ApiPrice
 from policies.lower_bound import lower_bound
@@ -209,7 +209,9 @@ def run_policy(
     )
     if routing is Routing.OVERFLOW:
         engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
-    metrics = SimMetrics(engine, clock, fail_every=settings.scrape_fail_every)
+    # The controller replays the requests its gateway reports: only Ebbtide's world has one.
+    replay = SimReplay(workload, spec) if routing is Routing.OVERFLOW else None
+    metrics = SimMetrics(engine, clock, fail_every=settings.scrape_fail_every, replay=replay)
     ledger = SimLedger(cluster, engine, spec)
     log = DecisionLog(name)
     loop = ControlLoop(Ports(clock, cluster, metrics, ledger, log), policy)

@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from controller.daemon.decisionlog import DecisionFilter
 from controller.demand.aggregate import GatewayCounters, GatewaySeries, ReadingWindow, aggregate
 from controller.ports import NoData, PoolRef, ReplicaStatus, StepReport, Usage
 from controller.scrape.sample import EngineSample
 from controller.sim.engine import PoolEngine
+from controller.sim.workload import Workload
 from policies.billing import gpu_cost_usd
+from policies.replay import Replay, request_terms
 from policies.spec import GPUPoolSpec
 from policies.types import DemandSample
 
-__all__ = ["DecisionLog", "Pod", "SimClock", "SimCluster", "SimLedger", "SimMetrics"]
+__all__ = ["DecisionLog", "Pod", "SimClock", "SimCluster", "SimLedger", "SimMetrics", "SimReplay"]
 
 
 class SimClock:
@@ -151,10 +155,13 @@ class SimMetrics:
     window, exactly as the daemon's poller does.
     """
 
-    def __init__(self, engine: PoolEngine, clock: SimClock, *, fail_every: int = 0) -> None:
+    def __init__(
+        self, engine: PoolEngine, clock: SimClock, *, fail_every: int = 0, replay: SimReplay | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.fail_every = fail_every
+        self.replay = replay
         self.reads = 0
         self.window = ReadingWindow(engine.rate_window_seconds)
         self._names: list[str] = []
@@ -210,10 +217,46 @@ class SimMetrics:
         gateway = self._gateway(float(held), reading.overflow_in_flight)
         if self.fail_every and self.reads % self.fail_every == 0:
             return NoData("simulated scrape failure")
-        demand, counters = aggregate(engines, engines.keys(), gateway, self.window.baseline(now), now)
+        replay_usd = None if self.replay is None else self.replay.costs_at(self.clock.offset)
+        demand, counters = aggregate(
+            engines, engines.keys(), gateway, self.window.baseline(now), now, replay_usd=replay_usd
+        )
         if counters is not None:
             self.window.add(counters)
         return demand
+
+
+class SimReplay:
+    """The controller's replay of the last hour (`policies.replay`), fed every request the simulated
+    gateway routed once it is `lag_seconds` old, as the daemon feeds it the requests the gateway reports."""
+
+    def __init__(self, workload: Workload, spec: GPUPoolSpec) -> None:
+        self.arrival = workload.arrival_s
+        self.work, self.prefill, self.usd = request_terms(
+            spec.demand, spec.fallback.price, workload.input_tokens.astype(np.float64), workload.output_tokens
+        )
+        self.usd_per_hour = spec.replica_usd_per_hour
+        self.replay = Replay(spec.target.max_replicas, spec.objective.ttft_seconds)
+        self.replay.begin(0.0)
+        self._next = 0
+
+    def costs_at(self, offset: float) -> tuple[float, ...] | None:
+        """The replay's costs at `offset` seconds into the run."""
+        until = offset - self.replay.lag_seconds
+        if until <= 0:
+            return None
+        lo = self._next
+        hi = int(self.arrival.searchsorted(until, side="right"))
+        if hi > lo:
+            self.replay.feed(
+                self.arrival[lo:hi].tolist(),
+                self.work[lo:hi].tolist(),
+                self.prefill[lo:hi].tolist(),
+                self.usd[lo:hi].tolist(),
+            )
+            self._next = hi
+        self.replay.serve_to(until)
+        return self.replay.costs(self.usd_per_hour)
 
 
 class SimLedger:
