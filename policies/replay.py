@@ -10,8 +10,9 @@ late), and its fallback price is counted against `k` in the minute it arrived.
 `costs` then prices each count over the window (an hour): `k` replicas' GPU time for the time the replay
 covers, plus the fallback price of every request it would not have served on time. The count of least
 cost is what a planner with hindsight would have held through that hour; `policies.scaling.decide`
-keeps at least that many (`Reason.REPLAY`). The shadows start empty, with no cold starts and no billing
-unit: they price a count held throughout, as the simulator's hindsight ladder does.
+keeps at least that many (`Reason.REPLAY`), except once the pool has been idle for its idle grace.
+The shadows start empty, with no cold starts and no billing unit: they price a count held throughout,
+as the simulator's hindsight ladder does.
 
 The replay runs `lag_seconds` behind the clock: the gateway reports a request when it has finished
 (its output is known then), and the requests of several gateway processes come together out of order.

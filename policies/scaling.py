@@ -214,8 +214,12 @@ def _decide_on_demand(
             )
 
     # The count that would have cost least through the last hour, replayed (policies.replay): bursts the
-    # averages miss cost there what they cost at the fallback.
+    # averages miss cost there what they cost at the fallback. A pool idle for its idle grace has seen its
+    # bursts end: the replay does not hold its replicas through the silence.
     replay_wanted = replay_count(spec, demand.replay_usd)
+    last_busy = state.last_busy_at
+    if queue <= 0 and last_busy is not None and (now - last_busy).total_seconds() >= spec.demand.idle_grace_seconds:
+        replay_wanted = 0
     if replay_wanted > 0 and demand.replay_usd is not None:
         details.append(("replay_replicas", float(replay_wanted)))
         if replay_wanted > wanted:

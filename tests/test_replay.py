@@ -185,19 +185,22 @@ def test_more_replicas_never_leave_more_unsaved(seed: int, max_replicas: int) ->
 # The policy's use of it.
 
 
-def _decide(replay_usd: tuple[float, ...] | None, current: int = 1) -> tuple[int, Reason, str]:
+def _decide(
+    replay_usd: tuple[float, ...] | None, current: int = 1, *, idle_s: float | None = None
+) -> tuple[int, Reason, str]:
     now = START
     demand = DemandSample(
         observed_at=now,
         waiting=0,
-        running=1,
-        input_tokens_per_second=100.0,
-        output_tokens_per_second=30.0,
+        running=0 if idle_s is not None else 1,
+        input_tokens_per_second=0.0 if idle_s is not None else 100.0,
+        output_tokens_per_second=0.0 if idle_s is not None else 30.0,
         overflow_tokens_per_second=0.0,
         replay_usd=replay_usd,
     )
     obs = Observation(current_replicas=current, ready_replicas=current, demand=demand)
-    state = PolicyState(started_at=now - dt.timedelta(hours=2), last_busy_at=now)
+    last_busy = now - dt.timedelta(seconds=idle_s or 0.0)
+    state = PolicyState(started_at=now - dt.timedelta(hours=2), last_busy_at=last_busy)
     decision, _ = decide(SPEC, obs, state, now)
     return decision.desired_replicas, decision.reason, decision.message
 
@@ -212,6 +215,16 @@ def test_the_policy_keeps_the_count_the_replay_found_cheapest() -> None:
     # The cost check does not undo it: the replay has priced its count against the fallback already.
     assert _decide(None, current=2)[:2] == (1, Reason.QUEUE_LOW)
     assert _decide((9.0, 4.0, 3.0, 3.5, 5.0), current=2)[:2] == (2, Reason.REPLAY)
+
+
+def test_the_replay_does_not_hold_replicas_through_an_idle_grace_of_silence() -> None:
+    costs = (9.0, 4.0, 3.0, 3.5, 5.0)
+    grace = SPEC.demand.idle_grace_seconds
+    # Idle, but not yet for the grace: the replay still holds its count.
+    assert _decide(costs, current=2, idle_s=grace - 30)[:2] == (2, Reason.REPLAY)
+    # Idle for the grace: the bursts it priced are over, and the pool goes to zero as without it.
+    desired, reason, _ = _decide(costs, current=2, idle_s=grace + 1)
+    assert (desired, reason) == (0, Reason.IDLE_TO_ZERO)
 
 
 def test_without_a_replay_or_with_zero_cheapest_the_policy_is_unchanged() -> None:
