@@ -23,8 +23,8 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "b260013683e38274",
-    "ebbtide": "d7679f2eb6b9e973",
+    "report": "c75f60b58bfd3db0",
+    "ebbtide": "b0de5045ab7ef23c",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",
     "hpa": "69acc8cb4c716f5d",
