@@ -102,7 +102,9 @@ class Replay:
         """The replay's time: every request up to here has been replayed."""
         self.started_at: float | None = None
         self.replayed = 0
-        self._backlog = [0.0] * (max_replicas + 1)
+        self._free = [-math.inf] * max_replicas
+        """Per count k = 1..max_replicas: when its shadow's queue runs empty."""
+        self._shares = [1.0 / k for k in range(1, max_replicas + 1)]
         # Per minute: (minute index, fallback dollars left unserved on time, per count).
         self._buckets: deque[tuple[int, list[float]]] = deque()
         # Their sum over the window, kept as buckets come and go.
@@ -174,31 +176,39 @@ class Replay:
             return
         assert self.clock is not None
         clock = self.clock
-        backlog = self._backlog
+        # Each shadow's queue as the moment it would run empty (`free`): the work ahead of a request
+        # arriving at `at` is (free - at) * k, so the shadows need no draining between arrivals.
+        free = self._free
         window = self._window
-        counts = range(1, self.max_replicas + 1)
+        shares = self._shares
         objective = self.objective_seconds
         bucket_s = self.bucket_seconds
         minute, unsaved = self._bucket(math.floor(clock / bucket_s))
+        counts = range(self.max_replicas)
         for at, work, prefill, usd in zip(arrived_at, work_seconds, prefill_seconds, fallback_usd, strict=True):
             if at > clock:
-                gap = at - clock
                 clock = at
-                for k in counts:
-                    left = backlog[k] - k * gap
-                    backlog[k] = left if left > 0.0 else 0.0
                 index = math.floor(clock / bucket_s)
                 if index != minute:
                     minute, unsaved = self._bucket(index)
-            budget = objective - prefill
+            else:
+                at = clock
+            # On time with k replicas when the wait, free - at, plus the prefill is within the objective.
+            deadline = at + objective - prefill
             unsaved[0] += usd
             window[0] += usd
-            for k in counts:
-                if backlog[k] <= budget * k:
-                    backlog[k] += work
+            if deadline < at:  # its own prefill takes longer than the objective: late with any count
+                for i in counts:
+                    unsaved[i + 1] += usd
+                    window[i + 1] += usd
+                continue
+            for i in counts:
+                f = free[i]
+                if f <= deadline:
+                    free[i] = (f if f > at else at) + work * shares[i]
                 else:
-                    unsaved[k] += usd
-                    window[k] += usd
+                    unsaved[i + 1] += usd
+                    window[i + 1] += usd
         self.clock = clock
         self.replayed += len(arrived_at)
 
@@ -210,10 +220,6 @@ class Replay:
         return entry
 
     def _serve(self, until: float) -> None:
-        assert self.clock is not None
-        gap = until - self.clock
-        self._backlog = [max(b - k * gap, 0.0) for k, b in enumerate(self._backlog)]
-        self._backlog[0] = 0.0
         self.clock = until
 
     def _trim(self) -> None:
