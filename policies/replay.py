@@ -253,7 +253,7 @@ def cheapest_count(costs: Sequence[float]) -> int:
 
 def replay_count(spec: GPUPoolSpec, costs: Sequence[float] | None) -> int:
     """The count the policy keeps for the replay: its cheapest, within the pool (0 without a replay)."""
-    if not costs:
+    if not costs or not spec.demand.replay:
         return 0
     return min(cheapest_count(costs), spec.target.max_replicas)
 

@@ -337,6 +337,10 @@ class Demand(_Model):
     """A scale-down waits until the demand has stayed low this long (HPA stabilisation window: 300 s)."""
     idle_grace_seconds: Annotated[int, Field(ge=0)] = 600
     """Outside windows, the pool goes to zero only after this long with an empty queue."""
+    replay: bool = True
+    """Replay the last hour's requests (as the gateway reports them) through every replica count and keep
+    at least the count that would have cost least (`policies.replay`; needs the gateway). false: the
+    other rules alone, which keep fewer replicas for bursts when late requests are acceptable."""
     overflow_memory_seconds: Annotated[int, Field(ge=0)] = 1800
     """After the gateway overflowed with every replica Ready, the pool keeps at least that many replicas
     this long, so replicas added for bursts are not released between bursts."""

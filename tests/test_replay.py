@@ -186,7 +186,11 @@ def test_more_replicas_never_leave_more_unsaved(seed: int, max_replicas: int) ->
 
 
 def _decide(
-    replay_usd: tuple[float, ...] | None, current: int = 1, *, idle_s: float | None = None
+    replay_usd: tuple[float, ...] | None,
+    current: int = 1,
+    *,
+    idle_s: float | None = None,
+    spec: GPUPoolSpec = SPEC,
 ) -> tuple[int, Reason, str]:
     now = START
     demand = DemandSample(
@@ -201,7 +205,7 @@ def _decide(
     obs = Observation(current_replicas=current, ready_replicas=current, demand=demand)
     last_busy = now - dt.timedelta(seconds=idle_s or 0.0)
     state = PolicyState(started_at=now - dt.timedelta(hours=2), last_busy_at=last_busy)
-    decision, _ = decide(SPEC, obs, state, now)
+    decision, _ = decide(spec, obs, state, now)
     return decision.desired_replicas, decision.reason, decision.message
 
 
@@ -237,3 +241,9 @@ def test_without_a_replay_or_with_zero_cheapest_the_policy_is_unchanged() -> Non
 def test_the_demand_sample_carries_the_replay_through_smoothing() -> None:
     sample = DemandSample(observed_at=START, waiting=0, running=0, replay_usd=(1.0, 2.0))
     assert replace(sample, waiting=1).replay_usd == (1.0, 2.0)
+
+
+def test_replay_false_leaves_the_decision_to_the_other_rules() -> None:
+    off = SPEC.model_copy(update={"demand": SPEC.demand.model_copy(update={"replay": False})})
+    assert _decide((9.0, 4.0, 3.0, 3.5, 5.0), spec=off) == _decide(None, spec=off)
+    assert _decide((9.0, 4.0, 3.0, 3.5, 5.0), spec=off)[1] is not Reason.REPLAY

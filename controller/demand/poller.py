@@ -68,6 +68,7 @@ def _replay_key(spec: GPUPoolSpec) -> tuple[object, ...]:
     d = spec.demand
     return (
         spec.metrics.gateway,
+        spec.demand.replay,
         spec.target.max_replicas,
         spec.objective.ttft_seconds,
         d.replica_tokens_per_second,
@@ -138,7 +139,7 @@ class DemandPoller:
         replay_key = _replay_key(spec)
         if entry.replay_key != replay_key:
             entry.replay_key = replay_key
-            wanted = self.gateway_endpoints is not None and spec.metrics.gateway
+            wanted = self.gateway_endpoints is not None and spec.metrics.gateway and spec.demand.replay
             entry.replay = Replay(spec.target.max_replicas, spec.objective.ttft_seconds) if wanted else None
         if self._changed is not None:
             self._changed.set()

@@ -210,7 +210,7 @@ def run_policy(
     if routing is Routing.OVERFLOW:
         engine.set_fallback_cap(spec.budget.max_fallback_usd_per_day, spec.budget.on_fallback_cap.value == "reject")
     # The controller replays the requests its gateway reports: only Ebbtide's world has one.
-    replay = SimReplay(workload, spec) if routing is Routing.OVERFLOW else None
+    replay = SimReplay(workload, spec) if routing is Routing.OVERFLOW and spec.demand.replay else None
     metrics = SimMetrics(engine, clock, fail_every=settings.scrape_fail_every, replay=replay)
     ledger = SimLedger(cluster, engine, spec)
     log = DecisionLog(name)
