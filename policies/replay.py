@@ -135,7 +135,7 @@ class Replay:
         cut = next((i for i, r in enumerate(pending) if r.arrived_at > until), len(pending))
         self._replay(pending[:cut])
         self._pending = pending[cut:]
-        self._serve(until)
+        self.clock = until  # the shadows' queues are kept as moments: nothing to serve
         self._trim()
 
     def feed(
@@ -154,7 +154,7 @@ class Replay:
     def serve_to(self, until: float) -> None:
         """Serve the shadows up to `until` with no arrivals (the simulator, between its feeds)."""
         if self.clock is not None and until > self.clock:
-            self._serve(until)
+            self.clock = until
             self._trim()
 
     def _replay(self, requests: Sequence[ReplayRequest]) -> None:
@@ -218,9 +218,6 @@ class Replay:
         entry = (index, [0.0] * (self.max_replicas + 1))
         self._buckets.append(entry)
         return entry
-
-    def _serve(self, until: float) -> None:
-        self.clock = until
 
     def _trim(self) -> None:
         if self.clock is None:
