@@ -1,4 +1,4 @@
-"""The gateway's aiohttp application: the OpenAI routes, /metrics, /healthz and /readyz.
+"""The gateway's aiohttp application: the OpenAI routes, /metrics, /ebbtide/requests, /healthz and /readyz.
 
 The hot path is one handler per request with no middleware: read the body (bounded), parse it once,
 look the model up, route, relay. Every refusal is an OpenAI-style error with a 4xx status; unknown
