@@ -43,6 +43,7 @@ from controller.sim.runner import (
     run_all,
 )
 from controller.sim.traces import TraceError, TraceFormat, read_trace
+from controller.sim.verdict import render_verdict, verdict, verdict_json
 from controller.sim.workload import Workload, build_week, load_profile, peak_rps_for_monthly_tokens, replay
 from controller.validate import field_path, load_pools
 from policies.optimum import too_large
@@ -304,10 +305,15 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - began
     print(render_table(runs))
     print(f"(simulated in {elapsed:.1f} s; SLO: first token within {settings.slo_ttft_seconds:g} s)")
+    chosen = verdict(runs)
+    if chosen is not None:
+        print(render_verdict(chosen))
     try:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             document = to_json(runs, run_inputs(args, workload, settings))
+            if chosen is not None:
+                document["verdict"] = verdict_json(chosen)
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         if args.decisions:
             args.decisions.parent.mkdir(parents=True, exist_ok=True)
