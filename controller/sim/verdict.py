@@ -101,10 +101,13 @@ def render_verdict(v: Verdict) -> str:
     slo = f"{v.slo_ttft_seconds:g} s"
     lines = [f"GPU, API or both? Each kind's best row, priced with every request later than {slo} at the API:"]
     width = max(len(p.name) for p in v.picks)
-    for p in v.picks:
+    priced = [f"${p.slo_priced_usd:,.2f}" for p in v.picks]
+    spent = [f"${p.total_usd:,.2f}" for p in v.picks]
+    pw, sw = max(map(len, priced)), max(map(len, spent))
+    for p, a, b in zip(v.picks, priced, spent, strict=True):
         lines.append(
-            f"  {p.kind:<4}  {p.name:<{width}}  ${p.slo_priced_usd:,.2f} SLO-priced  "
-            f"(${p.total_usd:,.2f} spent, {p.slo_attainment:.2%} within {slo})"
+            f"  {p.kind:<4}  {p.name:<{width}}  {a:>{pw}} SLO-priced  ({b:>{sw}} spent, "
+            f"{p.slo_attainment:.2%} within {slo})"
         )
     others = [p for p in v.picks if p is not v.choice]
     line = f"Choose {v.choice.kind} ({v.choice.name})"
