@@ -67,17 +67,15 @@ def verdict(runs: Mapping[str, PolicyRun]) -> Verdict | None:
     A row without an SLO-priced cost or per-request latencies is not weighed. Ties go to the kind
     listed first (both, GPU, API), then to the row first in `runs`.
     """
-    rows: list[tuple[Pick, float]] = []
-    slo_s = 0.0
+    rows: list[Pick] = []
     for name, run in runs.items():
         kind = kind_of(name)
         attained = run.slo_attainment
         if kind is None or run.slo_priced_usd is None or attained is None:
             continue
-        rows.append((Pick(kind, name, run.total_usd, run.slo_priced_usd, attained), run.slo_ttft_seconds))
-        slo_s = run.slo_ttft_seconds
+        rows.append(Pick(kind, name, run.total_usd, run.slo_priced_usd, attained))
     best: dict[str, Pick] = {}
-    for pick, _ in rows:
+    for pick in rows:
         held = best.get(pick.kind)
         if held is None or pick.slo_priced_usd < held.slo_priced_usd:
             best[pick.kind] = pick
@@ -85,15 +83,16 @@ def verdict(runs: Mapping[str, PolicyRun]) -> Verdict | None:
         return None
     picks = tuple(best[k] for k in _KIND_ORDER if k in best)
     choice = min(picks, key=lambda p: p.slo_priced_usd)
-    cheapest = min((pick for pick, _ in rows), key=lambda p: p.total_usd)
+    cheapest = min(rows, key=lambda p: p.total_usd)
+    slo_s = runs[choice.name].slo_ttft_seconds
     return Verdict(picks, choice, cheapest, slo_s)
 
 
 def _below(choice: Pick, other: Pick) -> str:
-    if other.slo_priced_usd <= 0:
-        return f"{other.kind} only"
-    saved = 1.0 - choice.slo_priced_usd / other.slo_priced_usd
-    return f"{saved:.0%} below {other.kind} only" if other.kind != BOTH else f"{saved:.0%} below both"
+    name = "both" if other.kind == BOTH else f"{other.kind} only"
+    if other.slo_priced_usd <= 0:  # nothing to pay for at all (no requests)
+        return f"as cheap as {name}"
+    return f"{1.0 - choice.slo_priced_usd / other.slo_priced_usd:.0%} below {name}"
 
 
 def render_verdict(v: Verdict) -> str:
