@@ -82,6 +82,17 @@ def test_gpus_alone_win_when_they_serve_the_objective_for_less() -> None:
     assert "spends less" not in text
 
 
+def test_a_near_tie_is_told_in_dollars() -> None:
+    runs = {
+        "ebbtide": _run("ebbtide", 270.0, 6.32, 276.32, 1.0),
+        "always_on": _run("always_on", 276.16, 0.0, 276.35, 0.999),
+        "api_only": _run("api_only", 0.0, 448.4, 448.4, 1.0),
+    }
+    v = verdict(runs)
+    assert v is not None
+    assert "Choose both (ebbtide): $0.03 below GPU only, 38% below API only." in render_verdict(v)
+
+
 def test_no_verdict_with_one_kind_or_rows_without_outcomes() -> None:
     assert verdict({"ebbtide": _run("ebbtide", 1.0, 1.0, 2.0, 1.0)}) is None
     assert verdict({"hpa": _run("hpa", 1.0, 0.0, 1.0, 1.0), "keda": _run("keda", 2.0, 0.0, 2.0, 1.0)}) is None

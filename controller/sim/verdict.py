@@ -92,7 +92,10 @@ def _below(choice: Pick, other: Pick) -> str:
     name = "both" if other.kind == BOTH else f"{other.kind} only"
     if other.slo_priced_usd <= 0:  # nothing to pay for at all (no requests)
         return f"as cheap as {name}"
-    return f"{1.0 - choice.slo_priced_usd / other.slo_priced_usd:.0%} below {name}"
+    share = 1.0 - choice.slo_priced_usd / other.slo_priced_usd
+    if share < 0.005:  # a percentage would read 0%: say the dollars
+        return f"${other.slo_priced_usd - choice.slo_priced_usd:,.2f} below {name}"
+    return f"{share:.0%} below {name}"
 
 
 def render_verdict(v: Verdict) -> str:
