@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.sim.runner import EBBTIDE, PolicyRun
-from policies.baselines import BASELINES
+from policies.baselines import baseline
 from policies.overflow import Routing
 
 __all__ = ["Pick", "Verdict", "kind_of", "render_verdict", "verdict", "verdict_json"]
@@ -28,14 +28,19 @@ BOTH, GPU, API = "both", "GPU", "API"
 _KIND_ORDER = (BOTH, GPU, API)
 
 
+_BY_ROUTING = {Routing.QUEUE: GPU, Routing.FALLBACK: API}
+"""A runnable baseline's kind, by how it routes: queued on vLLM, or all to the fallback."""
+
+
 def kind_of(name: str) -> str | None:
     """The kind of the policy row `name`, or None for an offline reference or an unknown row."""
     if name == EBBTIDE:
         return BOTH
-    for entry in BASELINES:
-        if entry.name == name and entry.build is not None:
-            return GPU if entry.routing is Routing.QUEUE else API if entry.routing is Routing.FALLBACK else None
-    return None
+    try:
+        entry = baseline(name)
+    except KeyError:
+        return None
+    return _BY_ROUTING.get(entry.routing) if entry.build is not None else None
 
 
 @dataclass(frozen=True, slots=True)
