@@ -424,6 +424,12 @@ def test_zero_jobs_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("volume", ["0", "0M"])
+def test_a_zero_monthly_volume_is_a_clear_error(volume: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(_parse(["--days", "1", "--no-progress", "--monthly-tokens", volume])) == 2
+    assert "--monthly-tokens must be more than 0, got 0" in capsys.readouterr().err
+
+
 def test_the_slo_priced_cost_adds_the_api_price_of_every_late_request() -> None:
     # One replica always on, 1,000 prompt tokens/s, queueing only: four 1,000-token prompts at t=0 have
     # first tokens at 1, 2, 3 and 4 s; with a 2 s SLO the last two are late and priced at the API.

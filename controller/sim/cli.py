@@ -217,6 +217,8 @@ def build_workload(args: argparse.Namespace) -> Workload:
     peak = args.peak_rps
     if peak is None:
         monthly = args.monthly_tokens if args.monthly_tokens is not None else DEFAULTS["monthly_tokens"]
+        if not monthly > 0:
+            raise InputError(f"--monthly-tokens must be more than 0, got {monthly:g}")
         peak = peak_rps_for_monthly_tokens(trace, profile, monthly)
     workload = build_week(trace, profile, days=args.days, start=args.start, peak_rps=peak, seed=args.seed)
     if len(workload) == 0:
