@@ -30,6 +30,7 @@ from controller.sim.engine import (
     FallbackModel,
     ReplicaModel,
 )
+from controller.sim.hours import by_hour, by_hour_json, render_by_hour
 from controller.sim.report import render_table, to_json
 from controller.sim.runner import (
     EBBTIDE,
@@ -154,6 +155,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     out.add_argument("--compare", action="store_true", help="every policy in one table (the default)")
     out.add_argument(
         "--slo-ttft", type=_positive, help="time-to-first-token SLO, s (default: the pool's objective.ttftSeconds)"
+    )
+    out.add_argument(
+        "--by-hour", action="store_true", help="also each row's SLO-priced cost per hour of day (the pool's timezone)"
     )
     out.add_argument("--json", type=Path, help="write the results as JSON")
     out.add_argument("--plot", type=Path, help="write a PNG of demand, replicas, windows and cumulative cost")
@@ -310,12 +314,18 @@ def run(args: argparse.Namespace) -> int:
     chosen = verdict(runs)
     if chosen is not None:
         print(render_verdict(chosen))
+    hours = by_hour(runs, workload, spec) if args.by_hour else None
+    if hours is not None:
+        print()
+        print(render_by_hour(hours))
     try:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             document = to_json(runs, run_inputs(args, workload, settings))
             if chosen is not None:
                 document["verdict"] = verdict_json(chosen)
+            if hours is not None:
+                document["by_hour"] = by_hour_json(hours)
             args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         if args.decisions:
             args.decisions.parent.mkdir(parents=True, exist_ok=True)

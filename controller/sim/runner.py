@@ -47,6 +47,7 @@ __all__ = [
     "optimum_plan_run",
     "optimum_problem",
     "optimum_run",
+    "request_api_usd",
     "run_all",
     "run_one",
     "run_policy",
@@ -105,6 +106,8 @@ class PolicyRun:
     route: np.ndarray | None = None
     """Per-request route codes (engine.RouteCode), for cost over time."""
     timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    lifetimes: tuple[tuple[float, float], ...] = ()
+    """(billing start, end) of every replica that held a GPU, in seconds from the start (policy runs)."""
     slo_priced_usd: float | None = None
     """GPU $ plus the fallback's price of every request not served on the GPUs within the SLO: what
     the run costs when each late request is priced as sent to the API (comparable to offline_optimum)."""
@@ -285,11 +288,13 @@ def run_policy(
         log=log,
         route=engine.route,
         timeline={"t": times, "ready": ready_series, "replicas": desired_series},
+        lifetimes=tuple(cluster.lifetimes(workload.duration_s)),
         slo_priced_usd=gpu_usd + _late_api_usd(workload, price, engine.route, engine.ttft, settings.slo_ttft_seconds),
     )
 
 
-def _api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
+def request_api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
+    """What the fallback charges for each request of the workload."""
     return np.asarray(
         (workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million)
         / 1e6,
@@ -304,7 +309,7 @@ def not_on_time(route: np.ndarray, ttft: np.ndarray, slo: float) -> np.ndarray:
 
 def _late_api_usd(workload: Workload, price: ApiPrice, route: np.ndarray, ttft: np.ndarray, slo: float) -> float:
     """The fallback's price of every request not served on the GPUs within `slo` (fallback ones included)."""
-    return float(_api_usd(workload, price)[not_on_time(route, ttft, slo)].sum())
+    return float(request_api_usd(workload, price)[not_on_time(route, ttft, slo)].sum())
 
 
 def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
@@ -334,7 +339,7 @@ def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         # The engine's work: every request takes at least a moment of a replica.
         work_s=np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), 1e-6),
         prefill_s=workload.input_tokens / replica.prefill_tokens_per_second,
-        api_usd=_api_usd(workload, price),
+        api_usd=request_api_usd(workload, price),
         horizon_s=max(workload.duration_s, settings.tick_seconds),
         step_s=settings.tick_seconds,
         cold_start_s=float(spec.cold_start_seconds),
