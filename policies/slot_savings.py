@@ -26,7 +26,7 @@ __all__ = ["SlotSavings", "shares"]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-_DENSITY_BINS = 32
+_DENSITY_BINS = 8
 """Price-per-work bins of the knapsack bound; the API's prices make densities vary within ~25 %."""
 _MAX_ATOMS = 8
 _FINE_ATOMS = 16

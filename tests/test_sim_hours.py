@@ -28,7 +28,12 @@ def _spec(timezone: str = "UTC", granularity: str = "second", **overrides: Any) 
         "billing": {"gpuHourlyUsd": 3.6, "granularity": granularity},
         "fallback": {
             "providers": [
-                {"name": "api", "baseUrl": "https://api.example.com/v1", "inputUsdPerMillion": 3, "outputUsdPerMillion": 15}
+                {
+                    "name": "api",
+                    "baseUrl": "https://api.example.com/v1",
+                    "inputUsdPerMillion": 3,
+                    "outputUsdPerMillion": 15,
+                }
             ]
         },
         **overrides,
