@@ -122,7 +122,8 @@ def render_by_hour(table: HourTable) -> str:
     width = {n: max(len(n), 9) for n in names}
     head = f"{'hour':<5}  {'requests':>9}  " + "  ".join(f"{n:>{width[n]}}" for n in names) + "  cheapest"
     lines = [
-        f"By hour of day ({table.timezone}), over {table.days:g} days: each row's SLO-priced $ "
+        f"By hour of day ({table.timezone}), over {table.days:g} day{'' if table.days == 1 else 's'}: "
+        "each row's SLO-priced $ "
         "(GPU time billed in the hour, and the API's price of its requests not on time):",
         head,
         "-" * len(head),
