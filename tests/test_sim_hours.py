@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 from pathlib import Path
@@ -16,6 +15,7 @@ from controller.sim.hours import _billed_by_hour, _LocalClock, by_hour
 from controller.sim.runner import RunSettings, request_api_usd, run_policy
 from controller.sim.workload import Workload
 from policies.spec import GPUPoolSpec
+from tests.sim_support import simulate_args
 
 MONDAY = dt.datetime(2024, 5, 13, tzinfo=dt.UTC)
 
@@ -101,18 +101,12 @@ def test_each_rows_hours_add_up_to_its_slo_priced_cost_and_the_api_only_row_is_i
         assert all(table.slo_priced_usd[n][h] <= least + 0.005 for n in table.cheapest[h])
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ebbtide")
-    cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["simulate", *argv])
-
-
 def test_simulate_by_hour_prints_the_table_and_writes_it_to_the_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "out.json"
     argv = ["--days", "1", "--peak-rps", "1.5", "--seed", "3", "--tick", "30", "--no-progress", "--json", str(path)]
-    assert cli.run(_parse([*argv, "--by-hour"])) == 0
+    assert cli.run(simulate_args([*argv, "--by-hour"])) == 0
     out = capsys.readouterr().out
     document = json.loads(path.read_text())
     hours = document["by_hour"]
@@ -126,6 +120,6 @@ def test_simulate_by_hour_prints_the_table_and_writes_it_to_the_json(
     assert all(c and "optimum_plan" not in c for c in hours["cheapest"])
     assert sum(hours["requests"]) == document["policies"]["ebbtide"]["requests"]
     # Without the flag, neither.
-    assert cli.run(_parse(argv)) == 0
+    assert cli.run(simulate_args(argv)) == 0
     assert "By hour of day" not in capsys.readouterr().out
     assert "by_hour" not in json.loads(path.read_text())

@@ -3,7 +3,6 @@ and reproducible JSON. Every run goes through controller.loop.ControlLoop with s
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 from pathlib import Path
@@ -20,6 +19,7 @@ from controller.sim.workload import Workload, build_week, load_profile
 from policies.cost import ApiPrice, api_cost_usd
 from policies.overflow import Route, Routing, route_request
 from policies.spec import GPUPoolSpec
+from tests.sim_support import simulate_args
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "traces"
 MONDAY = dt.datetime(2024, 5, 13, tzinfo=dt.UTC)
@@ -232,12 +232,6 @@ def test_zero_cold_start_and_infinite_capacity_meet_the_slo_for_every_request(na
     assert run.slo_attainment == 1.0, f"{name}: worst TTFT {run.ttft.max():.3f} s"
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ebbtide")
-    cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["simulate", *argv])
-
-
 def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outputs = []
     for attempt in range(2):
@@ -255,7 +249,7 @@ def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFi
             "--json",
             str(path),
         ]
-        assert cli.run(_parse(argv)) == 0
+        assert cli.run(simulate_args(argv)) == 0
         outputs.append(path.read_bytes())
     assert outputs[0] == outputs[1]
     document = json.loads(outputs[0])
@@ -305,7 +299,9 @@ def test_set_overrides_one_field_of_the_pool(tmp_path: Path) -> None:
     results = {}
     for wait in ("1", "120"):
         path = tmp_path / f"wait{wait}.json"
-        assert cli.run(_parse([*base, "--set", f"fallback.maxQueueWaitSeconds={wait}", "--json", str(path)])) == 0
+        assert (
+            cli.run(simulate_args([*base, "--set", f"fallback.maxQueueWaitSeconds={wait}", "--json", str(path)])) == 0
+        )
         document = json.loads(path.read_text())
         assert document["inputs"]["overrides"] == [f"fallback.maxQueueWaitSeconds={wait}"]
         results[wait] = document["policies"]["ebbtide"]
@@ -326,7 +322,7 @@ def test_set_overrides_one_field_of_the_pool(tmp_path: Path) -> None:
 def test_a_bad_override_names_the_field_and_exits_2(
     assignment: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.run(_parse(["--days", "1", "--no-progress", "--set", assignment])) == 2
+    assert cli.run(simulate_args(["--days", "1", "--no-progress", "--set", assignment])) == 2
     assert message in capsys.readouterr().err
 
 
@@ -336,9 +332,9 @@ def test_the_json_says_whether_the_gateway_knew_the_true_work_and_contradicting_
     base = ["--days", "1", "--peak-rps", "1", "--seed", "4", "--tick", "60", "--no-progress", "--policy", "hpa"]
     for extra, estimates in (([], True), (["--gateway-estimates"], True), (["--true-work"], False)):
         path = tmp_path / "out.json"
-        assert cli.run(_parse([*base, *extra, "--json", str(path)])) == 0
+        assert cli.run(simulate_args([*base, *extra, "--json", str(path)])) == 0
         assert json.loads(path.read_text())["inputs"]["gateway_estimates"] is estimates
-    assert cli.run(_parse([*base, "--true-work", "--gateway-estimates"])) == 2
+    assert cli.run(simulate_args([*base, "--true-work", "--gateway-estimates"])) == 2
     assert "--true-work and --gateway-estimates contradict each other" in capsys.readouterr().err
 
 
@@ -420,13 +416,13 @@ def test_rows_in_worker_processes_equal_rows_in_this_process() -> None:
 
 
 def test_zero_jobs_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(_parse(["--days", "1", "--no-progress", "--jobs", "0"])) == 2
+    assert cli.run(simulate_args(["--days", "1", "--no-progress", "--jobs", "0"])) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("volume", ["0", "0M"])
 def test_a_zero_monthly_volume_is_a_clear_error(volume: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(_parse(["--days", "1", "--no-progress", "--monthly-tokens", volume])) == 2
+    assert cli.run(simulate_args(["--days", "1", "--no-progress", "--monthly-tokens", volume])) == 2
     assert "--monthly-tokens must be more than 0, got 0" in capsys.readouterr().err
 
 
@@ -458,7 +454,7 @@ def test_an_optimum_too_large_to_solve_leaves_its_rows_out_with_a_note(
         "--json",
         str(path),
     ]
-    assert cli.run(_parse(argv)) == 0
+    assert cli.run(simulate_args(argv)) == 0
     assert "leaving out offline_optimum and optimum_plan" in capsys.readouterr().err
     assert list(json.loads(path.read_text())["policies"]) == ["api_only", "lower_bound"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from controller.sim import cli
 from controller.sim.traces import TraceError, TraceFormat, detect_format, read_trace
+from tests.sim_support import simulate_args
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "traces" / "azure_code_2023.csv"
 
@@ -94,24 +94,18 @@ def test_bad_rows_name_file_line_and_field(
     assert expected in str(info.value)
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ebbtide")
-    cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["simulate", *argv])
-
-
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = _write(tmp_path, "bad.csv", "timestamp_s,input_tokens,output_tokens\n1,2,3\n2,x,3\n")
-    assert cli.run(_parse(["--trace", str(bad), "--no-progress"])) == 2
+    assert cli.run(simulate_args(["--trace", str(bad), "--no-progress"])) == 2
     err = capsys.readouterr().err
     assert "bad.csv:3: field 'input_tokens'" in err
     assert "Traceback" not in err
 
-    assert cli.run(_parse(["--trace", str(tmp_path / "missing.csv"), "--no-progress"])) == 2
+    assert cli.run(simulate_args(["--trace", str(tmp_path / "missing.csv"), "--no-progress"])) == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
 
-    assert cli.run(_parse(["--pool", str(tmp_path / "nopool.yaml"), "--no-progress"])) == 2
+    assert cli.run(simulate_args(["--pool", str(tmp_path / "nopool.yaml"), "--no-progress"])) == 2
     assert "nopool.yaml" in capsys.readouterr().err
 
-    assert cli.run(_parse(["--profile-key", "chat", "--no-progress"])) == 2
+    assert cli.run(simulate_args(["--profile-key", "chat", "--no-progress"])) == 2
     assert "no profile 'chat'" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from controller.sim import cli
 from controller.sim.runner import PolicyRun
 from controller.sim.verdict import kind_of, render_verdict, verdict, verdict_json
+from tests.sim_support import simulate_args
 
 
 def _run(name: str, gpu_usd: float, api_usd: float, slo_priced: float | None, on_time: float) -> PolicyRun:
@@ -101,18 +101,12 @@ def test_no_verdict_with_one_kind_or_rows_without_outcomes() -> None:
     assert verdict(runs) is None
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ebbtide")
-    cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["simulate", *argv])
-
-
 def test_simulate_prints_the_verdict_and_writes_it_to_the_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "out.json"
     argv = ["--days", "1", "--peak-rps", "1.5", "--seed", "3", "--tick", "30", "--no-progress", "--json", str(path)]
-    assert cli.run(_parse(argv)) == 0
+    assert cli.run(simulate_args(argv)) == 0
     out = capsys.readouterr().out
     document = json.loads(path.read_text())
     chosen = document["verdict"]
@@ -128,6 +122,6 @@ def test_simulate_prints_the_verdict_and_writes_it_to_the_json(
 def test_one_policy_alone_gets_no_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "out.json"
     argv = ["--days", "1", "--peak-rps", "1.5", "--tick", "30", "--no-progress", "--policy", "ebbtide"]
-    assert cli.run(_parse([*argv, "--json", str(path)])) == 0
+    assert cli.run(simulate_args([*argv, "--json", str(path)])) == 0
     assert "GPU, API or both?" not in capsys.readouterr().out
     assert "verdict" not in json.loads(path.read_text())

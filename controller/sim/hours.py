@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-from controller.sim.runner import OFFLINE, OPTIMUM_PLAN, PolicyRun, not_on_time, request_api_usd
+from controller.sim.runner import PolicyRun, not_on_time, request_api_usd
 from controller.sim.verdict import kind_of
 from controller.sim.workload import Workload
 from policies.billing import billed_seconds
@@ -68,6 +68,11 @@ class _LocalClock:
         index = np.clip((t // 3600.0).astype(np.int64), 0, self._offsets.size - 1)
         return np.asarray(t + self._base + self._offsets[index], dtype=np.float64)
 
+    def local_one(self, t: float) -> float:
+        """`local` for one time."""
+        index = min(max(int(t // 3600.0), 0), self._offsets.size - 1)
+        return t + self._base + float(self._offsets[index])
+
     def hour_of(self, t: FloatArray) -> npt.NDArray[np.int64]:
         return np.asarray((self.local(t) // 3600.0).astype(np.int64) % HOURS, dtype=np.int64)
 
@@ -79,7 +84,7 @@ def _billed_by_hour(lifetimes: Sequence[tuple[float, float]], spec: GPUPoolSpec,
         paid = billed_seconds(end - start, spec.billing)
         t, stop = float(start), float(start) + paid
         while t < stop:
-            local = float(clock.local(np.array([t]))[0])
+            local = clock.local_one(t)
             edge = min(stop, t + (math.floor(local / 3600.0) + 1) * 3600.0 - local)
             out[int(local // 3600.0) % HOURS] += edge - t
             t = edge
@@ -88,20 +93,20 @@ def _billed_by_hour(lifetimes: Sequence[tuple[float, float]], spec: GPUPoolSpec,
 
 def by_hour(runs: Mapping[str, PolicyRun], workload: Workload, spec: GPUPoolSpec) -> HourTable | None:
     """Each policy run's SLO-priced cost per hour of day; None when no row is a policy run."""
-    rows = {n: r for n, r in runs.items() if (n not in OFFLINE or n == OPTIMUM_PLAN) and r.route is not None}
-    if not rows:
-        return None
     timezone = spec.schedule.timezone
     clock = _LocalClock(workload.start, workload.duration_s, timezone)
     hour = clock.hour_of(workload.arrival_s)
     api = request_api_usd(workload, spec.fallback.price)
     usd_per_gpu_second = spec.replica_usd_per_hour / 3600.0
     priced: dict[str, FloatArray] = {}
-    for name, run in rows.items():
-        assert run.route is not None and run.ttft is not None
+    for name, run in runs.items():
+        if run.route is None or run.ttft is None:
+            continue  # a bound's row: one number, no requests' outcomes (the optimum's plan has them)
         late = not_on_time(run.route, run.ttft, run.slo_ttft_seconds)
         api_h = np.bincount(hour[late], weights=api[late], minlength=HOURS)
         priced[name] = _billed_by_hour(run.lifetimes, spec, clock) * usd_per_gpu_second + api_h
+    if not priced:
+        return None
     runnable = [n for n in priced if kind_of(n) is not None]
     cheapest = []
     for h in range(HOURS):
