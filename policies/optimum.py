@@ -24,17 +24,20 @@ slot before (below). The bound is `min over plans and levels of cost + API total
 a DP over slots whose state is (Ready count, level): `(max_replicas + 1) * (SHARE_LEVELS + 1)` states
 (`policies/slot_savings.py` computes `U`).
 
-`U_s`: each slot is cut into `A` equal atoms (of about `T`, or `T / 2` in a slot that one replica
+`U_s`: each slot is cut into `A` equal atoms (of about `T`, or `T / 4` in a slot that one replica
 cannot serve whole; any cut gives a bound, finer ones more partitions to choose from). Take a *group*
 of consecutive atoms, an on-time GPU subset `G` of its requests within one lane, `f` the group's
 first arrival, `l` its last, and `i` the last request of `G`. Work arriving at or after `f` is served
 no earlier than `f`, and a FIFO lane serves all of `G` before `i`, and `i`'s prefill, before `i`'s
 first token, which comes by `a_i + T <= l + T`. So `sum_G work - decode_i <= cap = integral_f^{l+T}
-n(t) dt`; with `lanes` lanes sharing the replicas, `sum_G work <= cap + lanes * max decode`, and if
-`cap` is 0 no request with a prefill is on time. The API dollars such a `G` saves are at most a
-fractional knapsack: requests are binned by price per replica-second of work (`K` bins, each bin's
-work counted at its densest request's price, which can only overstate the saving), filled densest
-first up to that capacity. The groups of a partition hold disjoint requests, so their bounds add up,
+n(t) dt`; with `lanes` lanes sharing the replicas, each lane's own last request is exempt, so `sum_G work
+<= cap` plus the `lanes` largest decodes of the group's requests, and if `cap` is 0 no request with a
+prefill is on time. The API dollars such a `G` saves are at most a
+fractional knapsack: requests are binned by price per replica-second of work (`K` bins); a bin's
+requests in the group, of value `V` and work `W` with densities in `[lo, hi]`, give any subset of work
+`w` at most `min(w hi, V - (W - w) lo)` (what is left out is worth at least its work at `lo`), a
+concave function of two segments, and the segments of all bins, filled densest first up to that
+capacity, bound the sum. The groups of a partition hold disjoint requests, so their bounds add up,
 and the least sum over all partitions of the slot into groups is again a bound: that is `U_s`, found
 by a DP over atoms. A request whose own prefill exceeds `T` saves nothing.
 

@@ -26,11 +26,15 @@ __all__ = ["SlotSavings", "shares"]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-_DENSITY_BINS = 8
+_DENSITY_BINS = 4
 """Price-per-work bins of the knapsack bound; the API's prices make densities vary within ~25 %."""
+BIN_SEGMENTS = 2
+"""2: each bin's savings follow the two-segment envelope of its densest and sparsest request (its
+work counted in full); 1: its work counted at its densest request only, a looser bound (the tests'
+reference)."""
 _MAX_ATOMS = 8
-_FINE_ATOMS = 16
-FINE_ATOM_SHARE = 0.5
+_FINE_ATOMS = 32
+FINE_ATOM_SHARE = 0.25
 """Slots with load enough to matter are cut again into atoms of this share of the objective (at most
 `_FINE_ATOMS`): more partitions, a tighter `U`; light slots keep atoms of one objective."""
 _CHUNK = 2048
@@ -68,6 +72,30 @@ def _greedy(before: FloatArray, upper: FloatArray, density: FloatArray, cap: Flo
     return np.asarray(filled @ density - before @ density)
 
 
+def _segments(V: FloatArray, W: FloatArray, hi: FloatArray, lo: FloatArray) -> FloatArray:
+    """Per bin (last axis) the widths of its two segments, at densities `hi` then `lo`: (..., 2 * bins).
+
+    A bin's requests, of value `V` and work `W`, have densities in `[lo, hi]`, so a subset of work `w`
+    saves at most `w * hi` and at most `V - (W - w) * lo` (the rest is worth at least its work at
+    `lo`). The concave envelope of the two runs at `hi` up to `w1 = (V - W lo) / (hi - lo)` and at `lo`
+    up to `W`. Both widths are linear in (V, W), so they add up over atoms; and as a denser bin's `lo`
+    is at least a sparser bin's `hi`, all segments stay densest first.
+    """
+    spread = hi - lo
+    wide = spread > hi * 1e-9
+    first = np.where(wide, (V - W * lo) / np.where(wide, spread, 1.0), V / np.where(hi > 0, hi, 1.0))
+    first = np.clip(first, 0.0, W)
+    second = np.where(wide, W - first, 0.0)
+    return np.stack((first, second), axis=-1).reshape(*V.shape[:-1], -1)
+
+
+def _largest_sum(x: FloatArray, count: int) -> FloatArray:
+    """The sum of each row's `count` largest entries."""
+    if x.shape[1] <= count:
+        return np.asarray(x.sum(axis=1), dtype=np.float64)
+    return np.asarray(np.partition(x, x.shape[1] - count, axis=1)[:, -count:].sum(axis=1), dtype=np.float64)
+
+
 @dataclass(frozen=True, slots=True)
 class _Group:
     """Atoms i..k of each slot in a chunk: their savable dollars per bin, the work of denser bins ahead
@@ -93,7 +121,8 @@ class _Atoms:
     """Savable dollars per (slot, atom, bin), densest bin first."""
     E: FloatArray
     """Their work, counted at each bin's densest request."""
-    dmax: FloatArray
+    dtop: FloatArray
+    """Each atom's `lanes` largest decodes."""
     free: FloatArray
     first: FloatArray
     last: FloatArray
@@ -138,19 +167,32 @@ class SlotSavings:
             if bins > 1
             else (np.zeros(density.size, dtype=np.int64))
         )
-        # Each bin's work is counted at the densest request in it: E = V / density_max <= the bin's work.
+        # Each bin's requests have densities in [d_lo, d_hi]: any subset of work w of a bin's (V, W)
+        # saves at most min(w d_hi, V - (W - w) d_lo), two segments (see `_segments`).
         bin_top = np.zeros(bins)
         np.maximum.at(bin_top, klass, density)
+        bin_low = np.full(bins, math.inf)
+        np.minimum.at(bin_low, klass, density)
+        bin_low = np.where(np.isfinite(bin_low), bin_low, 0.0)
         order = np.argsort(-bin_top)  # densest bin first
-        self.density = bin_top[order]
+        hi_d, lo_d = bin_top[order], bin_low[order]
+        segmented = BIN_SEGMENTS > 1
+        self.density = np.stack((hi_d, lo_d), axis=1).reshape(-1) if segmented else hi_d  # densest first
         free = np.where(p.prefill_s[savable] <= 0, value, 0.0)
 
         def atomize(atoms: int) -> _Atoms:
             atom = np.clip((offset / (lengths[s_idx] / atoms)).astype(np.int64), 0, atoms - 1)
             cell = s_idx * atoms + atom
             V = _sums(cell * bins + klass, value, slots * atoms * bins).reshape(slots, atoms, bins)[:, :, order]
-            dmax = np.zeros(slots * atoms)
-            np.maximum.at(dmax, cell, decode)
+            W = _sums(cell * bins + klass, work, slots * atoms * bins).reshape(slots, atoms, bins)[:, :, order]
+            # Each atom's `lanes` largest decodes (zeros where it has fewer requests).
+            lanes = max(self.p.lanes, 1)
+            ranked = np.lexsort((-decode, cell))
+            cells = cell[ranked]
+            rank = np.arange(cells.size) - np.searchsorted(cells, cells, side="left")
+            keep = rank < lanes
+            dtop = np.zeros(slots * atoms * lanes)
+            dtop[cells[keep] * lanes + rank[keep]] = decode[ranked][keep]
             first = np.full(slots * atoms, math.inf)
             np.minimum.at(first, cell, offset)
             last = np.full(slots * atoms, -math.inf)
@@ -158,8 +200,8 @@ class SlotSavings:
             return _Atoms(
                 atoms=atoms,
                 V=V,
-                E=V / self.density,
-                dmax=dmax.reshape(slots, atoms),
+                E=_segments(V, W, hi_d, lo_d) if segmented else V / np.where(hi_d > 0, hi_d, 1.0),
+                dtop=dtop.reshape(slots, atoms, lanes),
                 free=_sums(cell, free, slots * atoms).reshape(slots, atoms),
                 first=first.reshape(slots, atoms),
                 last=last.reshape(slots, atoms),
@@ -244,7 +286,7 @@ class SlotSavings:
         return _Group(
             before=np.cumsum(work, axis=-1) - work,
             upper=np.cumsum(work, axis=-1),
-            slack=self.p.lanes * a.dmax[rows, i : k + 1].max(axis=1),
+            slack=_largest_sum(a.dtop[rows, i : k + 1].reshape(rows.size, -1), a.dtop.shape[-1]),
             free=cF[:, k + 1] - cF[:, i],
             inside=inside,
             beyond=beyond,

@@ -35,6 +35,8 @@ STEP = 2.0
 COLD = 2.0
 HORIZON = 6.0
 USD_PER_TOKEN = 0.25  # a request of a few eighths costs about as much at the API as a second of a replica
+OUTPUT_USD_PER_TOKEN = USD_PER_TOKEN
+"""An output token's API price; dearer than an input one, requests differ in price per second of work."""
 
 
 def _problem(
@@ -47,7 +49,7 @@ def _problem(
         arrival_s=a,
         work_s=np.maximum((i + o) / EIGHTHS, 1e-6),
         prefill_s=i / EIGHTHS,
-        api_usd=(i + o) * USD_PER_TOKEN,
+        api_usd=i * USD_PER_TOKEN + o * OUTPUT_USD_PER_TOKEN,
         horizon_s=HORIZON,
         step_s=STEP,
         cold_start_s=COLD,
@@ -132,7 +134,7 @@ def _world_cost(
             first = max(reference.started[i] + inputs[i] / EIGHTHS, reference.prefilled[i])
             on_time = first - arrivals[i] <= OBJECTIVE
         if not on_time:
-            priced += (inputs[i] + outputs[i]) * USD_PER_TOKEN
+            priced += inputs[i] * USD_PER_TOKEN + outputs[i] * OUTPUT_USD_PER_TOKEN
     return priced
 
 
@@ -207,7 +209,7 @@ def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_
 
 
 def test_fine_atoms_tighten_the_bound_and_it_stays_below_every_world(monkeypatch: pytest.MonkeyPatch) -> None:
-    # One 4 s slot (a 4 s tick and cold start): its requests are cut into atoms of half the objective
+    # One 4 s slot (a 4 s tick and cold start): its requests are cut into atoms of a quarter of the objective
     # where one replica cannot serve them whole. Coarse atoms (FINE_ATOM_SHARE = 1) give a looser bound;
     # the fine one must still stay below every plan and routing of the world, and be tighter somewhere.
     import policies.slot_savings as slot_savings
@@ -224,6 +226,53 @@ def test_fine_atoms_tighten_the_bound_and_it_stays_below_every_world(monkeypatch
         cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
     tighter = _tighter_and_below_every_world(cases, monkeypatch, slot_savings, "FINE_ATOM_SHARE", 1.0)
     assert tighter >= 3, f"fine atoms tightened only {tighter} of 80 cases"
+
+
+def test_each_bins_work_counted_in_full_tightens_the_bound_and_it_stays_below_every_world(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Outputs at three times an input's price: requests range from 2 to 6 dollars per replica-second of
+    # work, several to a density bin. Counting a bin's work at its densest request only
+    # (BIN_SEGMENTS = 1, the earlier bound) is looser; the two-segment envelope of each bin must still
+    # stay below every plan and routing of the world, and be tighter somewhere.
+    import policies.slot_savings as slot_savings
+    import tests.test_optimum as here
+
+    monkeypatch.setattr(here, "OUTPUT_USD_PER_TOKEN", 3 * USD_PER_TOKEN)
+    cases = []
+    for seed in range(40):
+        rng = np.random.default_rng(1300 + seed)
+        arrivals, inputs, outputs = _boundary_case(rng)
+        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    tighter = _tighter_and_below_every_world(cases, monkeypatch, slot_savings, "BIN_SEGMENTS", 1)
+    assert tighter >= 4, f"counting each bin's work in full tightened only {tighter} of 40 cases"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_bins_envelope_is_above_every_subset_and_reached_by_the_whole_bin(seed: int) -> None:
+    # The lemma behind each bin's two segments: no subset of a bin's requests saves more than the
+    # envelope at its work, and the whole bin saves exactly its value at its whole work.
+    from policies.slot_savings import _greedy, _segments
+
+    rng = np.random.default_rng(1700 + seed)
+    m = int(rng.integers(1, 8))
+    work = rng.uniform(0.1, 3.0, m)
+    value = work * rng.uniform(1.0, float(rng.choice([1.01, 1.3, 4.0])), m)
+    density = value / work
+    hi, lo = np.array([density.max()]), np.array([density.min()])
+    widths = _segments(np.array([value.sum()]), np.array([work.sum()]), hi, lo)
+    upper = np.cumsum(widths)
+    before = upper - widths
+    dens = np.array([hi[0], lo[0]])
+
+    def envelope(w: float) -> float:
+        return float(_greedy(before, upper, dens, np.array(w)))
+
+    assert upper[-1] == pytest.approx(work.sum())
+    assert envelope(float(work.sum())) == pytest.approx(value.sum())
+    for mask in itertools.product((False, True), repeat=m):
+        chosen = np.asarray(mask)
+        assert value[chosen].sum() <= envelope(float(work[chosen].sum())) + 1e-9
 
 
 def test_one_request_the_bound_is_the_true_optimum() -> None:

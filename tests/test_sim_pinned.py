@@ -23,7 +23,7 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "c75f60b58bfd3db0",
+    "report": "437bea662d374e4b",
     "ebbtide": "b0de5045ab7ef23c",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",
