@@ -96,6 +96,35 @@ def _largest_sum(x: FloatArray, count: int) -> FloatArray:
     return np.asarray(np.partition(x, x.shape[1] - count, axis=1)[:, -count:].sum(axis=1), dtype=np.float64)
 
 
+def _compact(a: _Atoms, rows: IntArray) -> _Atoms:
+    """The atoms of slots `rows`, row by row, each slot's filled atoms first (in order) and only as
+    many atoms as the fullest slot fills.
+
+    This changes no slot's U. An empty atom adds nothing to a group (its window runs from its first
+    arrival to its last one plus `T`), so a run that starts or ends at one holds what a shorter run
+    holds, and the best partition of the atoms before it is the same as of the atoms up to it. A run
+    that closes the slot counts the next slot at most as much as one that does not (at its share and
+    `n'` replicas, where one that does not counts the pool's maximum), so ending the partition with
+    empty atoms never does better than closing it at the last filled one.
+    """
+    filled = np.isfinite(a.first[rows])
+    order = np.argsort(~filled, axis=1, kind="stable")[:, : max(int(filled.sum(axis=1).max(initial=0)), 1)]
+
+    def take(x: FloatArray) -> FloatArray:
+        index = order.reshape(order.shape + (1,) * (x.ndim - 2))
+        return np.take_along_axis(x[rows], index, axis=1)
+
+    return _Atoms(
+        atoms=order.shape[1],
+        V=take(a.V),
+        E=take(a.E),
+        dtop=take(a.dtop),
+        free=take(a.free),
+        first=take(a.first),
+        last=take(a.last),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Group:
     """Atoms i..k of each slot in a chunk: their savable dollars per bin, the work of denser bins ahead
@@ -270,8 +299,8 @@ class SlotSavings:
     ) -> _Group:
         cE, cF = cum
         t_obj, length = self.p.objective_s, self.lengths[rows]
-        begin = a.first[rows, i : k + 1].min(axis=1)
-        end = a.last[rows, i : k + 1].max(axis=1) + t_obj
+        begin = a.first[:, i : k + 1].min(axis=1)
+        end = a.last[:, i : k + 1].max(axis=1) + t_obj
         empty = ~np.isfinite(end)
         begin = np.where(empty, 0.0, begin)
         end = np.where(empty, 0.0, end)
@@ -286,7 +315,7 @@ class SlotSavings:
         return _Group(
             before=np.cumsum(work, axis=-1) - work,
             upper=np.cumsum(work, axis=-1),
-            slack=_largest_sum(a.dtop[rows, i : k + 1].reshape(rows.size, -1), a.dtop.shape[-1]),
+            slack=_largest_sum(a.dtop[:, i : k + 1].reshape(rows.size, -1), a.dtop.shape[-1]),
             free=cF[:, k + 1] - cF[:, i],
             inside=inside,
             beyond=beyond,
@@ -302,12 +331,23 @@ class SlotSavings:
         return np.where(cap > 0, saved, g.free.reshape(shape))
 
     def _bounds(self, a: _Atoms, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
-        """U for the slots `rows` (see `_batch`), a batch at a time."""
-        parts = [self._batch(a, rows[b : b + _BATCH], in_share, out_share) for b in range(0, rows.size, _BATCH)]
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+        """U for the slots `rows` (see `_batch`), a batch at a time, slots with as many filled atoms
+        batched together."""
+        filled = np.isfinite(a.first[rows]).sum(axis=1)
+        order = np.argsort(filled, kind="stable")
+        out: FloatArray | None = None
+        for b in range(0, rows.size, _BATCH):
+            pick = order[b : b + _BATCH]
+            part = self._batch(_compact(a, rows[pick]), rows[pick], in_share, out_share)
+            if out is None:
+                out = np.empty((rows.size, *part.shape[1:]))
+            out[pick] = part
+        assert out is not None
+        return out
 
     def _batch(self, a: _Atoms, rows: IntArray, in_share: FloatArray, out_share: FloatArray) -> FloatArray:
-        """U for the slots `rows`: the least sum of group bounds over partitions into atom runs.
+        """U for the slots `rows`, whose atoms `a` holds row by row (see `_compact`): the least sum of
+        group bounds over partitions into atom runs.
 
         A group's window runs from its first arrival to its last one plus `T`. One that does not end
         the slot counts any window beyond it at the pool's maximum; one that ends it counts the next
@@ -316,7 +356,7 @@ class SlotSavings:
         """
         atoms, top = a.atoms, self.top
         cum = tuple(
-            np.concatenate((np.zeros((rows.size, 1, *x.shape[2:])), np.cumsum(x[rows], axis=1)), axis=1)
+            np.concatenate((np.zeros((rows.size, 1, *x.shape[2:])), np.cumsum(x, axis=1)), axis=1)
             for x in (a.E, a.free)
         )
         groups = {(i, k): self._group(a, rows, cum, i, k, in_share) for k in range(atoms) for i in range(k + 1)}  # type: ignore[arg-type]
