@@ -149,7 +149,8 @@ class _Atoms:
     V: FloatArray
     """Savable dollars per (slot, atom, bin), densest bin first."""
     E: FloatArray
-    """Their work, counted at each bin's densest request."""
+    """The widths in replica-seconds of each bin's segments, densest first (see `_segments`; with
+    `BIN_SEGMENTS = 1`, each bin's work counted at its densest request)."""
     dtop: FloatArray
     """Each atom's `lanes` largest decodes."""
     free: FloatArray
