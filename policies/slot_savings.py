@@ -100,12 +100,13 @@ def _compact(a: _Atoms, rows: IntArray) -> _Atoms:
     """The atoms of slots `rows`, row by row, each slot's filled atoms first (in order) and only as
     many atoms as the fullest slot fills.
 
-    This changes no slot's U. An empty atom adds nothing to a group (its window runs from its first
-    arrival to its last one plus `T`), so a run that starts or ends at one holds what a shorter run
-    holds, and the best partition of the atoms before it is the same as of the atoms up to it. A run
-    that closes the slot counts the next slot at most as much as one that does not (at its share and
-    `n'` replicas, where one that does not counts the pool's maximum), so ending the partition with
-    empty atoms never does better than closing it at the last filled one.
+    This changes no slot's U, up to the rounding of sums taken over arrays of another shape. An empty
+    atom adds nothing to a group (its window runs from its first arrival to its last one plus `T`), so
+    a run that starts or ends at one holds what a shorter run holds, and the best partition of the
+    atoms before it is the same as of the atoms up to it. A run that closes the slot counts the next
+    slot at most as much as one that does not (at its share and `n'` replicas, where one that does not
+    counts the pool's maximum), so ending the partition with empty atoms never does better than
+    closing it at the last filled one.
     """
     filled = np.isfinite(a.first[rows])
     order = np.argsort(~filled, axis=1, kind="stable")[:, : max(int(filled.sum(axis=1).max(initial=0)), 1)]

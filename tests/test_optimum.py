@@ -430,3 +430,39 @@ def test_a_large_pool_is_bounded_without_the_next_slot_and_never_above_a_smaller
 
     small, large = bound(8), bound(40)
     assert 0 < large <= small + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leaving_out_empty_atoms_changes_no_slots_bound(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each slot's partition DP runs over its filled atoms only (`_compact`); over all of them, empty
+    # ones included, it must give the same bound (to the rounding of sums taken in other shapes) and
+    # the same plan.
+    import policies.slot_savings as slot_savings
+
+    rng = np.random.default_rng(2100 + seed)
+    m = int(rng.integers(20, 120))
+    arrivals = np.sort(rng.uniform(0.0, 60.0, m))
+    inputs = rng.integers(200, 4000, m).astype(np.float64)
+    outputs = rng.integers(0, 600, m).astype(np.float64)
+    problem = OptimumProblem(
+        arrival_s=arrivals,
+        work_s=inputs / 10_000 + outputs / 2_500,
+        prefill_s=inputs / 10_000,
+        api_usd=(3 * inputs + 15 * outputs) / 1e6,
+        horizon_s=60.0,
+        step_s=15.0,
+        cold_start_s=30.0,
+        objective_s=2.0,
+        max_replicas=int(rng.integers(1, 4)),
+        replica_usd_per_hour=float(rng.choice([0.5, 2.0, 8.0])),
+    )
+    compacted = offline_optimum(problem)
+
+    def every_atom(a: slot_savings._Atoms, rows: np.ndarray) -> slot_savings._Atoms:
+        fields = ("V", "E", "dtop", "free", "first", "last")
+        return slot_savings._Atoms(a.atoms, **{f: getattr(a, f)[rows] for f in fields})
+
+    monkeypatch.setattr(slot_savings, "_compact", every_atom)
+    whole = offline_optimum(problem)
+    assert compacted.total_usd == pytest.approx(whole.total_usd, rel=1e-12, abs=1e-15)
+    assert np.array_equal(compacted.ready, whole.ready)
