@@ -79,17 +79,9 @@ def test_the_dp_finds_the_cheapest_plan_of_its_model(seed: int) -> None:
     assert plan_cost(problem, best.ready) == pytest.approx(best.total_usd, abs=1e-9)
 
 
-def _world_cost(
-    plan: tuple[int, ...],
-    assignment: tuple[int, ...],
-    arrivals: list[float],
-    inputs: list[int],
-    outputs: list[int],
-    usd_per_hour: float,
-) -> float:
-    """GPU bill (by the second) plus the API price of every request not on time on the GPUs, in the
-    simulated cluster with `plan[k]` replicas asked for at tick k and requests routed as assigned
-    (0: API, 1: normal lane, 2: late lane), served by the reference engine."""
+def plan_world(plan: tuple[int, ...], usd_per_hour: float) -> tuple[list[tuple[float, int]], float, int]:
+    """The simulated cluster with `plan[k]` replicas asked for at tick k: its Ready counts as (moment,
+    count) before the horizon, its GPU bill by the second, and the count Ready at the horizon."""
     spec = GPUPoolSpec.model_validate(
         {
             "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 2},
@@ -114,8 +106,23 @@ def _world_cost(
         changes.append((t, ready))
     _, gpu_usd = gpu_cost_usd(cluster.lifetimes(HORIZON), spec.billing)
     after = [r for t, r in changes if t <= HORIZON][-1]
+    return [(t, r) for t, r in changes if t < HORIZON], gpu_usd, after
+
+
+def _world_cost(
+    plan: tuple[int, ...],
+    assignment: tuple[int, ...],
+    arrivals: list[float],
+    inputs: list[int],
+    outputs: list[int],
+    usd_per_hour: float,
+) -> float:
+    """GPU bill (by the second) plus the API price of every request not on time on the GPUs, in the
+    simulated cluster with `plan[k]` replicas asked for at tick k and requests routed as assigned
+    (0: API, 1: normal lane, 2: late lane), served by the reference engine."""
+    changes, gpu_usd, after = plan_world(plan, usd_per_hour)
     reference = _Reference(None, 0.0, False, 0)
-    timeline = sorted([(t, 0, r) for t, r in changes if t < HORIZON] + [(t, 1, i) for i, t in enumerate(arrivals)])
+    timeline = sorted([(t, 0, r) for t, r in changes] + [(t, 1, i) for i, t in enumerate(arrivals)])
     for t, kind, value in timeline:
         reference.advance(t)
         if kind == 0:
