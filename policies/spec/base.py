@@ -12,20 +12,11 @@ from pydantic.alias_generators import to_camel
 __all__ = ["API_GROUP", "API_VERSION", "KIND", "PLURAL", "Weekday", "parse_clock"]
 
 API_GROUP = "ebbtide.dev"
-
-
 API_VERSION = "v1alpha1"
-
-
 KIND = "GPUPool"
-
-
 PLURAL = "gpupools"
 
-
 _CLOCK = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
-
-
 _DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
