@@ -23,10 +23,7 @@ class SecretRef(_Model):
 
 
 _DEFAULT_INPUT_USD_PER_MILLION = 3.0
-
-
 _DEFAULT_OUTPUT_USD_PER_MILLION = 15.0
-
 
 # Fields of the single-provider fallback before `providers` existed; named in the migration message.
 _LEGACY_FALLBACK_FIELDS = ("baseUrl", "model", "apiKeySecretRef", "inputUsdPerMillion", "outputUsdPerMillion")
