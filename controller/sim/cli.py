@@ -253,6 +253,28 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
     )
 
 
+def fixed_rows_inputs(args: argparse.Namespace, prog: str) -> tuple[GPUPoolSpec, Workload, RunSettings] | None:
+    """The pool, workload and world of a command whose rows are fixed (the foresight ladder, offline
+    routing), or None, after saying why on stderr as `prog`: a flag that chooses rows, bad input, or an
+    optimum too large to solve."""
+    for flag, given in (("--policy", args.policy), ("--plot", args.plot), ("--decisions", args.decisions)):
+        if given:
+            print(f"{prog}: error: {flag} is not supported here (the rows are fixed)", file=sys.stderr)
+            return None
+    try:
+        spec = apply_overrides(load_spec(args.pool), args.set)
+        workload = build_workload(args)
+        settings = settings_from(args, spec)
+    except (TraceError, InputError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    problem = too_large(optimum_problem(workload, spec, settings))
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return None
+    return spec, workload, settings
+
+
 def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings) -> dict[str, Any]:
     """What a run was given, for the JSON report's `inputs`."""
     return {

@@ -61,9 +61,8 @@ from controller.sim.runner import (
     run_all,
     run_policy,
 )
-from controller.sim.traces import TraceError
 from controller.sim.workload import Workload
-from policies.optimum import OptimumProblem, too_large
+from policies.optimum import OptimumProblem
 from policies.overflow import Routing
 from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
@@ -278,21 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
     # The ladder's rows are fixed: options that choose rows or write what it does not make are refused.
-    for flag, given in (("--policy", args.policy), ("--plot", args.plot), ("--decisions", args.decisions)):
-        if given:
-            print(f"foresight: error: {flag} is not supported here (the ladder's rows are fixed)", file=sys.stderr)
-            return 2
-    try:
-        spec = cli.apply_overrides(cli.load_spec(args.pool), args.set)
-        workload = cli.build_workload(args)
-        settings = cli.settings_from(args, spec)
-    except (TraceError, cli.InputError, ValueError) as exc:
-        print(f"foresight: error: {exc}", file=sys.stderr)
+    loaded = cli.fixed_rows_inputs(args, "foresight")
+    if loaded is None:
         return 2
-    problem = too_large(optimum_problem(workload, spec, settings))
-    if problem:
-        print(f"foresight: error: {problem}", file=sys.stderr)
-        return 2
+    spec, workload, settings = loaded
     if spec.billing.granularity.seconds > 1:
         print(
             f"foresight: note: the plans are chosen on GPU time by the second; billed by the "

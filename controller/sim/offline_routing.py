@@ -58,9 +58,7 @@ from controller.sim.runner import (
     optimum_problem,
     run_all,
 )
-from controller.sim.traces import TraceError
 from controller.sim.workload import Workload
-from policies.optimum import too_large
 from policies.spec import GPUPoolSpec
 
 __all__ = ["DEFAULT_KEEP", "Routed", "fifo_savings", "main", "routed", "window_limits"]
@@ -220,21 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=_positive_int, default=DEFAULT_KEEP, help=f"frontier points kept (default {DEFAULT_KEEP})"
     )
     args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
-    for flag, given in (("--policy", args.policy), ("--plot", args.plot), ("--decisions", args.decisions)):
-        if given:
-            print(f"offline_routing: error: {flag} is not supported here (the rows are fixed)", file=sys.stderr)
-            return 2
-    try:
-        spec = cli.apply_overrides(cli.load_spec(args.pool), args.set)
-        workload = cli.build_workload(args)
-        settings = cli.settings_from(args, spec)
-    except (TraceError, cli.InputError, ValueError) as exc:
-        print(f"offline_routing: error: {exc}", file=sys.stderr)
+    loaded = cli.fixed_rows_inputs(args, "offline_routing")
+    if loaded is None:
         return 2
-    problem = too_large(optimum_problem(workload, spec, settings))
-    if problem:
-        print(f"offline_routing: error: {problem}", file=sys.stderr)
-        return 2
+    spec, workload, settings = loaded
     began = time.perf_counter()
     runs = run_all(workload, spec, settings, (EBBTIDE, OPTIMUM, OPTIMUM_PLAN), progress=False, jobs=args.jobs)
     bound = runs[OPTIMUM].total_usd
