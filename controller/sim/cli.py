@@ -253,6 +253,29 @@ def settings_from(args: argparse.Namespace, spec: GPUPoolSpec) -> RunSettings:
     )
 
 
+def load_inputs(args: argparse.Namespace, prog: str) -> tuple[GPUPoolSpec, Workload, RunSettings] | None:
+    """The pool, workload and world the arguments describe, or None after naming what is wrong on
+    stderr as `prog`."""
+    try:
+        spec = apply_overrides(load_spec(args.pool), args.set)
+        workload = build_workload(args)
+        settings = settings_from(args, spec)
+    except (TraceError, InputError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    return spec, workload, settings
+
+
+def fixed_rows_parser(prog: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """A command's parser taking `ebbtide simulate`'s options, and its `simulate` part to add its own."""
+    parser = argparse.ArgumentParser(prog=prog)
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    simulate = sub.choices["simulate"]
+    simulate.prog = prog
+    return parser, simulate
+
+
 def fixed_rows_inputs(args: argparse.Namespace, prog: str) -> tuple[GPUPoolSpec, Workload, RunSettings] | None:
     """The pool, workload and world of a command whose rows are fixed (the foresight ladder, offline
     routing), or None, after saying why on stderr as `prog`: a flag that chooses rows, bad input, or an
@@ -261,18 +284,15 @@ def fixed_rows_inputs(args: argparse.Namespace, prog: str) -> tuple[GPUPoolSpec,
         if given:
             print(f"{prog}: error: {flag} is not supported here (the rows are fixed)", file=sys.stderr)
             return None
-    try:
-        spec = apply_overrides(load_spec(args.pool), args.set)
-        workload = build_workload(args)
-        settings = settings_from(args, spec)
-    except (TraceError, InputError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    loaded = load_inputs(args, prog)
+    if loaded is None:
         return None
+    spec, workload, settings = loaded
     problem = too_large(optimum_problem(workload, spec, settings))
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return None
-    return spec, workload, settings
+    return loaded
 
 
 def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettings) -> dict[str, Any]:
@@ -301,13 +321,10 @@ def run_inputs(args: argparse.Namespace, workload: Workload, settings: RunSettin
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation the arguments describe; 0 on success, 2 on bad input."""
-    try:
-        spec = apply_overrides(load_spec(args.pool), args.set)
-        workload = build_workload(args)
-        settings = settings_from(args, spec)
-    except (TraceError, InputError, ValueError) as exc:
-        print(f"ebbtide simulate: error: {exc}", file=sys.stderr)
+    loaded = load_inputs(args, "ebbtide simulate")
+    if loaded is None:
         return 2
+    spec, workload, settings = loaded
     names = list(dict.fromkeys(args.policy)) if args.policy else list(POLICY_NAMES)
     for reference in OFFLINE:
         if reference not in names:

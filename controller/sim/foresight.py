@@ -264,11 +264,7 @@ def ladder(
 
 def main(argv: list[str] | None = None) -> int:
     """Print the ladder for the workload `ebbtide simulate`'s options describe; 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m controller.sim.foresight")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli.register(sub)
-    simulate = sub.choices["simulate"]
-    simulate.prog = "python -m controller.sim.foresight"
+    parser, simulate = cli.fixed_rows_parser("python -m controller.sim.foresight")
     simulate.add_argument(
         "--blocks",
         type=parse_blocks,

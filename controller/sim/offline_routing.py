@@ -209,11 +209,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the rows for the workload `ebbtide simulate`'s options describe; 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m controller.sim.offline_routing")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cli.register(sub)
-    simulate = sub.choices["simulate"]
-    simulate.prog = "python -m controller.sim.offline_routing"
+    parser, simulate = cli.fixed_rows_parser("python -m controller.sim.offline_routing")
     simulate.add_argument(
         "--keep", type=_positive_int, default=DEFAULT_KEEP, help=f"frontier points kept (default {DEFAULT_KEEP})"
     )
