@@ -70,11 +70,9 @@ DEFAULT_KEEP = 256
 $447.19, $446.15 and $445.87 with 64, 256 and 1,024 points (11 s with 256, 37 s with 1,024)."""
 
 
-def _capacity(times: FloatArray, ready: FloatArray, at: FloatArray) -> FloatArray:
-    """V(at): replica-seconds served from `times[0]` to `at`, `ready[k]` Ready from `times[k]` on."""
-    served = np.concatenate(([0.0], np.cumsum(np.diff(times) * ready[:-1])))
-    k = np.clip(np.searchsorted(times, at, side="right") - 1, 0, times.size - 1)
-    return np.asarray(served[k] + np.maximum(at - times[k], 0.0) * ready[k], dtype=np.float64)
+def _segment(times: FloatArray, at: FloatArray) -> npt.NDArray[np.int64]:
+    """The index `k` of the Ready count in force at each moment (right-continuous, the first before `times[0]`)."""
+    return np.clip(np.searchsorted(times, at, side="right") - 1, 0, times.size - 1)
 
 
 def window_limits(
@@ -82,12 +80,17 @@ def window_limits(
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
     """Per request: `V(a)`, the latest lane position `x'` at which it is still on time, and whether that
     position itself is on time (False: only positions strictly below it are)."""
-    arrived = _capacity(times, ready, arrival)
-    by_deadline = _capacity(times, ready, arrival + objective) - prefill
+    served = np.concatenate(([0.0], np.cumsum(np.diff(times) * ready[:-1])))  # V at each of `times`
+
+    def capacity(at: FloatArray) -> FloatArray:
+        k = _segment(times, at)
+        return np.asarray(served[k] + np.maximum(at - times[k], 0.0) * ready[k], dtype=np.float64)
+
+    arrived = capacity(arrival)
+    by_deadline = capacity(arrival + objective) - prefill
     start_by = arrival + objective - prefill
-    at_start = _capacity(times, ready, start_by)
-    k = np.clip(np.searchsorted(times, start_by, side="right") - 1, 0, times.size - 1)
-    running_after = ready[k] > 0
+    at_start = capacity(start_by)
+    running_after = ready[_segment(times, start_by)] > 0
     limit = np.minimum(by_deadline, at_start)
     # At the limit itself: on time if the deadline term set it, or a replica is Ready to start it there.
     inclusive = np.where(by_deadline < at_start, True, running_after)
