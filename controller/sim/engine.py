@@ -26,20 +26,29 @@ gateway has lanes; the baselines model plain vLLM, one FIFO.
 The loop over requests is plain Python over one control tick's arrivals at a time; everything else is
 vectorised. Start times are recovered exactly, even when the number of Ready replicas changes while a
 request waits, by recording each lane's served-work curve V(t) (piecewise linear) and inverting it
-(the lanes and their curves live in `controller.sim.lanes`).
+(the lanes and their curves live in `controller.sim.lanes`; the replica and fallback models in
+`controller.sim.models`; the settling of first tokens and the demand readings in `controller.sim.readings`).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from controller.sim.estimates import GatewayEstimate
-from controller.sim.lanes import REL_EPS, EndTimes, Lane, curve_time, drain, invert, reached
+from controller.sim.lanes import EndTimes, Lane, drain
+from controller.sim.models import (
+    DEFAULT_DECODE_TPS,
+    DEFAULT_FALLBACK_TTFT,
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_PREFILL_TPS,
+    DEFAULT_SEQUENCE_TPS,
+    FallbackModel,
+    ReplicaModel,
+    RouteCode,
+)
+from controller.sim.readings import DemandReading, EngineReadings
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
 from policies.overflow import Route, Routing, route_request
@@ -57,98 +66,14 @@ __all__ = [
     "RouteCode",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-
-# Defaults for an 8B model (Llama-3.1-8B class, BF16) on one H100-80GB with vLLM >= 0.6, rounded
-# down from published benchmarks (no measurement of ours): the vLLM team's "vLLM v0.6.0: 2.7x
-# Throughput Improvement and 5x Latency Reduction" (blog.vllm.ai/2024/09/05/perf-update.html, Llama 3
-# 8B on 1xH100, ShareGPT; TPOT in the low tens of milliseconds at 32 QPS) and Lambda's
-# LambdaLabsML/vllm-benchmark report (H100-80GB-SXM, Llama 3.1 8B, thousands of output tokens/s at
-# high concurrency). Prefill of an 8B model runs compute-bound at roughly 10-20k tokens/s on an H100;
-# we take the low end. `max_num_seqs` is vLLM's default batch limit (256).
-DEFAULT_PREFILL_TPS = 10_000.0
-DEFAULT_DECODE_TPS = 2_500.0
-DEFAULT_SEQUENCE_TPS = 60.0
-DEFAULT_MAX_NUM_SEQS = 256
-# A mid-tier API's typical time to first token.
-DEFAULT_FALLBACK_TTFT = 0.8
-
 # Times are offsets (s) from the simulation start; the workload's arrivals are never negative.
 _MIN_WORK = 1e-6
-_SCALAR_SETTLE = 12
-"""Up to this many unsettled requests in a lane, settling runs in plain floats."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaModel:
-    """What one Ready replica can do."""
-
-    prefill_tokens_per_second: float = DEFAULT_PREFILL_TPS
-    """Prompt tokens per second when the replica does nothing else."""
-    decode_tokens_per_second: float = DEFAULT_DECODE_TPS
-    """Generated tokens per second over the whole running batch, at saturation."""
-    sequence_tokens_per_second: float = DEFAULT_SEQUENCE_TPS
-    """Generated tokens per second of one sequence in a loaded batch (1 / time per output token)."""
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
-    """Largest running batch (vLLM's --max-num-seqs)."""
-
-    def __post_init__(self) -> None:
-        for name in ("prefill_tokens_per_second", "decode_tokens_per_second", "sequence_tokens_per_second"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
-        if self.max_num_seqs < 1:
-            raise ValueError("max_num_seqs must be >= 1")
-
-    @property
-    def effective_decode_tps(self) -> float:
-        """Batch decode throughput, limited by the batch size times one sequence's speed."""
-        return min(self.decode_tokens_per_second, self.max_num_seqs * self.sequence_tokens_per_second)
-
-    def work_seconds(self, input_tokens: npt.NDArray[np.int64], output_tokens: npt.NDArray[np.int64]) -> FloatArray:
-        """Replica-seconds of full throughput each request needs."""
-        return input_tokens / self.prefill_tokens_per_second + output_tokens / self.effective_decode_tps
-
-    @classmethod
-    def unlimited(cls) -> ReplicaModel:
-        """A replica with (for all practical purposes) infinite capacity, for tests and what-ifs."""
-        return cls(1e18, 1e18, 1e18, 1 << 30)
-
-
-@dataclass(frozen=True, slots=True)
-class FallbackModel:
-    """The simulated fallback API."""
-
-    ttft_seconds: float = DEFAULT_FALLBACK_TTFT
-    """Time to first token at the fallback."""
-    tokens_per_second: float = 80.0
-    """Streaming speed of one response at the fallback, for its in-flight count."""
-
-
-class RouteCode:
-    """Per-request outcome codes in the engine's int8 route array."""
-
-    PENDING = 0
-    GPU = 1
-    FALLBACK = 2
-    REJECT = 3
 
 
 _ROUTE_CODES = {Route.GPU: RouteCode.GPU, Route.FALLBACK: RouteCode.FALLBACK, Route.REJECT: RouteCode.REJECT}
 
 
-@dataclass(frozen=True, slots=True)
-class DemandReading:
-    """What the engines and the gateway would report at one moment."""
-
-    waiting: float
-    running: float
-    overflow_in_flight: float
-    input_tokens_per_second: float
-    output_tokens_per_second: float
-    overflow_tokens_per_second: float = 0.0
-
-
-class PoolEngine:
+class PoolEngine(EngineReadings):
     """Serves one workload under a changing number of Ready replicas; see the module docstring."""
 
     def __init__(
@@ -380,141 +305,6 @@ class PoolEngine:
 
     def _cap_tracking(self) -> bool:
         return self.routing is Routing.OVERFLOW and self._fallback_cap < math.inf
-
-    def sample(self) -> DemandReading:
-        """Settle start times up to now and read waiting, running, overflow and offered token rates."""
-        now = self._t
-        self._settle_started(now)
-        one, two = self._lanes
-        pending = (one.pending() if one.pending_pos else 0) + (two.pending() if two.pending_pos else 0)
-        running = self._running.count_after(now)
-        overflow = self._overflowing.count_after(now)
-        batch_limit = self._ready * self.replica.max_num_seqs
-        excess = max(running - batch_limit, 0)
-        lo = int(self.workload.arrival_s.searchsorted(now - self.rate_window_seconds, side="left"))
-        hi = self._next
-        self._count_saturated(hi)
-        # Over what has been observed: in the first minute the window is as long as the run so far.
-        window = min(self.rate_window_seconds, max(now, 1.0))
-        overflow_tokens = float(self._sat_in[hi] - self._sat_in[lo]) + float(self._sat_out[hi] - self._sat_out[lo])
-        return DemandReading(
-            waiting=float(pending + excess),
-            running=float(running - excess),
-            overflow_in_flight=float(overflow),
-            input_tokens_per_second=float(self._cum_in[hi] - self._cum_in[lo]) / window,
-            output_tokens_per_second=float(self._cum_out[hi] - self._cum_out[lo]) / window,
-            overflow_tokens_per_second=overflow_tokens / window,
-        )
-
-    def routed_tokens(self) -> tuple[int, int, int]:
-        """Prompt, completion and saturated-overflow tokens of every request routed so far.
-
-        What a gateway's cumulative counters hold: every request that has arrived before `now` (the
-        engine routes each one on arrival), read from the running sums (integers: exact).
-        """
-        hi = self._next
-        self._count_saturated(hi)
-        return int(self._cum_in[hi]), int(self._cum_out[hi]), int(self._sat_in[hi]) + int(self._sat_out[hi])
-
-    def _count_saturated(self, hi: int) -> None:
-        """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
-        lo = self._sat_upto
-        if hi <= lo:
-            return
-        sent_away = self.saturated[lo:hi]
-        if sent_away.any():
-            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * sent_away)
-            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo] + np.cumsum(
-                self.workload.output_tokens[lo:hi] * sent_away
-            )
-        else:
-            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo]
-            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo]
-        self._sat_upto = hi
-
-    def _settle_started(self, now: float) -> None:
-        """Give every GPU request whose prefill is done by `now` its start, TTFT and finish time.
-
-        A request's first token comes one prefill after its start, or when its lane has served its
-        prefill's work, whichever is later: a late request preempted (or a request left without a Ready
-        replica) in the middle of its prefill gets its first token only after the pause.
-        """
-        for lane in self._lanes:
-            if not lane.pending_pos:
-                # Nothing unsettled: the curve restarts here (what marking and trimming would leave).
-                lane.bt = [now]
-                lane.bv = [lane.served]
-                continue
-            lane.mark(now)
-            if len(lane.pending_pos) == 1 and lane.pending_pos[0].size <= _SCALAR_SETTLE:
-                self._settle_few(lane)
-            elif lane.pending_pos:
-                positions = np.concatenate(lane.pending_pos)
-                indices = np.concatenate(lane.pending_idx)
-                prefill = self.prefill[indices]
-                prefilled = positions + prefill  # still sorted: a request's prefill is part of its work
-                if lane.backlog <= 0.0:
-                    k = int(positions.size)
-                else:
-                    k = int(np.searchsorted(prefilled, lane.served - REL_EPS * max(lane.served, 1.0), side="left"))
-                if k:
-                    done = indices[:k]
-                    arrival = self.workload.arrival_s[done]
-                    start = np.maximum(invert(lane, positions[:k]), arrival)
-                    first_token = np.maximum(start + prefill[:k], reached(lane, prefilled[:k]))
-                    self.ttft[done] = first_token - arrival
-                    finish = first_token + self.workload.output_tokens[done] / self.replica.sequence_tokens_per_second
-                    self._running.add(finish)
-                lane.pending_pos = [positions[k:]] if k < positions.size else []
-                lane.pending_idx = [indices[k:]] if k < indices.size else []
-            # Requests not settled yet need the curve from the last moment it was at or below the lowest
-            # of their positions; everything before can go.
-            if lane.pending_pos:
-                keep = max(bisect.bisect_right(lane.bv, float(lane.pending_pos[0][0])) - 1, 0)  # bv never falls
-                del lane.bt[:keep], lane.bv[:keep]
-            else:
-                lane.bt = [now]
-                lane.bv = [lane.served]
-
-    def _settle_few(self, lane: Lane) -> None:
-        """`_settle_started` for one lane with a few unsettled requests, in plain floats.
-
-        The same arithmetic, step for step, as the vectorised path (so results are identical); numpy's
-        per-call overhead dominates below a dozen requests.
-        """
-        positions: list[float] = lane.pending_pos[0].tolist()
-        indices: list[int] = lane.pending_idx[0].tolist()
-        prefill = [float(self.prefill[i]) for i in indices]
-        prefilled = [pos + pre for pos, pre in zip(positions, prefill, strict=True)]
-        bt, bv = lane.bt, lane.bv
-        if lane.backlog <= 0.0:
-            k = len(positions)
-        else:
-            k = bisect.bisect_left(prefilled, lane.served - REL_EPS * max(lane.served, 1.0))
-        if k:
-            arrival = self.workload.arrival_s
-            outputs = self.workload.output_tokens
-            seq_tps = self.replica.sequence_tokens_per_second
-            finish = []
-            for m in range(k):
-                i = indices[m]
-                arrived = float(arrival[i])
-                start = max(curve_time(bt, bv, positions[m], bisect.bisect_right(bv, positions[m]), 0.0), arrived)
-                target = prefilled[m]
-                if target <= bv[0]:
-                    reached = bt[0]
-                else:
-                    j = bisect.bisect_left(bv, target - REL_EPS * max(abs(target), 1.0))
-                    reached = curve_time(bt, bv, target, j, 1.0)
-                first_token = max(start + prefill[m], reached)
-                self.ttft[i] = first_token - arrived
-                finish.append(first_token + int(outputs[i]) / seq_tps)
-            self._running.add(finish)
-        if k < len(positions):
-            lane.pending_pos = [lane.pending_pos[0][k:]]
-            lane.pending_idx = [lane.pending_idx[0][k:]]
-        else:
-            lane.pending_pos, lane.pending_idx = [], []
 
     def finish(self, horizon: float) -> None:
         """Serve up to the horizon, then let the last Ready replicas finish the queue (unbilled tail)."""
