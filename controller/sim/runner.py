@@ -4,6 +4,10 @@ The runner moves a manual clock in control ticks. Between ticks the serving mode
 the arrivals, switching its Ready replicas exactly when a replica finishes its cold start; at each tick
 `ControlLoop.reconcile` (the step the daemon runs) observes the simulated world, asks the policy and
 scales the simulated Deployment.
+
+Here: that run (`run_policy`), the optimum's plan replayed through it (`optimum_plan_run`) and every row
+of the report (`run_one`, `run_all`). The rows' names, the settings and a row's outcome are in
+`controller.sim.rows`, the offline bounds' rows in `controller.sim.bounds`; they are importable from here too.
 """
 
 from __future__ import annotations
@@ -11,23 +15,33 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from controller.loop import ControlLoop, Policy, Ports
 from controller.ports import PoolRef
-from controller.sim.engine import FallbackModel, PoolEngine, ReplicaModel, RouteCode
+from controller.sim.bounds import lower_bound_run, optimum_problem, optimum_run
+from controller.sim.engine import PoolEngine, ReplicaModel, RouteCode
 from controller.sim.estimates import GatewayEstimate
+from controller.sim.rows import (
+    EBBTIDE,
+    LOWER_BOUND,
+    OFFLINE,
+    OPTIMUM,
+    OPTIMUM_PLAN,
+    POLICY_NAMES,
+    PolicyRun,
+    RunSettings,
+    not_on_time,
+    request_api_usd,
+)
 from controller.sim.workload import Workload
 from controller.sim.world import DecisionLog, SimClock, SimCluster, SimLedger, SimMetrics, SimReplay
-from policies.baselines import BASELINES, Sizing, baseline
+from policies.baselines import Sizing, baseline
 from policies.cost import ApiPrice
-from policies.lower_bound import lower_bound
-from policies.optimum import Optimum, OptimumProblem, offline_optimum
+from policies.optimum import Optimum, offline_optimum
 from policies.overflow import Routing
 from policies.plan import ReplicaPlan, follow_plan
 from policies.spec import GPUPoolSpec
@@ -53,87 +67,6 @@ __all__ = [
     "run_policy",
     "sizing_for",
 ]
-
-EBBTIDE = "ebbtide"
-LOWER_BOUND = "lower_bound"
-OPTIMUM = "offline_optimum"
-OPTIMUM_PLAN = "optimum_plan"
-OFFLINE: tuple[str, ...] = (LOWER_BOUND, OPTIMUM)
-"""Rows computed offline, with no policy to run."""
-POLICY_NAMES: tuple[str, ...] = (EBBTIDE, *(b.name for b in BASELINES), OPTIMUM_PLAN)
-"""Report order: Ebbtide first, then the registry's baselines (sorted), then the optimum's plan replayed."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """How the simulated world behaves, beyond the pool's own spec."""
-
-    replica: ReplicaModel = field(default_factory=ReplicaModel)
-    fallback: FallbackModel = field(default_factory=FallbackModel)
-    tick_seconds: float = 15.0
-    """Control-loop period in simulated time."""
-    gpu_cap: int | None = None
-    """GPUs available to the pool; replicas beyond stay Pending (None: unlimited)."""
-    initial_replicas: int = 0
-    """Replicas running (and Ready) when the simulation starts."""
-    scrape_fail_every: int = 0
-    """Every n-th metrics read fails (0: never), to see the no-data handling at work."""
-    slo_ttft_seconds: float = 2.0
-    true_work: bool = False
-    """Ebbtide's gateway routes on each request's true work, an idealized gateway; by default it routes
-    on the work ahead as the shipped gateway estimates it (`estimates`). The baselines (plain vLLM, no
-    gateway) are unaffected."""
-
-
-@dataclass(slots=True)
-class PolicyRun:
-    """One policy's outcome on one workload."""
-
-    name: str
-    requests: int
-    fallback_requests: int
-    rejected_requests: int
-    gpu_hours: float
-    gpu_usd: float
-    fallback_input_tokens: int
-    fallback_output_tokens: int
-    fallback_usd: float
-    scale_events: int | None
-    ttft: np.ndarray | None
-    slo_ttft_seconds: float
-    total_tokens: int
-    log: DecisionLog | None = None
-    route: np.ndarray | None = None
-    """Per-request route codes (engine.RouteCode), for cost over time."""
-    timeline: dict[str, np.ndarray] = field(default_factory=dict)
-    lifetimes: tuple[tuple[float, float], ...] = ()
-    """(billing start, end) of every replica that held a GPU, in seconds from the start (policy runs)."""
-    slo_priced_usd: float | None = None
-    """GPU $ plus the fallback's price of every request not served on the GPUs within the SLO: what
-    the run costs when each late request is priced as sent to the API (comparable to offline_optimum)."""
-
-    @property
-    def total_usd(self) -> float:
-        """GPU plus fallback spend."""
-        return self.gpu_usd + self.fallback_usd
-
-    @property
-    def usd_per_million_tokens(self) -> float:
-        """Effective price of 1M tokens served."""
-        return self.total_usd / self.total_tokens * 1e6 if self.total_tokens else math.inf
-
-    def ttft_percentile(self, q: float) -> float | None:
-        """TTFT percentile in seconds (None without per-request latencies)."""
-        if self.ttft is None or self.ttft.size == 0:
-            return None
-        return float(np.percentile(self.ttft, q))
-
-    @property
-    def slo_attainment(self) -> float | None:
-        """Share of requests whose first token came within the SLO."""
-        if self.ttft is None or self.ttft.size == 0:
-            return None
-        return float(np.count_nonzero(self.ttft <= self.slo_ttft_seconds)) / self.ttft.size
 
 
 def sizing_for(workload: Workload, replica: ReplicaModel) -> Sizing:
@@ -293,105 +226,9 @@ def run_policy(
     )
 
 
-def request_api_usd(workload: Workload, price: ApiPrice) -> np.ndarray:
-    """What the fallback charges for each request of the workload."""
-    return np.asarray(
-        (workload.input_tokens * price.input_usd_per_million + workload.output_tokens * price.output_usd_per_million)
-        / 1e6,
-        dtype=np.float64,
-    )
-
-
-def not_on_time(route: np.ndarray, ttft: np.ndarray, slo: float) -> np.ndarray:
-    """Requests not served on the GPUs within `slo` (fallback ones included): those ×OPT prices at the API."""
-    return np.asarray(~((route == RouteCode.GPU) & (ttft <= slo)))
-
-
 def _late_api_usd(workload: Workload, price: ApiPrice, route: np.ndarray, ttft: np.ndarray, slo: float) -> float:
     """The fallback's price of every request not served on the GPUs within `slo` (fallback ones included)."""
     return float(request_api_usd(workload, price)[not_on_time(route, ttft, slo)].sum())
-
-
-def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
-    """The offline lower bound as a report row (no latencies, no scale events)."""
-    bound = lower_bound(
-        workload.arrival_s,
-        workload.input_tokens,
-        workload.output_tokens,
-        settings.replica.work_seconds(workload.input_tokens, workload.output_tokens),
-        period_seconds=float(spec.billing.granularity.seconds),
-        replica_usd_per_hour=spec.replica_usd_per_hour,
-        gpus_per_replica=spec.target.gpus_per_replica,
-        price=spec.fallback.price,
-    )
-    return _bound_row(LOWER_BOUND, workload, settings, bound)
-
-
-def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> OptimumProblem:
-    """The constrained problem `offline_optimum` solves: this workload in this simulated world."""
-    replica = settings.replica
-    price = spec.fallback.price
-    top = spec.target.max_replicas
-    if settings.gpu_cap is not None:
-        top = min(top, settings.gpu_cap // spec.target.gpus_per_replica)
-    return OptimumProblem(
-        arrival_s=workload.arrival_s,
-        # The engine's work: every request takes at least a moment of a replica.
-        work_s=np.maximum(replica.work_seconds(workload.input_tokens, workload.output_tokens), 1e-6),
-        prefill_s=workload.input_tokens / replica.prefill_tokens_per_second,
-        api_usd=request_api_usd(workload, price),
-        horizon_s=max(workload.duration_s, settings.tick_seconds),
-        step_s=settings.tick_seconds,
-        cold_start_s=float(spec.cold_start_seconds),
-        objective_s=settings.slo_ttft_seconds,
-        max_replicas=top,
-        replica_usd_per_hour=spec.replica_usd_per_hour,
-        gpus_per_replica=spec.target.gpus_per_replica,
-        initial_replicas=min(settings.initial_replicas, top),
-    )
-
-
-def optimum_run(
-    workload: Workload, spec: GPUPoolSpec, settings: RunSettings, *, best: Optimum | None = None
-) -> PolicyRun:
-    """`offline_optimum` as a report row (no latencies: it is a bound, not a schedule); `best` if known."""
-    best = best or offline_optimum(optimum_problem(workload, spec, settings))
-    row = _bound_row(OPTIMUM, workload, settings, best)
-    row.timeline = {"t": best.slot_start_s, "ready": best.ready}
-    row.slo_priced_usd = best.total_usd
-    return row
-
-
-class _Bound(Protocol):
-    """What a bound's report row reads: the fluid lower bound's result and the optimum both have it."""
-
-    @property
-    def fallback_requests(self) -> float: ...
-    @property
-    def gpu_hours(self) -> float: ...
-    @property
-    def gpu_usd(self) -> float: ...
-    @property
-    def fallback_usd(self) -> float: ...
-
-
-def _bound_row(name: str, workload: Workload, settings: RunSettings, bound: _Bound) -> PolicyRun:
-    """A report row for a bound: costs without latencies (it is not a schedule)."""
-    return PolicyRun(
-        name=name,
-        requests=len(workload),
-        fallback_requests=round(bound.fallback_requests),
-        rejected_requests=0,
-        gpu_hours=bound.gpu_hours,
-        gpu_usd=bound.gpu_usd,
-        fallback_input_tokens=0,
-        fallback_output_tokens=0,
-        fallback_usd=bound.fallback_usd,
-        scale_events=None,
-        ttft=None,
-        slo_ttft_seconds=settings.slo_ttft_seconds,
-        total_tokens=workload.total_tokens,
-    )
 
 
 def optimum_plan_run(
