@@ -25,7 +25,7 @@ from gateway.errors import ApiError, error_event
 from gateway.hold import HoldResult, hold, keep_alive
 from gateway.inbound import ClientRequest, gpu_body, provider_body
 from gateway.providers import ProviderState
-from gateway.relay import AttemptFailed, Refused, Relayed, passed_on, relay
+from gateway.relay import AttemptFailed, Progress, Refused, Relayed, passed_on, relay
 from gateway.routing import Action, Plan, plan_request
 from policies.overflow import Lane, Route
 
@@ -216,12 +216,13 @@ class Dispatcher:
         def first_token() -> None:
             pool.first_token(late, token)
 
+        progress = Progress()
         gauge.inc()
         try:
             body = gpu_body(req, pool.served_model, priority)
             pool.metrics.added_latency.observe(time.perf_counter() - received)
             try:
-                result = await self._relay_gpu(request, req, url, body, route, started, first_token)
+                result = await self._relay_gpu(request, req, url, body, route, started, first_token, progress)
             except Refused as refused:
                 if priority is not None and refused.status == 400 and b"priority" in refused.body.lower():
                     endpoint.priority_ok = False
@@ -229,7 +230,7 @@ class Dispatcher:
                         "endpoint %s refuses request priority; the late lane queues in FIFO order", endpoint.name
                     )
                     plain = gpu_body(req, pool.served_model, None)
-                    result = await self._relay_gpu(request, req, url, plain, route, started, first_token)
+                    result = await self._relay_gpu(request, req, url, plain, route, started, first_token, progress)
                 else:
                     raise
         except AttemptFailed as failed:
@@ -246,18 +247,27 @@ class Dispatcher:
                 ) from None
             return passed_on(refused, started)
         except (ConnectionError, asyncio.CancelledError):
-            # The client left: count the request as offered load (what it generated is not known).
-            pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True)
+            finished = progress.finished()
+            if finished is None:
+                # The client left mid-request: count it as offered load (what it generated is not known).
+                pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True)
+            else:
+                # The client left after the stream's end (the openai clients close on `data: [DONE]`,
+                # often before the upstream's body has ended): a finished request, with its usage.
+                self._gpu_finished(pool, req, route, finished)
             raise
         finally:
             endpoint.in_flight -= 1
             pool.remove_work(work, late, token)
             gauge.dec()
+        self._gpu_finished(pool, req, route, result)
+        return result.response
+
+    def _gpu_finished(self, pool: PoolState, req: ClientRequest, route: RouteLabel, result: Relayed) -> None:
         if not result.estimated:
             pool.learn(result.prompt_tokens, result.completion_tokens)
         pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
                               arrived_at=_epoch(req.arrival))  # fmt: skip
-        return result.response
 
     async def _relay_gpu(
         self,
@@ -268,6 +278,7 @@ class Dispatcher:
         route: RouteLabel,
         started: web.StreamResponse | None,
         first_token: Callable[[], None],
+        progress: Progress,
     ) -> Relayed:
         return await relay(
             request,
@@ -283,6 +294,7 @@ class Dispatcher:
             response_headers=_GPU_ROUTE_HEADERS[route],
             started=started,
             on_first_token=first_token,
+            progress=progress,
         )
 
     async def _fallback(
@@ -324,6 +336,7 @@ class Dispatcher:
             provider.acquire(now)
             gauge.inc()
             verdict = False
+            progress = Progress()
             try:
                 if first:
                     pool.metrics.added_latency.observe(time.perf_counter() - received)
@@ -341,6 +354,7 @@ class Dispatcher:
                     prompt_estimate=req.prompt_tokens,
                     response_headers=_route_headers(route, provider.name),
                     started=started,
+                    progress=progress,
                 )
             except AttemptFailed as failed:
                 verdict = True
@@ -361,26 +375,44 @@ class Dispatcher:
                 provider.succeeded()
                 return self._refused(pool, req, provider, refused, started)
             except (ConnectionError, asyncio.CancelledError):
-                pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True, provider=provider.name)
+                finished = progress.finished()
+                if finished is None:
+                    pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True, provider=provider.name)
+                else:
+                    # The client left after the stream's end (see _gpu): a finished request, billed.
+                    verdict = True
+                    self._fallback_finished(pool, req, route, provider, finished, saturated=saturated)
                 raise
             finally:
                 gauge.dec()
                 if not verdict:
                     provider.released()
-            if result.broken:
-                # Its stream broke after reaching the client (ended there with an error event).
-                provider.failed(time.monotonic())
-                pool.metrics.provider_failed(provider.name, "stream-broken")
-            else:
-                provider.succeeded()
-            dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
-                          provider.spec.output_usd_per_million)  # fmt: skip
-            pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
-                                  saturated=saturated, provider=provider.name, dollars=dollars,
-                                  arrived_at=_epoch(req.arrival))  # fmt: skip
+            self._fallback_finished(pool, req, route, provider, result, saturated=saturated)
             return result.response
         self._count_rejected(pool, req)
         return self._all_failed(pool, failures, last_status, retry_after)
+
+    def _fallback_finished(
+        self,
+        pool: PoolState,
+        req: ClientRequest,
+        route: RouteLabel,
+        provider: ProviderState,
+        result: Relayed,
+        *,
+        saturated: bool,
+    ) -> None:
+        if result.broken:
+            # Its stream broke after reaching the client (ended there with an error event).
+            provider.failed(time.monotonic())
+            pool.metrics.provider_failed(provider.name, "stream-broken")
+        else:
+            provider.succeeded()
+        dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
+                      provider.spec.output_usd_per_million)  # fmt: skip
+        pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
+                              saturated=saturated, provider=provider.name, dollars=dollars,
+                              arrived_at=_epoch(req.arrival))  # fmt: skip
 
     def _refused(
         self,

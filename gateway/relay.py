@@ -7,6 +7,11 @@ event, an error event, the stream ending early) raises `AttemptFailed` and the c
 upstream. After it, a failure ends the client's stream with an OpenAI-style error event: two upstreams
 never share one stream. Leaving early (the client went away, or the handler was cancelled) closes the
 upstream connection, which is what makes vLLM abort the request.
+
+A stream whose end marker (`data: [DONE]`) has passed is finished even if the relay never returns: the
+openai clients close the connection as soon as they read that marker, often before the upstream's body
+has ended, and the handler is cancelled while it still waits for that end. The caller's `Progress`
+keeps what such a stream delivered (its usage above all), so the request is still accounted as finished.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from gateway.errors import ApiError, error_event
 from gateway.providers import is_failover_status, retry_after_seconds
 from gateway.sse import SseScanner
 
-__all__ = ["SSE_HEADERS", "AttemptFailed", "Refused", "Relayed", "passed_on", "relay"]
+__all__ = ["SSE_HEADERS", "AttemptFailed", "Progress", "Refused", "Relayed", "passed_on", "relay"]
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -67,6 +72,37 @@ class Relayed:
     """No usage came back: the token counts are estimates."""
     broken: bool = False
     """A stream that failed after its first content event (ended with an error event)."""
+
+
+class Progress:
+    """How far one attempt's stream got, held by the caller of `relay` so that it can be read when `relay`
+    did not return: the client left (its handler was cancelled, or a write to it failed)."""
+
+    __slots__ = ("_prompt_estimate", "_response", "_scanner")
+
+    def __init__(self) -> None:
+        self._scanner: SseScanner | None = None
+        self._response: web.StreamResponse | None = None
+        self._prompt_estimate = 0
+
+    def _track(self, scanner: SseScanner, response: web.StreamResponse, prompt_estimate: int) -> None:
+        self._scanner, self._response, self._prompt_estimate = scanner, response, prompt_estimate
+
+    def finished(self) -> Relayed | None:
+        """What the stream delivered, when the upstream had ended it (its `data: [DONE]` was read) before
+        the relay was interrupted; None when it had not (the request was left unfinished) or was no stream."""
+        scanner, response = self._scanner, self._response
+        if scanner is None or response is None or not scanner.done:
+            return None
+        return _delivered(response, scanner, self._prompt_estimate, broken=scanner.late_error)
+
+
+def _delivered(response: web.StreamResponse, scanner: SseScanner, prompt_estimate: int, *, broken: bool) -> Relayed:
+    """A relayed stream with its usage as the upstream reported it, or estimated when it reported none."""
+    counts = _usage_counts(scanner.usage)
+    if counts is None:
+        return Relayed(response, prompt_estimate, scanner.content_events, estimated=True, broken=broken)
+    return Relayed(response, counts[0], counts[1], estimated=False, broken=broken)
 
 
 def _usage_counts(usage: Mapping[str, Any] | None) -> tuple[int, int] | None:
@@ -139,19 +175,29 @@ async def relay(
     response_headers: Mapping[str, str],
     started: web.StreamResponse | None = None,
     on_first_token: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> Relayed:
     """Send one request upstream and relay the answer; see the module docstring for what raises.
 
     `started` is a stream response already sent to the client (keep-alive comments during a hold): the
     upstream's events continue it. `on_first_token` is called once a stream's first content event (its
-    first token) has arrived, before it is sent on; a whole answer never calls it.
+    first token) has arrived, before it is sent on; a whole answer never calls it. `progress`, when
+    given, follows a stream once its response to the client has started (see `Progress`).
     """
     upstream = await _open(session, url, body, headers, timeout, first_byte)
     try:
         if not stream:
             return await _whole(upstream, prompt_estimate, response_headers)
         return await _stream(
-            request, upstream, first_byte, strip_usage, prompt_estimate, response_headers, started, on_first_token
+            request,
+            upstream,
+            first_byte,
+            strip_usage,
+            prompt_estimate,
+            response_headers,
+            started,
+            on_first_token,
+            progress or Progress(),
         )
     finally:
         # Not read to the end (the client left, a timeout): closing, not releasing, drops the connection
@@ -192,6 +238,7 @@ async def _stream(
     extra: Mapping[str, str],
     started: web.StreamResponse | None,
     on_first_token: Callable[[], None] | None,
+    progress: Progress,
 ) -> Relayed:
     scanner = SseScanner(strip_usage=strip_usage)
     content = upstream.content
@@ -222,6 +269,7 @@ async def _stream(
         response = started
         if not response.prepared:
             await response.prepare(request)
+    progress._track(scanner, response, prompt_estimate)
     if before:
         # Held back until the first content event (the role chunk, comments): sent in one write.
         await response.write(b"".join(before) if len(before) > 1 else before[0])
@@ -249,10 +297,7 @@ async def _stream(
             )
     # No write_eof here: the handler returns the response and aiohttp ends it after the caller has
     # accounted the request, so a client that saw the stream's end also sees it in /metrics.
-    counts = _usage_counts(scanner.usage)
-    if counts is None:
-        return Relayed(response, prompt_estimate, scanner.content_events, estimated=True, broken=broken)
-    return Relayed(response, counts[0], counts[1], estimated=False, broken=broken)
+    return _delivered(response, scanner, prompt_estimate, broken=broken)
 
 
 def passed_on(refused: Refused, started: web.StreamResponse | None) -> web.StreamResponse:

@@ -1,18 +1,24 @@
 """A client that disconnects cancels its upstream request: the stand-in vLLM counts an abort, the
-stand-in provider records one, and the gateway's in-flight gauges return to zero."""
+stand-in provider records one, and the gateway's in-flight gauges return to zero. A client that leaves
+right after the stream's end marker (as the openai clients do) leaves a finished request, accounted
+with the upstream's usage."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
+from aiohttp import web
 
 from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
-from tests.gateway_support import gateway_for, make_pool, metric, provider, scrape_text, wait_until
+from tests.gateway_support import AppThread, gateway_for, make_pool, metric, provider, scrape_text, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -67,3 +73,92 @@ def test_a_stream_left_at_the_provider_is_aborted_there() -> None:
             assert not record.completed
             wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route="fallback") == 0,
                        what="in flight 0")  # fmt: skip
+
+
+_USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def _ends_late(cut: threading.Event) -> Callable[[], web.Application]:
+    """An upstream (replica or provider) whose stream sends its usage chunk and `data: [DONE]`, then holds
+    its body open for 30 s: an upstream whose end of body comes after the marker (the chunked
+    terminator is a write of its own; a loaded machine delays it). `cut` is set when the gateway drops
+    the connection before that end."""
+
+    def event(obj: Any) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+
+    usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": _USAGE}
+    events = [
+        event(chunk({"role": "assistant", "content": ""})),
+        event(chunk({"content": "one"})),
+        event(chunk({"content": " two"})),
+        event(chunk({"content": ""}, "stop")),
+        event(usage),
+        b"data: [DONE]\n\n",
+    ]
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in events:
+            await response.write(piece)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cut.set()
+            raise
+        await response.write_eof()
+        return response
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n")
+
+    def make() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    return make
+
+
+def _stream_to_done(gw: Any) -> str:
+    """One chat stream read by the official client to its `data: [DONE]`, where it closes the connection."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+@pytest.mark.parametrize("route", ["gpu", "fallback"])
+def test_a_stream_left_right_after_its_end_marker_is_accounted_with_the_reported_usage(route: str) -> None:
+    cut = threading.Event()
+    with AppThread(_ends_late(cut)) as upstream:
+        if route == "gpu":
+            pools = [(make_pool(), [upstream.address])]
+        else:
+            paid = provider("paid", f"http://{upstream.address}/v1", inputUsdPerMillion=2, outputUsdPerMillion=10)
+            pools = [(make_pool(providers=[paid]), [])]
+        with gateway_for(pools) as gw:
+            assert _stream_to_done(gw) == "one two"
+            # The client closed on `[DONE]` while the gateway still waited for the upstream's end of body:
+            # the gateway drops the upstream (the handler was cancelled), well before the upstream's 30 s.
+            assert cut.wait(10), "the gateway did not drop the upstream when the client left"
+            wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route=route) == 0,
+                       what="in flight 0")  # fmt: skip
+            text = scrape_text(gw)
+            logged = httpx.get(f"{gw.url}/ebbtide/requests", timeout=5).json()["requests"]
+    tokens = "ebbtide_gateway_tokens_total"
+    assert metric(text, "ebbtide_gateway_requests_total", route=route) == 1
+    assert metric(text, tokens, route=route, kind="prompt", source="reported") == 7
+    assert metric(text, tokens, route=route, kind="completion", source="reported") == 3
+    assert metric(text, tokens, source="estimated") == 0, "the upstream reported the usage: nothing is estimated"
+    assert [row[4:] for row in logged] == [[7, 3]], "a finished request: in the controller's replay log"
+    if route == "fallback":
+        assert metric(text, "ebbtide_gateway_fallback_usd_total", provider="paid") == pytest.approx(
+            (7 * 2 + 3 * 10) / 1e6
+        )

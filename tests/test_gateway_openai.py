@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from e2e.standin import BackgroundCluster, StandinConfig
-from tests.gateway_support import AppThread, gateway_for, make_pool, metric, scrape_text
+from tests.gateway_support import AppThread, gateway_for, make_pool, metric, scrape_text, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
@@ -86,6 +86,9 @@ def test_async_client_concurrent_plain_and_streaming(gw: Any) -> None:
 
 def test_usage_counted_equals_what_the_upstream_reported(gw: Any) -> None:
     client = _client(gw)
+    # The module's earlier requests all accounted (each leaves the in-flight gauge as it is counted):
+    # none of them can be counted inside this test's window.
+    wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route="gpu") == 0, what="in flight 0")
     before = scrape_text(gw)
     reported_prompt = reported_completion = 0
     for i in range(4):
@@ -98,9 +101,11 @@ def test_usage_counted_equals_what_the_upstream_reported(gw: Any) -> None:
             pass
         reported_prompt += 2
         reported_completion += 4
-    # A stream is accounted once the gateway has closed it, which can be a moment after the client read
-    # its last byte: wait (bounded, generously for a loaded machine) until all seven requests are counted,
-    # then compare exactly.
+    # A stream is accounted when the upstream's body has ended or, the client having closed on `[DONE]`
+    # first, when the gateway sees that close: a moment after the client read its last event. Wait
+    # (bounded, generously for a loaded machine) until all seven requests are counted, then compare
+    # exactly: a stream closed on `[DONE]` counts the upstream's usage too
+    # (test_gateway_disconnect.py::test_a_stream_left_right_after_its_end_marker_...).
     deadline = time.monotonic() + 15.0
     while True:
         after = scrape_text(gw)
