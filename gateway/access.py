@@ -3,7 +3,8 @@
 Logger `ebbtide.gateway.access`, level INFO. Fields: `request_id` (the answer's `X-Request-Id`, also
 sent to the replica), `method`, `path`, `model`, `pool` (namespace/name), `route` (the `X-Ebbtide-Route`
 the client got: gpu, gpu-late, held-gpu, fallback, held-fallback), `provider` (the fallback that
-answered), `status` (499: the client left before its answer ended), `stream`, `seconds` (the whole
+answered), `status` (499: the client left before its answer ended; a stream it closed right after
+`data: [DONE]` is logged as the finished answer it was), `stream`, `seconds` (the whole
 request, a stream to its end) and `error` (the OpenAI error code of a refusal). Never a prompt, a
 completion, a header or a key. In JSON the fields are top-level keys; in text they follow the message
 as key=value.
@@ -17,11 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["ACCESS_LOG", "RequestFacts", "log_access"]
+__all__ = ["ACCESS_LOG", "DELIVERED", "RequestFacts", "log_access"]
 
 ACCESS_LOG = logging.getLogger("ebbtide.gateway.access")
 CLIENT_LEFT = 499
 """The status logged for a client that disconnected first (nginx's convention; no response was sent)."""
+DELIVERED = web.RequestKey("ebbtide_delivered", web.StreamResponse)
+"""A stream answered to its end marker whose client closed before the handler returned: the handler was
+cancelled, but the request finished, and its access line says so (status, route, provider)."""
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.access import RequestFacts, log_access
+from gateway.access import DELIVERED, RequestFacts, log_access
 from gateway.auth import ClientAuth
 from gateway.config import GatewaySettings
 from gateway.directory import PoolDirectory
@@ -100,6 +100,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         response = exc
         raise
     finally:
+        if response is None:  # cancelled: the client left, possibly after a stream's end (see DELIVERED)
+            response = request.get(DELIVERED)
         log_access(request, facts, response, time.perf_counter() - received)
 
 

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from controller.demand.series import RouteLabel
+from gateway.access import DELIVERED
 from gateway.accounting import usd
 from gateway.config import GatewaySettings
 from gateway.directory import PoolState
@@ -255,6 +256,7 @@ class Dispatcher:
                 # The client left after the stream's end (the openai clients close on `data: [DONE]`,
                 # often before the upstream's body has ended): a finished request, with its usage.
                 self._gpu_finished(pool, req, route, finished)
+                request[DELIVERED] = finished.response
             raise
         finally:
             endpoint.in_flight -= 1
@@ -382,6 +384,7 @@ class Dispatcher:
                     # The client left after the stream's end (see _gpu): a finished request, billed.
                     verdict = True
                     self._fallback_finished(pool, req, route, provider, finished, saturated=saturated)
+                    request[DELIVERED] = finished.response
                 raise
             finally:
                 gauge.dec()

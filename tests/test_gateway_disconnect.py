@@ -6,6 +6,7 @@ with the upstream's usage."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
+from gateway import GatewaySettings
 from tests.gateway_support import AppThread, gateway_for, make_pool, metric, provider, scrape_text, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,7 +137,11 @@ def _stream_to_done(gw: Any) -> str:
 
 
 @pytest.mark.parametrize("route", ["gpu", "fallback"])
-def test_a_stream_left_right_after_its_end_marker_is_accounted_with_the_reported_usage(route: str) -> None:
+def test_a_stream_left_right_after_its_end_marker_is_accounted_with_the_reported_usage(
+    route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ebbtide.gateway.access")
+    settings = GatewaySettings(scrape_interval_seconds=0.2, check_priority=False, access_log=True)
     cut = threading.Event()
     with AppThread(_ends_late(cut)) as upstream:
         if route == "gpu":
@@ -143,7 +149,7 @@ def test_a_stream_left_right_after_its_end_marker_is_accounted_with_the_reported
         else:
             paid = provider("paid", f"http://{upstream.address}/v1", inputUsdPerMillion=2, outputUsdPerMillion=10)
             pools = [(make_pool(providers=[paid]), [])]
-        with gateway_for(pools) as gw:
+        with gateway_for(pools, settings=settings) as gw:
             assert _stream_to_done(gw) == "one two"
             # The client closed on `[DONE]` while the gateway still waited for the upstream's end of body:
             # the gateway drops the upstream (the handler was cancelled), well before the upstream's 30 s.
@@ -162,3 +168,8 @@ def test_a_stream_left_right_after_its_end_marker_is_accounted_with_the_reported
         assert metric(text, "ebbtide_gateway_fallback_usd_total", provider="paid") == pytest.approx(
             (7 * 2 + 3 * 10) / 1e6
         )
+    # Its access line is a finished answer's (the handler was cancelled, but the answer had ended).
+    wait_until(lambda: any(r.name == "ebbtide.gateway.access" for r in caplog.records), what="the access line")
+    [line] = [r.fields for r in caplog.records if r.name == "ebbtide.gateway.access"]  # type: ignore[attr-defined]
+    assert (line["status"], line["route"], line["stream"]) == (200, route, True)
+    assert line["provider"] == ("paid" if route == "fallback" else None)
