@@ -22,6 +22,7 @@ from policies.spec import API_GROUP, API_VERSION, PLURAL
 
 __all__ = [
     "PAUSED_ANNOTATION",
+    "REFUSAL_GRACE_SECONDS",
     "DeploymentInfo",
     "HpaInfo",
     "Key",
@@ -34,6 +35,9 @@ __all__ = [
 
 PAUSED_ANNOTATION = "ebbtide.dev/paused"
 """`"true"` on a GPUPool or its Deployment: decide and report, never patch."""
+REFUSAL_GRACE_SECONDS = 2.0
+"""How long a refused first list waits for the other kinds' first answers (`Snapshots.wait_synced`)."""
+_REFUSALS = ("HTTP 401", "HTTP 403", "HTTP 404")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +214,25 @@ class Snapshots:
         return None
 
     async def wait_synced(self, timeout: float, *, give_up_on_refusal: bool = False) -> bool:
-        """Wait until every kind has been listed once; False on timeout (or, if asked, as soon as the API
-        server refuses a list outright: 401, 403 or 404 do not heal by waiting)."""
+        """Wait until every kind has been listed once; False on timeout (or, if asked, once the API server
+        has refused a list outright: 401, 403 or 404 do not heal by waiting).
+
+        A refusal gives up once every kind's first list has been answered (listed or failed), or at most
+        `REFUSAL_GRACE_SECONDS` after the first refusal: the caller then names every refused kind at once,
+        not whichever was refused first (an operator mending RBAC would otherwise meet them one by one).
+        """
         deadline = time.monotonic() + timeout
+        refused_at: float | None = None
         while not self.synced():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return False
-            refused = any(e.startswith(("HTTP 401", "HTTP 403", "HTTP 404")) for e in self.errors().values())
-            if give_up_on_refusal and refused:
-                return False
+            if give_up_on_refusal:
+                if refused_at is None and any(e.startswith(_REFUSALS) for e in self.errors().values()):
+                    refused_at = now
+                answered = all(w.synced.is_set() or w.last_error for w in self.all)
+                if refused_at is not None and (answered or now - refused_at > REFUSAL_GRACE_SECONDS):
+                    return False
             await asyncio.sleep(0.05)
         return True
 
