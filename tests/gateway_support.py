@@ -10,7 +10,7 @@ import copy
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,6 +101,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def chat_upstream(chat: Callable[[Any], Awaitable[Any]]) -> Callable[[], Any]:
+    """An upstream (replica or provider) answering chat completions with the aiohttp handler `chat`, and
+    an idle `/metrics` as a replica's (nothing waiting, nothing running): an app factory for `AppThread`."""
+    from aiohttp import web
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n")
+
+    def make() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    return make
 
 
 class AppThread:

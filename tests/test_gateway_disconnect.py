@@ -20,7 +20,16 @@ from aiohttp import web
 from e2e.standin import BackgroundCluster, StandinConfig
 from e2e.standin.provider import BackgroundProvider, ProviderConfig
 from gateway import GatewaySettings
-from tests.gateway_support import AppThread, gateway_for, make_pool, metric, provider, scrape_text, wait_until
+from tests.gateway_support import (
+    AppThread,
+    chat_upstream,
+    gateway_for,
+    make_pool,
+    metric,
+    provider,
+    scrape_text,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -117,16 +126,7 @@ def _ends_late(cut: threading.Event) -> Callable[[], web.Application]:
         await response.write_eof()
         return response
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n")
-
-    def make() -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        app.router.add_get("/metrics", metrics)
-        return app
-
-    return make
+    return chat_upstream(chat)
 
 
 def _stream_to_done(gw: Any) -> str:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from e2e.standin import BackgroundCluster, StandinConfig
-from tests.gateway_support import AppThread, gateway_for, make_pool, metric, scrape_text, wait_until
+from tests.gateway_support import AppThread, chat_upstream, gateway_for, make_pool, metric, scrape_text, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
@@ -184,16 +184,7 @@ def _canned_upstream(events: list[bytes]) -> Any:
         await response.write_eof()
         return response
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text="vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n")
-
-    def make() -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        app.router.add_get("/metrics", metrics)
-        return app
-
-    return make
+    return chat_upstream(chat)
 
 
 def test_stream_relayed_byte_for_byte_with_a_200kb_event_split_mid_event() -> None:
