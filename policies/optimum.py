@@ -54,6 +54,23 @@ group that reaches beyond its slot without closing it, count that part at `max_r
 16 replicas every window's part in the next slot is counted so, at `max_replicas` and without levels
 (an overstatement of capacity, so still a bound), which keeps the work linear in the pool size.
 
+Window LPs. A partition checks each group against its own window alone, and only its last request's
+prefill. `policies/window_lp.py` checks every window on a grid of `T / 16` at once, as a linear
+program over the slot's requests (`x_i` in [0, 1]: on time or not): the arrival windows (the
+requests arriving in `[g1, g2 - T]`, as a group's window, with the lanes' largest decodes as slack)
+and the *latest-start* windows (the requests arriving from `g1` whose `a + T - prefill` is at most
+`g2`: a request is on time only if the work ahead of it in its lane is done by then, so all but each
+lane's last request's work is done inside `[f, e]`; the lanes' largest works as slack), each with
+the capacity a group of the same window counts. Any dual of that LP bounds its value (weak
+duality), at every combination `(n, j, n', j')` at once, as the capacities are known in closed form;
+so `U_s` becomes the least of the partition bound and every certificate found. The DP runs in passes
+(`policies/slot_bounds.py`): after each, the LP of every loaded slot is solved at the combination the
+best plan uses; the next pass uses the lowered `U`. Every pass's value is a bound. When the plan uses
+only combinations already solved, the value is the least over all plans of the model whose `U_s` is
+the least of the partition bound and the slot's own LP value at each combination (an unsolved
+combination's certificate is at least its own LP value, so no plan is cheaper under that model);
+`WINDOW_PASSES` caps the passes.
+
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
 `n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready one
 cold start after it is scheduled) and its set of requests served on the GPUs within `T`. Every
@@ -61,9 +78,9 @@ replica lifetime is billed for at least its length (rounding up to the billing u
 only add); the lifetimes' lengths sum to the Ready replica-seconds plus one cold start for every
 replica that became Ready (a replica removed before Ready only adds), and every rise of `n` is such
 a replica. So its GPU bill is at least the plan's cost. Its on-time requests in each slot form a
-subset that satisfies every group inequality above under `n(t)`, with the capacity each slot's
-on-time requests use of the next slot's shared stretch at its level `j_{s+1}`, so they save at most
-`U_s(n_s, j_s, n_{s+1}, j_{s+1})`; every other request is priced at the fallback. Its comparable cost is
+subset that satisfies every group inequality and every window row above under `n(t)`, with the
+capacity each slot's on-time requests use of the next slot's shared stretch at its level `j_{s+1}`,
+so they save at most `U_s(n_s, j_s, n_{s+1}, j_{s+1})` (the partition's and every certificate's); every other request is priced at the fallback. Its comparable cost is
 therefore at least the DP's value for its own plan and levels, which is at least the DP's minimum.
 Nothing here depends on how the policy decides, only on what the world allows. Daily budget caps are
 ignored (dropping a constraint can only lower the bound). With billing by the second and a minimum no
@@ -79,6 +96,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from policies.slot_bounds import SlotBounds
 from policies.slot_savings import SlotSavings
 
 __all__ = ["Optimum", "OptimumProblem", "OptimumTooLarge", "offline_optimum", "plan_cost", "slot_grid", "too_large"]
@@ -94,6 +112,9 @@ in full (a looser bound, linear in the pool size)."""
 SHARE_LEVELS = 4
 """Levels of the capacity two neighbouring slots share: each boundary counts at most a quarter of it
 twice (see the module docstring)."""
+WINDOW_PASSES = 8
+"""Passes of window LPs at most (`policies/window_lp.py`); 0 leaves the partition bound alone. The
+default week converges in three or four."""
 _MAX_WORK = 400_000_000
 """Largest DP solved, in slots x states^2 (a minute or two on one core): a week at 4-second ticks with
 8 replicas fits, one at 2-second ticks does not."""
@@ -198,6 +219,8 @@ class _Solution:
     total_usd: float
     ready: IntArray
     """Ready replicas per slot, then at the horizon."""
+    level: IntArray
+    """The level of each slot's shared stretch, then at the horizon."""
     saved: FloatArray
     """Each slot's bound on savings along the plan."""
     api_total: FloatArray
@@ -205,14 +228,31 @@ class _Solution:
 
 def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
     """The DP over slots whose state is (Ready replicas, level of the shared stretch taken by the slot
-    before); with `forced`, the Ready counts are fixed to it and only the levels are chosen."""
+    before); with `forced`, the Ready counts are fixed to it and only the levels are chosen.
+
+    Pass after pass, the window LP of every slot is solved at the combination the best plan uses
+    (`SlotBounds.tighten`), until the plan uses only combinations already solved (or `WINDOW_PASSES`
+    passes are done; every pass's value is a bound).
+    """
     problem = too_large(p)
     if problem:
         raise OptimumTooLarge(problem)
     bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
-    slots = bounds.size - 1
+    savings = SlotSavings(p, bounds, _levels(p), exact_next=p.max_replicas <= _EXACT_NEXT)
+    store = SlotBounds(p, bounds, savings)
+    best = _pass(p, store, rise, forced)
+    for _ in range(WINDOW_PASSES):
+        if not store.tighten(best.ready, best.level):
+            break
+        best = _pass(p, store, rise, forced)
+    return best
+
+
+def _pass(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArray | None) -> _Solution:
+    """One DP over the slots with the bounds `store` holds now."""
+    savings = store.savings
+    slots = savings.slots
     top = p.max_replicas
-    savings = SlotSavings(p, bounds, _levels(p), exact_next=top <= _EXACT_NEXT)
     J = savings.in_share.size
     lengths = savings.lengths
     rate = p.replica_usd_per_hour / 3600.0
@@ -228,19 +268,17 @@ def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
     states = (top + 1) * J
     choice = np.zeros((slots + 1, states), dtype=np.int64)
     gained = np.zeros((slots + 1, states))
-    for c, end, U in savings.chunks():
-        for s in range(c, end):
-            u = U[s - c]  # (n, j, n' or 1, j')
-            step = (cost + rate * lengths[s] * counts[:, None])[:, :, None, None] - u
-            step = step + (starts if rise[s + 1] else blocked)
-            if forced is not None:
-                step[:, :, counts != forced[s + 1], :] = math.inf
-            flat = np.broadcast_to(step, (top + 1, J, top + 1, J)).reshape(states, states)
-            best = np.argmin(flat, axis=0)
-            choice[s + 1] = best
-            columns = np.arange(states)
-            cost = flat[best, columns].reshape(top + 1, J)
-            gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J)).reshape(states, states)[best, columns]
+    columns = np.arange(states)
+    for s, u in store:  # u: (n, j, n' or 1, j')
+        step = (cost + rate * lengths[s] * counts[:, None])[:, :, None, None] - u
+        step = step + (starts if rise[s + 1] else blocked)
+        if forced is not None:
+            step[:, :, counts != forced[s + 1], :] = math.inf
+        flat = np.broadcast_to(step, (top + 1, J, top + 1, J)).reshape(states, states)
+        best = np.argmin(flat, axis=0)
+        choice[s + 1] = best
+        cost = flat[best, columns].reshape(top + 1, J)
+        gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J)).reshape(states, states)[best, columns]
     path = np.empty(slots + 1, dtype=np.int64)
     path[-1] = int(np.argmin(cost))
     total = float(cost.reshape(-1)[path[-1]])
@@ -249,7 +287,7 @@ def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
         saved[s - 1] = gained[s, path[s]]
         path[s - 1] = choice[s, path[s]]
     total += float(savings.api_total.sum())
-    return _Solution(total, path // J, saved, savings.api_total)
+    return _Solution(total, path // J, path % J, saved, savings.api_total)
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:

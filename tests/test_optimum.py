@@ -173,7 +173,14 @@ def _tighter_and_below_every_world(
     looser: float,
 ) -> int:
     """For one-replica worlds: the bound stays at or above itself with `module.setting = looser` and at
-    or below every plan and routing of the world; how many cases it is strictly tighter in."""
+    or below every plan and routing of the world; how many cases it is strictly tighter in.
+
+    Unless the setting is the window LPs' own, both bounds are taken without them (which would hide
+    what the partition bound's setting does)."""
+    import policies.optimum as optimum
+
+    if setting != "WINDOW_PASSES":
+        monkeypatch.setattr(optimum, "WINDOW_PASSES", 0)
     tighter = 0
     for seed, (arrivals, inputs, outputs, usd_per_hour) in enumerate(cases):
         problem = _problem(arrivals, inputs, outputs, top=1, usd_per_hour=usd_per_hour)
@@ -253,6 +260,23 @@ def test_each_bins_work_counted_in_full_tightens_the_bound_and_it_stays_below_ev
         cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
     tighter = _tighter_and_below_every_world(cases, monkeypatch, slot_savings, "BIN_SEGMENTS", 1)
     assert tighter >= 4, f"counting each bin's work in full tightened only {tighter} of 40 cases"
+
+
+def test_window_lps_tighten_the_bound_and_it_stays_below_every_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests crowding one replica around a slot boundary, outputs dearer than inputs: every arrival
+    # and latest-start window at once (the window LPs) must bound no looser than the partition alone
+    # (WINDOW_PASSES = 0), stay below every plan and routing of the world, and be tighter somewhere.
+    import policies.optimum as optimum
+    import tests.test_optimum as here
+
+    monkeypatch.setattr(here, "OUTPUT_USD_PER_TOKEN", 3 * USD_PER_TOKEN)
+    cases = []
+    for seed in range(80):
+        rng = np.random.default_rng(1700 + seed)
+        arrivals, inputs, outputs = _boundary_case(rng)
+        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    tighter = _tighter_and_below_every_world(cases, monkeypatch, optimum, "WINDOW_PASSES", 0)
+    assert tighter >= 3, f"the window LPs tightened only {tighter} of 80 cases"
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -23,13 +23,13 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "437bea662d374e4b",
+    "report": "cf63b42985267e87",
     "ebbtide": "b0de5045ab7ef23c",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",
     "hpa": "69acc8cb4c716f5d",
     "keda": "7c7373f884823101",
-    "optimum_plan": "8ea3e1102f8b353a",
+    "optimum_plan": "4961f401dcd1599f",
 }
 
 
