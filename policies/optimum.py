@@ -61,31 +61,31 @@ requests arriving in `[g1, g2 - T]`, as a group's window, with the lanes' larges
 and the *latest-start* windows (the requests arriving from `g1` whose `a + T - prefill` is at most
 `g2`: a request is on time only if the work ahead of it in its lane is done by then, so all but each
 lane's last request's work is done inside `[f, e]`; the lanes' largest works as slack), each with
-the capacity a group of the same window counts. Any dual of that LP bounds its value (weak
-duality), at every combination `(n, j, n', j')` at once, as the capacities are known in closed form;
-so `U_s` becomes the least of the partition bound and every certificate found. The DP runs in passes
-(`policies/slot_bounds.py`): after each, the LP of every loaded slot is solved at the combination the
-best plan uses; the next pass uses the lowered `U`. Every pass's value is a bound. When the plan uses
-only combinations already solved, the value is the least over all plans of the model whose `U_s` is
-the least of the partition bound and the slot's own LP value at each combination (an unsolved
-combination's certificate is at least its own LP value, so no plan is cheaper under that model);
-`WINDOW_PASSES` caps the passes.
+the capacity a group of the same window counts. Any dual of that LP bounds its value (weak duality),
+at every combination `(n, j, n', j')` at once, as the capacities are known in closed form; so `U_s`
+becomes the least of the partition bound and every certificate found (where `n_s > 0`). The DP runs
+in passes (`policies/slot_bounds.py`): after each, the LP of every loaded slot is solved at the
+combination the best plan uses; the next pass uses the lowered `U`. Every pass's value is a bound.
+When the plan uses only combinations already solved, the value is the least over all plans of the
+model whose `U_s` is the least of the partition bound and the slot's own LP value at each
+combination with replicas (an unsolved combination's certificate is at least its own LP value, so no
+plan is cheaper under that model); `WINDOW_PASSES` caps the passes.
 
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
-`n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready one
-cold start after it is scheduled) and its set of requests served on the GPUs within `T`. Every
+`n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready
+one cold start after it is scheduled) and its set of requests served on the GPUs within `T`. Every
 replica lifetime is billed for at least its length (rounding up to the billing unit and the minimum
 only add); the lifetimes' lengths sum to the Ready replica-seconds plus one cold start for every
-replica that became Ready (a replica removed before Ready only adds), and every rise of `n` is such
-a replica. So its GPU bill is at least the plan's cost. Its on-time requests in each slot form a
-subset that satisfies every group inequality and every window row above under `n(t)`, with the
-capacity each slot's on-time requests use of the next slot's shared stretch at its level `j_{s+1}`,
-so they save at most `U_s(n_s, j_s, n_{s+1}, j_{s+1})` (the partition's and every certificate's); every other request is priced at the fallback. Its comparable cost is
-therefore at least the DP's value for its own plan and levels, which is at least the DP's minimum.
-Nothing here depends on how the policy decides, only on what the world allows. Daily budget caps are
-ignored (dropping a constraint can only lower the bound). With billing by the second and a minimum no
-longer than the cold start, the billing is counted exactly; with coarser billing it is counted by the
-second, a weaker bound.
+replica that became Ready (a replica removed before Ready only adds), and every rise of `n` is such a
+replica. So its GPU bill is at least the plan's cost. Its on-time requests in each slot form a subset
+that satisfies every group inequality and every window row above under `n(t)`, with the capacity each
+slot's on-time requests use of the next slot's shared stretch at its level `j_{s+1}`, so they save at
+most `U_s(n_s, j_s, n_{s+1}, j_{s+1})` (the partition's and every certificate's); every other request
+is priced at the fallback. Its comparable cost is therefore at least the DP's value for its own plan
+and levels, which is at least the DP's minimum. Nothing here depends on how the policy decides, only
+on what the world allows. Daily budget caps are ignored (dropping a constraint can only lower the
+bound). With billing by the second and a minimum no longer than the cold start, the billing is counted
+exactly; with coarser billing it is counted by the second, a weaker bound.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
     store = SlotBounds(p, bounds, savings)
     best = _pass(p, store, rise, forced)
     for _ in range(WINDOW_PASSES):
-        if not store.tighten(best.ready, best.level):
+        if not store.tighten(best.ready, best.level, best.saved):
             break
         best = _pass(p, store, rise, forced)
     return best

@@ -71,16 +71,27 @@ class SlotBounds:
             yield s, (zero if row < 0 else self._lowered(s, self._kept[row]))
 
     def _lowered(self, s: int, u: FloatArray) -> FloatArray:
+        """The slot's U with every certificate applied where it has replicas Ready (with none, the
+        partition bound stands: no LP is solved there, so the passes' end is the model's least)."""
         sv = self.savings
-        for cert in self.certificates.get(s, ()):
-            u = np.minimum(u, cert.bound(self.counts, sv.in_share, self.next_counts, sv.out_share))
+        certs = self.certificates.get(s, ())
+        if not certs:
+            return u
+        u = u.copy()
+        for cert in certs:
+            u[1:] = np.minimum(u[1:], cert.bound(self.counts[1:], sv.in_share, self.next_counts, sv.out_share))
         return u
 
-    def tighten(self, ready: IntArray, level: IntArray) -> int:
+    def tighten(self, ready: IntArray, level: IntArray, saved: FloatArray) -> int:
         """Solve the window LP of every busy slot at the combination the plan (`ready`, `level` per
-        slot and at the horizon) uses, where not solved before; how many certificates were added."""
+        slot and at the horizon, `saved` the bound it counted per slot) uses, where not solved before;
+        how many certificates lower the plan's own bound.
+
+        When none does, the plan stays the cheapest (its cost is unchanged and no other plan's fell), so
+        another pass would find it again.
+        """
         sv = self.savings
-        added = 0
+        lowering = 0
         for s in np.flatnonzero(sv.busy & (ready[:-1] > 0)):
             nxt = int(ready[s + 1]) if sv.exact_next else 0
             key = (int(s), int(ready[s]), int(level[s]), nxt, int(level[s + 1]))
@@ -88,10 +99,18 @@ class SlotBounds:
                 continue
             self.solved.add(key)
             cert = self._certificate(int(s), key)
-            if cert is not None:
-                self.certificates.setdefault(int(s), []).append(cert)
-                added += 1
-        return added
+            if cert is None:
+                continue
+            self.certificates.setdefault(int(s), []).append(cert)
+            _, n, j, _, j2 = key
+            here = cert.bound(
+                self.counts[n : n + 1],
+                sv.in_share[j : j + 1],
+                self.next_counts[nxt : nxt + 1],
+                sv.out_share[j2 : j2 + 1],
+            )
+            lowering += float(here.reshape(-1)[0]) < saved[s] - 1e-12 * max(abs(saved[s]), 1.0)
+        return lowering
 
     def _certificate(self, s: int, key: tuple[int, int, int, int, int]) -> Certificate | None:
         p, sv = self.p, self.savings
