@@ -55,21 +55,22 @@ group that reaches beyond its slot without closing it, count that part at `max_r
 (an overstatement of capacity, so still a bound), which keeps the work linear in the pool size.
 
 Window LPs. A partition checks each group against its own window alone, and only its last request's
-prefill. `policies/window_lp.py` checks every window on a grid of `T / 16` at once, as a linear
-program over the slot's requests (`x_i` in [0, 1]: on time or not): the arrival windows (the
-requests arriving in `[g1, g2 - T]`, as a group's window, with the lanes' largest decodes as slack)
-and the *latest-start* windows (the requests arriving from `g1` whose `a + T - prefill` is at most
-`g2`: a request is on time only if the work ahead of it in its lane is done by then, so all but each
-lane's last request's work is done inside `[f, e]`; the lanes' largest works as slack), each with
-the capacity a group of the same window counts. Any dual of that LP bounds its value (weak duality),
-at every combination `(n, j, n', j')` at once, as the capacities are known in closed form; so `U_s`
-becomes the least of the partition bound and every certificate found (where `n_s > 0`). The DP runs
-in passes (`policies/slot_bounds.py`): after each, the LP of every loaded slot is solved at the
-combination the best plan uses; the next pass uses the lowered `U`. Every pass's value is a bound.
-When the plan uses only combinations already solved, the value is the least over all plans of the
-model whose `U_s` is the least of the partition bound and the slot's own LP value at each
-combination with replicas (an unsolved combination's certificate is at least its own LP value, so no
-plan is cheaper under that model); `WINDOW_PASSES` caps the passes.
+prefill. `policies/window_lp.py` checks every window on a grid of `T / 16` (or of the slot's length
+over 128, where that is coarser) at once, as a linear program over the slot's requests (`x_i` in [0,
+1]: on time or not): the arrival windows (the requests arriving in `[g1, g2 - T]`, as a group's
+window, with the lanes' largest decodes as slack) and the *latest-start* windows (the requests
+arriving from `g1` whose `a + T - prefill` is at most `g2`: a request is on time only if the work
+ahead of it in its lane is done by then, so all but each lane's last request's work is done inside
+`[f, e]`; the lanes' largest works as slack), each with the capacity a group of the same window
+counts. Any dual of that LP bounds its value (weak duality), at every combination `(n, j, n', j')`
+at once, as the capacities are known in closed form; so `U_s` becomes the least of the partition
+bound and every certificate found (where `n_s > 0`). The DP runs in passes
+(`policies/slot_bounds.py`): after each, the LP of every loaded slot is solved at the combination
+the best plan uses; the next pass uses the lowered `U`. Every pass's value is a bound. When the plan
+uses only combinations already solved, the value is the least over all plans of the model whose
+`U_s` is the least of the partition bound and the slot's own LP value at each combination with
+replicas (an unsolved combination's certificate is at least its own LP value, so no plan is cheaper
+under that model); `WINDOW_PASSES` caps the passes.
 
 Proof that no online policy on the simulated world pays less. Take any run, with its Ready counts
 `n(t)` (piecewise constant on the slots, since the loop scales only at ticks and a replica is Ready

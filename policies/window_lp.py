@@ -49,11 +49,14 @@ BoolArray = npt.NDArray[np.bool_]
 
 WINDOW_GRID_SHARE = 1 / 16
 """The windows' ends lie on a grid of this share of the objective (finer: more rows, a tighter bound)."""
+_MAX_ENDS = 128
+"""At most about this many window starts per slot: a slot longer than `_MAX_ENDS` sixteenths of the
+objective gets a coarser grid (a 15 s slot with a 2 s objective keeps the sixteenth)."""
 _FIRST_ROWS = 40
 """Rows of the first solve: the ones with least capacity per unit of their work."""
 _ADDED_ROWS = 60
 """At most this many broken rows are added per round."""
-_ROUNDS = 30
+_ROUNDS = 12
 """Row-generation rounds at most (any round's duals already give a bound)."""
 
 
@@ -148,7 +151,7 @@ class _Rows:
 def _rows(a: FloatArray, w: FloatArray, prefill: FloatArray, objective: float, length: float, lanes: int) -> _Rows:
     """Every window of both families on the grid (rows with the same requests once)."""
     n = a.size
-    step = objective * WINDOW_GRID_SHARE if objective > 0 else length
+    step = max(objective * WINDOW_GRID_SHARE, length / _MAX_ENDS) if objective > 0 else length
     i1 = np.unique(np.searchsorted(a, np.arange(0.0, length, step)))
     i1 = i1[i1 < n]
     ends = np.arange(step, length + objective + step, step)
@@ -212,6 +215,20 @@ def _members(r: _Rows, pick: IntArray, rank: IntArray) -> BoolArray:
     return np.where(r.deadline[pick, None], by_start, by_arrival)
 
 
+def _loads(r: _Rows, pick: IntArray, load: FloatArray, by_start: IntArray) -> FloatArray:
+    """Each picked row's sum of `load` over its requests, without building the rows' matrix."""
+    out = np.empty(pick.size)
+    first, last, deadline = r.first[pick], r.last[pick], r.deadline[pick]
+    arrival = ~deadline
+    cumulative = np.concatenate(([0.0], np.cumsum(load)))
+    out[arrival] = cumulative[last[arrival]] - cumulative[first[arrival]]
+    if np.any(deadline):
+        starts, row = np.unique(first[deadline], return_inverse=True)
+        inside = np.where(by_start[None, :] >= starts[:, None], load[by_start][None, :], 0.0)
+        out[deadline] = np.cumsum(inside, axis=1)[row, last[deadline] - 1]
+    return out
+
+
 def _solve(value: FloatArray, matrix: FloatArray, capacity: FloatArray) -> tuple[FloatArray, FloatArray]:
     """max value.x subject to matrix x <= capacity, 0 <= x <= 1: (x, the rows' duals >= 0)."""
     rows, cols = matrix.shape
@@ -260,24 +277,26 @@ def certificate(
     binding = np.flatnonzero(r.work > h * (1 + 1e-12) + 1e-12)
     if binding.size == 0:
         return None
+    by_start = np.argsort(arrival + objective - prefill, kind="stable")
     rank = np.empty(arrival.size, dtype=np.int64)
-    rank[np.argsort(arrival + objective - prefill, kind="stable")] = np.arange(arrival.size)
-    matrix = np.where(_members(r, binding, rank), w[None, :], 0.0)
+    rank[by_start] = np.arange(arrival.size)
     hb = h[binding]
     active = np.zeros(binding.size, dtype=bool)
     active[np.argsort(hb / r.work[binding], kind="stable")[:_FIRST_ROWS]] = True
     u = np.zeros(binding.size)
     for _ in range(_ROUNDS):
-        x, duals = _solve(value, matrix[active], hb[active])
+        matrix = np.where(_members(r, binding[active], rank), w[None, :], 0.0)
+        x, duals = _solve(value, matrix, hb[active])
         u[:] = 0.0
         u[active] = duals
-        broken = matrix @ x - hb
+        broken = _loads(r, binding, w * x, by_start) - hb
         broken[active] = 0.0
         add = np.flatnonzero(broken > 1e-9 * np.maximum(hb, 1e-9))
         if add.size == 0:
             break
         active[add[np.argsort(-broken[add], kind="stable")[:_ADDED_ROWS]]] = True
-    rest = float(np.maximum(value - matrix.T @ u, 0.0).sum())
+    matrix = np.where(_members(r, binding[u > 0], rank), w[None, :], 0.0)
+    rest = float(np.maximum(value - matrix.T @ u[u > 0], 0.0).sum())
     weighed = u > 0
     rows = binding[weighed]
     return Certificate(geometry, r.f[rows], r.e[rows], r.slack[rows], u[weighed], rest)
