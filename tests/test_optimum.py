@@ -205,6 +205,16 @@ def _boundary_case(rng: np.random.Generator) -> tuple[list[float], list[int], li
     return arrivals, inputs, outputs
 
 
+def _boundary_cases(first_seed: int, count: int) -> list[tuple[list[float], list[int], list[int], float]]:
+    """`count` boundary cases from seeds `first_seed` on, each with a cheap GPU (one runs, full)."""
+    cases = []
+    for seed in range(count):
+        rng = np.random.default_rng(first_seed + seed)
+        arrivals, inputs, outputs = _boundary_case(rng)
+        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    return cases
+
+
 def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_every_world(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -213,11 +223,7 @@ def test_the_capacity_two_slots_share_is_counted_once_and_the_bound_stays_below_
     # still stay below every plan and routing of the world, and be tighter somewhere.
     import policies.optimum as optimum
 
-    cases = []
-    for seed in range(40):
-        rng = np.random.default_rng(500 + seed)
-        arrivals, inputs, outputs = _boundary_case(rng)
-        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))  # cheap GPUs: one runs, full
+    cases = _boundary_cases(500, 40)
     tighter = _tighter_and_below_every_world(cases, monkeypatch, optimum, "SHARE_LEVELS", 0)
     assert tighter >= 4, f"the shared capacity tightened only {tighter} of 40 cases"
 
@@ -253,11 +259,7 @@ def test_each_bins_work_counted_in_full_tightens_the_bound_and_it_stays_below_ev
     import tests.test_optimum as here
 
     monkeypatch.setattr(here, "OUTPUT_USD_PER_TOKEN", 3 * USD_PER_TOKEN)
-    cases = []
-    for seed in range(40):
-        rng = np.random.default_rng(1300 + seed)
-        arrivals, inputs, outputs = _boundary_case(rng)
-        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    cases = _boundary_cases(1300, 40)
     tighter = _tighter_and_below_every_world(cases, monkeypatch, slot_savings, "BIN_SEGMENTS", 1)
     assert tighter >= 4, f"counting each bin's work in full tightened only {tighter} of 40 cases"
 
@@ -270,11 +272,7 @@ def test_window_lps_tighten_the_bound_and_it_stays_below_every_world(monkeypatch
     import tests.test_optimum as here
 
     monkeypatch.setattr(here, "OUTPUT_USD_PER_TOKEN", 3 * USD_PER_TOKEN)
-    cases = []
-    for seed in range(80):
-        rng = np.random.default_rng(1700 + seed)
-        arrivals, inputs, outputs = _boundary_case(rng)
-        cases.append((arrivals, inputs, outputs, float(rng.choice([36.0, 360.0]))))
+    cases = _boundary_cases(1700, 80)
     tighter = _tighter_and_below_every_world(cases, monkeypatch, optimum, "WINDOW_PASSES", 0)
     assert tighter >= 3, f"the window LPs tightened only {tighter} of 80 cases"
 
