@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,3 +126,17 @@ def test_a_slot_one_replica_cannot_serve_on_time_saves_only_what_fits(lanes: int
     bound = float(cert.bound(np.arange(2.0), np.zeros(1), np.arange(2.0), np.ones(1))[1, 0, 1, 0])
     assert _best_saving(a, w, w, np.ones(4), 1, lanes) == 1
     assert bound == pytest.approx(4 / 3)
+
+
+def test_the_solver_prints_nothing() -> None:
+    # HiGHS's Python class prints a banner on stdout when created; the tables `ebbtide simulate` prints
+    # there must not carry it. A fresh process, since the banner comes once per process.
+    script = (
+        "import math, numpy as np\n"
+        "from policies.window_lp import SlotGeometry, certificate\n"
+        "g = SlotGeometry(length=8.0, shared_in=2.0, shared_out=2.0, next_length=math.inf, top=1)\n"
+        "w = np.full(4, 1.5)\n"
+        "assert certificate(g, np.zeros(4), w, w, np.ones(4), objective=2.0, lanes=2, at=(1, 0.0, 1, 1.0))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout == ""
