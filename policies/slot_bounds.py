@@ -45,8 +45,6 @@ class SlotBounds:
         self.next_counts = np.asarray(list(savings.next_counts), dtype=np.float64)
         self.certificates: dict[int, list[Certificate]] = {}
         self.solved: set[tuple[int, int, int, int, int]] = set()
-        self.slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, self.slots - 1)
-        self.first = np.searchsorted(self.slot, np.arange(self.slots + 1))
         shape = (savings.top + 1, savings.in_share.size, len(savings.next_counts), savings.out_share.size)
         busy = np.flatnonzero(savings.busy)
         self._kept: FloatArray | None = None
@@ -114,7 +112,7 @@ class SlotBounds:
 
     def _certificate(self, s: int, key: tuple[int, int, int, int, int]) -> Certificate | None:
         p, sv = self.p, self.savings
-        pick = np.arange(self.first[s], self.first[s + 1])
+        pick = np.arange(sv.first_request[s], sv.first_request[s + 1])
         pick = pick[(p.prefill_s[pick] <= p.objective_s) & (p.api_usd[pick] > 0)]
         geometry = SlotGeometry(
             length=float(sv.lengths[s]),

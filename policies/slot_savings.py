@@ -177,6 +177,8 @@ class SlotSavings:
         self.shared_out = np.minimum(t_obj, self.nxt)
         slot = np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1)
         self.api_total = _sums(slot, p.api_usd, slots)
+        self.first_request = np.searchsorted(slot, np.arange(slots + 1))
+        """Each slot's first request (the requests are sorted by arrival), and last their count."""
         self.busy = np.zeros(slots, dtype=bool)
         savable = (p.prefill_s <= t_obj) & (p.api_usd > 0)
         self.empty = self.top == 0 or not np.any(savable)
