@@ -250,8 +250,10 @@ class Dispatcher:
         except (ConnectionError, asyncio.CancelledError):
             finished = progress.finished()
             if finished is None:
-                # The client left mid-request: count it as offered load (what it generated is not known).
-                pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True)
+                # The client left mid-request: count it with what it was sent and had generated (estimated
+                # unless the replica had reported its usage), and log it for the replay: it was load.
+                prompt, completion, estimated = progress.left(req.prompt_tokens)
+                pool.metrics.finished(route, prompt, completion, estimated=estimated, arrived_at=_epoch(req.arrival))
             else:
                 # The client left after the stream's end (the openai clients close on `data: [DONE]`,
                 # often before the upstream's body has ended): a finished request, with its usage.
@@ -379,7 +381,14 @@ class Dispatcher:
             except (ConnectionError, asyncio.CancelledError):
                 finished = progress.finished()
                 if finished is None:
-                    pool.metrics.finished(route, req.prompt_tokens, 0, estimated=True, provider=provider.name)
+                    # The client left mid-request: the provider bills the prompt and what it generated
+                    # until the gateway dropped it, so the spend (and the daily cap) counts them too.
+                    prompt, completion, estimated = progress.left(req.prompt_tokens)
+                    dollars = usd(prompt, completion, provider.spec.input_usd_per_million,
+                                  provider.spec.output_usd_per_million)  # fmt: skip
+                    pool.metrics.finished(route, prompt, completion, estimated=estimated, saturated=saturated,
+                                          provider=provider.name, dollars=dollars,
+                                          arrived_at=_epoch(req.arrival))  # fmt: skip
                 else:
                     # The client left after the stream's end (see _gpu): a finished request, billed.
                     verdict = True

@@ -11,7 +11,8 @@ upstream connection, which is what makes vLLM abort the request.
 A stream whose end marker (`data: [DONE]`) has passed is finished even if the relay never returns: the
 openai clients close the connection as soon as they read that marker, often before the upstream's body
 has ended, and the handler is cancelled while it still waits for that end. The caller's `Progress`
-keeps what such a stream delivered (its usage above all), so the request is still accounted as finished.
+keeps what such a stream delivered (its usage above all), so the request is still accounted as finished;
+for a request left before its end it tells what had been relayed (`Progress.left`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ class Progress:
         if scanner is None or response is None or not scanner.done:
             return None
         return _delivered(response, scanner, self._prompt_estimate, broken=scanner.late_error)
+
+    def left(self, prompt_estimate: int) -> tuple[int, int, bool]:
+        """What a request its client left before its end had cost: (prompt tokens, completion tokens,
+        estimated). The upstream's usage when it had reported it; else the prompt's estimate and, for a
+        stream under way, one completion token per content event relayed (vLLM and the APIs send a
+        token an event; the upstream stops when the gateway drops it); before that, none."""
+        scanner = self._scanner
+        if scanner is None:
+            return prompt_estimate, 0, True
+        counts = _usage_counts(scanner.usage)
+        if counts is not None:
+            return counts[0], counts[1], False
+        return self._prompt_estimate, scanner.content_events, True
 
 
 def _delivered(response: web.StreamResponse, scanner: SseScanner, prompt_estimate: int, *, broken: bool) -> Relayed:

@@ -1,8 +1,9 @@
 """The requests this gateway process finished in the last hour, for the controller's replay.
 
 The controller replays the last hour's requests through every replica count (`policies.replay`); only
-the gateway sees each request. Each finished request (served on the GPUs or at a fallback) is kept
-with its pool, its arrival and its tokens, never its content, and served as JSON:
+the gateway sees each request. Each finished request (served on the GPUs or at a fallback, or left by
+its client midway, with the tokens it had got) is kept with its pool, its arrival and its tokens, never
+its content, and served as JSON:
 
     GET /ebbtide/requests?after=N[&limit=M]
 

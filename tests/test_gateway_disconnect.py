@@ -1,7 +1,8 @@
 """A client that disconnects cancels its upstream request: the stand-in vLLM counts an abort, the
 stand-in provider records one, and the gateway's in-flight gauges return to zero. A client that leaves
 right after the stream's end marker (as the openai clients do) leaves a finished request, accounted
-with the upstream's usage."""
+with the upstream's usage; one that leaves midway is counted with what it had been sent (its prompt and
+the tokens relayed, estimated), billed so at a provider and logged for the replay."""
 
 from __future__ import annotations
 
@@ -84,6 +85,60 @@ def test_a_stream_left_at_the_provider_is_aborted_there() -> None:
             assert not record.completed
             wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route="fallback") == 0,
                        what="in flight 0")  # fmt: skip
+
+
+def _read_tokens_then_leave(gw: Any, tokens: int) -> None:
+    """A chat stream read by the official client up to its `tokens`-th content chunk, then closed."""
+    client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True)
+    read = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            read += 1
+            if read == tokens:
+                break
+    stream.close()
+    assert read == tokens, "the stream ended before the client left"
+
+
+_TOKENS = "ebbtide_gateway_tokens_total"
+
+
+def test_a_stream_left_midway_on_vllm_counts_what_it_streamed(slow_vllm: BackgroundCluster) -> None:
+    url = slow_vllm.url(slow_vllm.ports[0])
+    with gateway_for([(make_pool(), [url.removeprefix("http://")])]) as gw:
+        _read_tokens_then_leave(gw, 3)
+        wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route="gpu") == 0, what="in flight 0")
+        text = scrape_text(gw)
+        logged = httpx.get(f"{gw.url}/ebbtide/requests", timeout=5).json()["requests"]
+    assert metric(text, "ebbtide_gateway_requests_total", route="gpu") == 1
+    prompt = metric(text, _TOKENS, route="gpu", kind="prompt", source="estimated")
+    completion = metric(text, _TOKENS, route="gpu", kind="completion", source="estimated")
+    assert prompt > 0
+    # The client read 3 tokens; the gateway may have relayed one or two more before it saw the close,
+    # but nowhere near the 50 the replica would have generated.
+    assert 3 <= completion <= 6
+    assert metric(text, _TOKENS, source="reported") == 0, "the replica never reported its usage"
+    assert [row[4:] for row in logged] == [[prompt, completion]], "load the replicas served: in the replay log"
+
+
+def test_a_stream_left_midway_at_a_provider_is_billed_for_its_prompt_and_what_it_streamed() -> None:
+    with BackgroundProvider(ProviderConfig(output_tokens=40, token_interval=0.1)) as paid:
+        prices = {"inputUsdPerMillion": 2, "outputUsdPerMillion": 10}
+        pool = make_pool(providers=[provider("paid", paid.base_url, **prices)])
+        with gateway_for([(pool, [])]) as gw:
+            _read_tokens_then_leave(gw, 3)
+            [record] = paid.wait_for(lambda rs: len(rs) == 1 and rs[0].aborted, timeout=10)
+            assert not record.completed
+            wait_until(lambda: metric(scrape_text(gw), "ebbtide_gateway_in_flight", route="fallback") == 0,
+                       what="in flight 0")  # fmt: skip
+            text = scrape_text(gw)
+    prompt = metric(text, _TOKENS, route="fallback", kind="prompt", source="estimated")
+    completion = metric(text, _TOKENS, route="fallback", kind="completion", source="estimated")
+    assert prompt > 0 and 3 <= completion <= 6
+    # Its spend, which the daily cap adds up, is what the provider bills: the prompt and the tokens sent.
+    spent = metric(text, "ebbtide_gateway_fallback_usd_total", provider="paid")
+    assert spent == pytest.approx((prompt * 2 + completion * 10) / 1e6)
 
 
 _USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
