@@ -108,7 +108,7 @@ class Progress:
         counts = _usage_counts(scanner.usage)
         if counts is not None:
             return counts[0], counts[1], False
-        return self._prompt_estimate, scanner.content_events, True
+        return prompt_estimate, scanner.content_events, True
 
 
 def _delivered(response: web.StreamResponse, scanner: SseScanner, prompt_estimate: int, *, broken: bool) -> Relayed:
