@@ -90,7 +90,9 @@ def plan_request(
         fallback_open=fallback_open,
         reject_when_closed=reject,
         late_waiting=pool.backlog_late,
-        on_time_wait_seconds=budget if spec.objective.defer_late_requests else None,
+        on_time_wait_seconds=budget if spec.routes_late_requests else None,
+        late_lane=spec.objective.defer_late_requests,
+        late_to_fallback=spec.fallback.take_late_requests,
     )
     if decision.route is Route.REJECT:
         return Plan(Action.REJECT, decision, ready=n)

@@ -15,6 +15,7 @@ from enum import IntEnum, StrEnum
 
 __all__ = [
     "INITIAL_COMPLETION_TOKENS",
+    "LATE",
     "OUTPUT_EWMA_WEIGHT",
     "OUTPUT_MARGIN_SIGMAS",
     "Lane",
@@ -35,6 +36,11 @@ OUTPUT_MARGIN_SIGMAS = 1.0
 """Standard deviations of the sum of the outputs ahead that a gateway adds to its work ahead (`output_margin`).
 Measured on the simulator's weeks (README, "What the shipped gateway sees"): 0.5, 1 and 2 all raise the share
 on time; 1 costs least or ties."""
+
+
+LATE = "late"
+"""The reason of a request sent to the fallback because it would miss the objective on the GPUs although its
+wait is within the pool's limit: not saturation (the overflow that says the GPUs are short)."""
 
 
 class Routing(StrEnum):
@@ -115,6 +121,8 @@ def route_request(
     reject_when_closed: bool = False,
     late_waiting: float = 0.0,
     on_time_wait_seconds: float | None = None,
+    late_lane: bool = True,
+    late_to_fallback: bool = False,
 ) -> RouteDecision:
     """Route one request given the pool's queue, its ready replicas and their throughput.
 
@@ -123,7 +131,12 @@ def route_request(
     request whose expected wait is within `max_wait_seconds` queues on the GPUs. With it (the longest
     wait at which this request still makes the objective), a request queues in the normal lane when its
     wait there is within both limits, and in the late lane when it would miss the objective but the
-    wait behind both lanes is within `max_wait_seconds`.
+    wait behind both lanes is within `max_wait_seconds`; with `late_lane` False there is one FIFO lane and
+    such a request queues in it while its wait is within `max_wait_seconds`. With `late_to_fallback`, a
+    request that would miss the objective goes to the fallback instead whenever it is open and a replica
+    is Ready, with reason `late` while its wait is within `max_wait_seconds` (not saturation: the queue is
+    within the pool's limit, and a prompt whose own prefill is longer than the objective is late on any
+    number of replicas) and `saturated` beyond it; the lanes keep what the fallback cannot take.
 
     Otherwise (no ready replica, i.e. scaled to zero or still starting, or too long a wait) the request
     overflows to the fallback, unless the fallback is closed (no URL, budget cap), in which case it
@@ -139,6 +152,12 @@ def route_request(
     on_time = wait <= on_time_wait_seconds
     if on_time and wait <= max_wait_seconds:
         return RouteDecision(Route.GPU, "on-time", wait)
+    if not on_time and late_to_fallback and fallback_open and ready_replicas > 0:
+        return RouteDecision(Route.FALLBACK, LATE if wait <= max_wait_seconds else "saturated", wait)
+    if not late_lane:
+        if wait <= max_wait_seconds:
+            return RouteDecision(Route.GPU, "within-wait", wait)
+        return _away(wait, ready_replicas, fallback_open, reject_when_closed, Lane.ON_TIME)
     behind_all = expected_wait_seconds(waiting + late_waiting, ready_replicas, replica_requests_per_second)
     if not on_time and behind_all <= max_wait_seconds:
         return RouteDecision(Route.GPU, "late-within-wait", behind_all, Lane.LATE)

@@ -114,7 +114,8 @@ def test_vllm_503_at_its_queue_limit_goes_to_the_fallback_without_the_late_lanes
         wait_until(lambda: _engine_queue(url) == (0, 1), what="the engine full")
         # The engine's one running request (~500 tokens at 100 tokens/s) makes a new one late for a 1 s
         # objective but within the 30 s wait: it is sent in the late lane, with vLLM's priority.
-        spec = {"demand": {"replicaTokensPerSecond": 100}, "fallback": {"maxQueueWaitSeconds": 30},
+        spec = {"demand": {"replicaTokensPerSecond": 100},
+                "fallback": {"maxQueueWaitSeconds": 30, "takeLateRequests": False},
                 "objective": {"ttftSeconds": 1.0}}  # fmt: skip
         pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
         with gateway_for([(pool, [replica.address])]) as gw:
@@ -126,6 +127,30 @@ def test_vllm_503_at_its_queue_limit_goes_to_the_fallback_without_the_late_lanes
         assert sent["priority"] == 1 and sent["top_k"] == 2, "vLLM got the late lane's priority (and its own field)"
         # The provider answers 400 to any vLLM-only field: it got none.
         assert not set(paid.requests[-1].body) & VLLM_ONLY_FIELDS
+
+
+def test_a_request_late_on_the_gpus_goes_to_the_open_fallback_and_is_not_saturation(
+    paid: BackgroundProvider,
+) -> None:
+    seen: list[dict[str, Any]] = []
+    config = StandinConfig(max_num_seqs=1, tokens_per_second=2, output_tokens=20)
+    with AppThread(recording_replica(seen, config)) as replica:
+        url = f"http://{replica.address}"
+        _direct(url, 1)
+        wait_until(lambda: _engine_queue(url) == (0, 1), what="the engine busy")
+        # As above, the running request makes a new one late for the 1 s objective, well within the 30 s
+        # wait; with the fallback open (`takeLateRequests`, the default) it is served there on time.
+        spec = {"demand": {"replicaTokensPerSecond": 100}, "fallback": {"maxQueueWaitSeconds": 30},
+                "objective": {"ttftSeconds": 1.0}}  # fmt: skip
+        pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+        with gateway_for([(pool, [replica.address])]) as gw:
+            paid.clear_requests()
+            time.sleep(0.5)
+            before = len(seen)
+            assert _route(gw) == "fallback"
+            text = scrape_text(gw)
+            assert metric(text, "ebbtide_gateway_saturation_requests_total") == 0, "more replicas would not help"
+            assert len(paid.requests) == 1 and len(seen) == before, "sent once, to the provider only"
 
 
 def test_late_lane_priority_reaches_vllm_and_the_start_check_sees_it_accepted() -> None:

@@ -214,10 +214,11 @@ def _pool_state(spec: dict[str, object], providers: int = 1, endpoints: int = 1)
     return directory.pools[("default", "chat")]
 
 
-def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
+@pytest.mark.parametrize("take_late", [False, True])
+def test_plan_gpu_then_late_then_fallback_as_work_grows(take_late: bool) -> None:
     # 1000 tokens/s, a 2 s wait limit and a 1 s objective: the lanes at 0, 1.5 s and 2.5 s of work ahead.
     state = _pool_state({"demand": {"replicaTokensPerSecond": 1000},
-                         "fallback": {"maxQueueWaitSeconds": 2},
+                         "fallback": {"maxQueueWaitSeconds": 2, "takeLateRequests": take_late},
                          "objective": {"ttftSeconds": 1.0}})  # fmt: skip
     now = time.monotonic()
     kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
@@ -226,15 +227,24 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows() -> None:
     assert plan.action is Action.GPU and plan.lane is Lane.ON_TIME and plan.endpoint is not None
     state.work_normal = state.backlog_normal = 1500.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
-    assert plan.action is Action.GPU and plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait"
+    if take_late:  # late on the GPUs, on time at the open fallback
+        assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "late"
+    else:
+        assert plan.action is Action.GPU and plan.lane is Lane.LATE and plan.decision.reason == "late-within-wait"
     state.work_late = state.backlog_late = 1000.0
+    plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
+    # 2.5 s behind both lanes; sent to the fallback anyway, its own wait (1.5 s) is within the limit.
+    assert plan.action is Action.FALLBACK and plan.ready == 1
+    assert plan.decision.reason == ("late" if take_late else "saturated")
+    state.work_normal = state.backlog_normal = 2500.0
     plan = plan_request(state, **kwargs)  # type: ignore[arg-type]
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
 
 def test_outputs_that_vary_add_a_margin_to_the_work_ahead_that_can_make_a_request_late() -> None:
     # 1000 tokens/s, no speeds (work in tokens), a 1 s objective: a 100-token prompt leaves 0.9 s of wait.
-    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 2},
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000},
+                         "fallback": {"maxQueueWaitSeconds": 2, "takeLateRequests": False},
                          "objective": {"ttftSeconds": 1.0}})  # fmt: skip
     now = time.monotonic()
     kwargs = {"prompt_tokens": 100, "now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
@@ -265,8 +275,9 @@ def test_with_the_replicas_speeds_a_prompt_heavy_request_is_estimated_at_its_own
         "replicaPrefillTokensPerSecond": 4000,
         "replicaDecodeTokensPerSecond": 500,
     }
-    split = _pool_state({"demand": speeds, "fallback": {"maxQueueWaitSeconds": 2}, "objective": {"ttftSeconds": 1.0}})
-    blend = _pool_state({"demand": {"replicaTokensPerSecond": 1000}, "fallback": {"maxQueueWaitSeconds": 2},
+    lanes = {"maxQueueWaitSeconds": 2, "takeLateRequests": False}
+    split = _pool_state({"demand": speeds, "fallback": lanes, "objective": {"ttftSeconds": 1.0}})
+    blend = _pool_state({"demand": {"replicaTokensPerSecond": 1000}, "fallback": lanes,
                          "objective": {"ttftSeconds": 1.0}})  # fmt: skip
     demand = split.spec.demand
     # 800 prompt tokens take 0.2 s and 50 generated 0.1 s: 0.3 replica-seconds, 300 tokens at 1,000/s.

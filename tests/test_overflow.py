@@ -7,6 +7,7 @@ import math
 import pytest
 
 from policies.overflow import (
+    LATE,
     OUTPUT_MARGIN_SIGMAS,
     Lane,
     Route,
@@ -184,6 +185,67 @@ def test_route_request_with_lanes(
         on_time_wait_seconds=on_time,
     )
     assert decision == expected
+
+
+# With late_to_fallback, a request that would miss the objective goes to the open fallback on time
+# (`fallback.takeLateRequests`); the lanes keep what the fallback cannot take.
+@pytest.mark.parametrize(
+    ("waiting", "ready", "on_time", "max_wait", "fallback_open", "late_lane", "expected"),
+    [
+        pytest.param(3, 1, 2.0, 30.0, True, True, RouteDecision(Route.FALLBACK, LATE, 3.0), id="late-to-fallback"),
+        pytest.param(0.5, 1, 0.0, 30.0, True, True, RouteDecision(Route.FALLBACK, LATE, 0.5), id="long-prompt"),
+        # Beyond the wait limit it is saturation, as without the flag.
+        pytest.param(3, 1, 2.0, 1.0, True, True, RouteDecision(Route.FALLBACK, "saturated", 3.0), id="over-limit"),
+        pytest.param(1, 1, 2.0, 30.0, True, True, RouteDecision(Route.GPU, "on-time", 1.0), id="on-time-stays"),
+        pytest.param(
+            2, 1, 3.0, 1.0, True, True, RouteDecision(Route.FALLBACK, "saturated", 2.0), id="on-time-over-limit"
+        ),
+        pytest.param(
+            3, 1, 2.0, 30.0, False, True, RouteDecision(Route.GPU, "late-within-wait", 8.0, Lane.LATE), id="closed"
+        ),
+        pytest.param(3, 0, 2.0, 30.0, True, True, RouteDecision(Route.FALLBACK, "cold", INF), id="nothing-ready"),
+        pytest.param(3, 1, 2.0, 30.0, True, False, RouteDecision(Route.FALLBACK, LATE, 3.0), id="fifo-late"),
+        pytest.param(
+            3, 1, 2.0, 30.0, False, False, RouteDecision(Route.GPU, "within-wait", 3.0), id="fifo-closed-queues"
+        ),
+        pytest.param(
+            3, 1, 2.0, 1.0, False, False, RouteDecision(Route.GPU, "saturated-fallback-closed", 3.0), id="fifo-full"
+        ),
+    ],
+)
+def test_late_requests_go_to_the_open_fallback(
+    waiting: float,
+    ready: int,
+    on_time: float,
+    max_wait: float,
+    fallback_open: bool,
+    late_lane: bool,
+    expected: RouteDecision,
+) -> None:
+    decision = route_request(
+        waiting=waiting,
+        ready_replicas=ready,
+        replica_requests_per_second=1.0,
+        max_wait_seconds=max_wait,
+        fallback_open=fallback_open,
+        late_waiting=5.0,
+        on_time_wait_seconds=on_time,
+        late_lane=late_lane,
+        late_to_fallback=True,
+    )
+    assert decision == expected
+
+
+@pytest.mark.parametrize("waiting", [0.0, 0.5, 1.0, 1.5, 2.5, 3.0, 10.0])
+@pytest.mark.parametrize("max_wait", [0.5, 2.0, 30.0])
+def test_one_fifo_lane_routes_as_without_an_objective_when_late_requests_stay(waiting: float, max_wait: float) -> None:
+    """`late_lane=False` with an objective routes exactly where the plain one-lane rule does (only the
+    reason of an on-time request says more)."""
+    kw = {"waiting": waiting, "ready_replicas": 1, "replica_requests_per_second": 1.0, "max_wait_seconds": max_wait,
+          "fallback_open": True}  # fmt: skip
+    fifo = route_request(**kw, on_time_wait_seconds=1.0, late_lane=False)  # type: ignore[arg-type]
+    plain = route_request(**kw)  # type: ignore[arg-type]
+    assert (fifo.route, fifo.lane, fifo.expected_wait_seconds) == (plain.route, plain.lane, plain.expected_wait_seconds)
 
 
 def test_the_output_margin_is_the_spread_of_the_sum_of_the_outputs_ahead() -> None:

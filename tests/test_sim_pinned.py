@@ -23,7 +23,7 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "cf63b42985267e87",
+    "report": "2bae538fb3327dd9",
     "ebbtide": "b0de5045ab7ef23c",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",

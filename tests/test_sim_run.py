@@ -375,6 +375,36 @@ def test_only_saturation_counts_as_overflow() -> None:
     assert reading.input_tokens_per_second == pytest.approx(5000 / 3.0)
 
 
+@pytest.mark.parametrize("take_late", [True, False])
+def test_a_request_late_on_any_replica_goes_to_the_open_fallback_and_is_not_saturation(take_late: bool) -> None:
+    # One replica Ready at 1,000 prompt tokens/s and a 2 s objective: a 3,000-token prompt takes 3 s to
+    # prefill, so no number of replicas serves it on time; the 500-token one after it is on time.
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([2.0, 2.1], [3000, 500], [0, 0], 10.0)
+    engine = PoolEngine(
+        wl,
+        replica,
+        FallbackModel(),
+        routing=Routing.OVERFLOW,
+        max_wait_seconds=2.0,
+        price=PRICE,
+        objective_ttft_seconds=2.0,
+        late_to_fallback=take_late,
+    )
+    engine.set_ready(1)
+    engine.run_until(9.0)
+    reading = engine.sample()
+    if take_late:
+        assert engine.route.tolist() == [RouteCode.FALLBACK, RouteCode.GPU]
+        assert engine.ttft.tolist() == pytest.approx([FallbackModel().ttft_seconds, 0.5])
+    else:  # the late lane: served late, and the short one ahead of it (preemptive lanes)
+        assert engine.route.tolist() == [RouteCode.GPU, RouteCode.GPU]
+        assert engine.late.tolist() == [True, False]
+        assert engine.ttft[0] > 2.0
+    assert engine.saturated.tolist() == [False, False]
+    assert reading.overflow_tokens_per_second == 0.0
+
+
 def test_a_pool_without_a_fallback_queues_every_request_whatever_its_cap_action() -> None:
     workload = _week(days=1, peak_rps=3.0, seed=8)
     spec = _spec(fallback={"providers": []}, budget={"onFallbackCap": "reject"})

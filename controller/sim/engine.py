@@ -20,7 +20,8 @@ Routing follows `policies.overflow.route_request`: a request whose expected wait
 pool's ready throughput) exceeds `fallback.max_queue_wait_seconds`, or that finds no Ready replica, goes
 to the fallback when it is open; otherwise it queues (or is rejected, if the pool says so). With the
 pool's objective (`objective.deferLateRequests`), a request whose wait in the normal lane would make it
-miss `objective.ttftSeconds` (its own prefill counted) queues in the late lane instead. Only Ebbtide's
+miss `objective.ttftSeconds` (its own prefill counted) queues in the late lane instead, and with
+`fallback.takeLateRequests` it goes to the open fallback (not counted as saturation). Only Ebbtide's
 gateway has lanes; the baselines model plain vLLM, one FIFO.
 
 The loop over requests is plain Python over one control tick's arrivals at a time; everything else is
@@ -51,7 +52,7 @@ from controller.sim.models import (
 from controller.sim.readings import DemandReading, EngineReadings
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
-from policies.overflow import Route, Routing, route_request
+from policies.overflow import LATE, Route, Routing, route_request
 
 __all__ = [
     "DEFAULT_DECODE_TPS",
@@ -87,6 +88,8 @@ class PoolEngine(EngineReadings):
         price: ApiPrice,
         rate_window_seconds: float = 60.0,
         objective_ttft_seconds: float | None = None,
+        late_lane: bool = True,
+        late_to_fallback: bool = False,
         has_fallback: bool = True,
         estimate: GatewayEstimate | None = None,
     ) -> None:
@@ -97,8 +100,11 @@ class PoolEngine(EngineReadings):
         self.max_wait_seconds = max_wait_seconds
         self.price = price
         self.rate_window_seconds = rate_window_seconds
-        # With an objective, requests that would miss it go to the late lane (Ebbtide's gateway only).
+        # With an objective, requests that would miss it go to the late lane (`late_lane`), or to the open
+        # fallback (`late_to_fallback`): Ebbtide's gateway only.
         self.objective_ttft_seconds = objective_ttft_seconds if routing is Routing.OVERFLOW else None
+        self.late_lane = late_lane
+        self.late_to_fallback = late_to_fallback
         # Routed on the gateway's own estimates of the work ahead instead of the true work (`estimates`).
         self.estimate = estimate if routing is Routing.OVERFLOW else None
         n = len(workload)
@@ -187,6 +193,7 @@ class PoolEngine(EngineReadings):
         ready, t_last = self._ready, self._t
         b1, s1, b2, s2 = one.backlog, one.served, two.backlog, two.served
         routing = self.routing
+        late_lane, late_to_fallback = self.late_lane, self.late_to_fallback
         limit = self.max_wait_seconds
         open_ = self.fallback_open
         capped = self._cap_tracking()
@@ -202,6 +209,7 @@ class PoolEngine(EngineReadings):
                 b1, s1, b2, s2 = drain(ready, t_last, t, b1, s1, b2, s2, one, two)
             t_last = t
             lane = 0
+            saturated = True
             w1, w2 = b1, b2  # the work ahead the routing sees: the true work, or the gateway's estimate
             prefill = prefills[k] if objective is not None else 0.0
             if est is not None:
@@ -226,9 +234,12 @@ class PoolEngine(EngineReadings):
                     reject_when_closed=self.reject_when_closed,
                     late_waiting=w2,
                     on_time_wait_seconds=None if objective is None else objective - prefill,
+                    late_lane=late_lane,
+                    late_to_fallback=late_to_fallback,
                 )
                 code = _ROUTE_CODES[decision.route]
                 lane = int(decision.lane)
+                saturated = decision.reason != LATE
             if code == RouteCode.GPU:
                 if lane == 0:
                     if b1 <= 0.0:
@@ -258,7 +269,7 @@ class PoolEngine(EngineReadings):
                     )
             else:
                 codes[k] = code
-                if code == RouteCode.FALLBACK and ready > 0:
+                if code == RouteCode.FALLBACK and ready > 0 and saturated:
                     saturated_idx.append(lo + k)
                 if code == RouteCode.FALLBACK and capped:
                     i = lo + k

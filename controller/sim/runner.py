@@ -139,7 +139,9 @@ def run_policy(
         routing=routing,
         max_wait_seconds=spec.fallback.max_queue_wait_seconds,
         price=price,
-        objective_ttft_seconds=spec.objective.ttft_seconds if spec.objective.defer_late_requests else None,
+        objective_ttft_seconds=spec.objective.ttft_seconds if spec.routes_late_requests else None,
+        late_lane=spec.objective.defer_late_requests,
+        late_to_fallback=spec.fallback.take_late_requests,
         has_fallback=spec.fallback.base_url is not None,  # without one, every request queues on the GPUs
         estimate=None if settings.true_work else GatewayEstimate(spec.demand),
     )

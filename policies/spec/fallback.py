@@ -101,6 +101,11 @@ class Fallback(_Model):
     overflow: requests queue on the GPUs."""
     max_queue_wait_seconds: Annotated[float, Field(ge=0)] = 2.0
     """Longest expected queue wait on the GPUs before a request overflows to the fallback."""
+    take_late_requests: bool = True
+    """A request that would miss `objective.ttftSeconds` on the GPUs (its wait plus its own prefill) goes to the
+    fallback while it is open, even within `maxQueueWaitSeconds` (counted as saturation only beyond it);
+    false serves it late on the GPUs (in the late lane with `deferLateRequests`) while its wait is within
+    `maxQueueWaitSeconds`."""
 
     @model_validator(mode="before")
     @classmethod

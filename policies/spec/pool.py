@@ -50,6 +50,15 @@ class GPUPoolSpec(_Model):
         """The model name to send to the vLLM replicas (target.servedModel, else the first model)."""
         return self.target.served_model or (self.models[0] if self.models else None)
 
+    @property
+    def routes_late_requests(self) -> bool:
+        """Whether the gateway tells requests that would miss the objective from those that make it: to
+        defer them to the late lane (`objective.deferLateRequests`) or send them to the fallback
+        (`fallback.takeLateRequests`, with a fallback)."""
+        return self.objective.defer_late_requests or (
+            self.fallback.take_late_requests and bool(self.fallback.providers)
+        )
+
     @model_validator(mode="after")
     def _unique_models(self) -> GPUPoolSpec:
         repeated = sorted({m for m in self.models if self.models.count(m) > 1})
