@@ -28,7 +28,7 @@ from gateway.inbound import ClientRequest, gpu_body, provider_body
 from gateway.providers import ProviderState
 from gateway.relay import AttemptFailed, Progress, Refused, Relayed, passed_on, relay
 from gateway.routing import Action, Plan, plan_request
-from policies.overflow import LATE, Lane, Route
+from policies.overflow import Lane, Route
 
 __all__ = ["Dispatcher"]
 
@@ -186,8 +186,7 @@ class Dispatcher:
                 )
             plan.ready = max(plan.ready, 1)
         route = RouteLabel.HELD_FALLBACK if held else RouteLabel.FALLBACK
-        # A request sent there only because it would be late on any replica does not say the GPUs are short.
-        saturated = plan.ready > 0 and not held and plan.decision.reason != LATE
+        saturated = plan.ready > 0 and not held and plan.saturation
         return await self._fallback(request, pool, req, route, saturated=saturated, received=received, started=started)
 
     async def _gpu(

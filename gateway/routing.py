@@ -19,7 +19,7 @@ from enum import Enum
 
 from gateway.directory import PoolState
 from gateway.upstream import Endpoint
-from policies.overflow import Lane, Route, RouteDecision, route_request
+from policies.overflow import Lane, Route, RouteDecision, is_saturation, route_request
 from policies.spec import FallbackCapAction
 
 __all__ = ["Action", "Plan", "least_in_flight", "plan_request"]
@@ -46,7 +46,9 @@ class Plan:
     lane: Lane = Lane.ON_TIME
     endpoint: Endpoint | None = None
     ready: int = 0
-    """Routable replicas when the plan was made (a fallback with replicas Ready is saturation)."""
+    """Routable replicas when the plan was made (a fallback with replicas Ready is saturation, unless...)."""
+    saturation: bool = True
+    """...`policies.overflow.is_saturation` says otherwise (a late request, the replay pricing it)."""
     hold_until: float = 0.0
 
 
@@ -99,7 +101,8 @@ def plan_request(
     if n > 0:
         if decision.route is Route.GPU:
             return Plan(Action.GPU, decision, decision.lane, least_in_flight(ready), ready=n)
-        return Plan(Action.FALLBACK, decision, ready=n)
+        saturation = is_saturation(decision, on_time_wait_seconds=budget, replay=spec.demand.replay)
+        return Plan(Action.FALLBACK, decision, ready=n, saturation=saturation)
     cooling = has_fallback and pool.fallback_open and not fallback_open
     if decision.route is Route.GPU and not cooling:
         # No fallback to take it (none, or closed by the cap): wait for a replica, as long as allowed.

@@ -241,6 +241,26 @@ def test_plan_gpu_then_late_then_fallback_as_work_grows(take_late: bool) -> None
     assert plan.action is Action.FALLBACK and plan.ready == 1 and plan.decision.reason == "saturated"
 
 
+@pytest.mark.parametrize("replay", [True, False])
+def test_a_late_request_sent_away_counts_as_saturation_only_where_replicas_would_help_without_the_replay(
+    replay: bool,
+) -> None:
+    # 1000 tokens/s and a 1 s objective, 0.5 s of work ahead: a 100-token prompt (0.1 s) is late behind
+    # the queue, a 1,200-token one (1.2 s) on any number of replicas.
+    state = _pool_state({"demand": {"replicaTokensPerSecond": 1000, "replay": replay},
+                         "fallback": {"maxQueueWaitSeconds": 2}, "objective": {"ttftSeconds": 1.0}})  # fmt: skip
+    now = time.monotonic()
+    state.drain(now, 1)
+    state.work_normal = state.backlog_normal = 950.0
+    kwargs = {"now": now, "arrival": now, "controller_tick": 5.0, "max_hold_seconds": 60.0}
+    queued = plan_request(state, prompt_tokens=100, **kwargs)  # type: ignore[arg-type]
+    long = plan_request(state, prompt_tokens=1200, **kwargs)  # type: ignore[arg-type]
+    assert queued.action is long.action is Action.FALLBACK
+    assert queued.decision.reason == long.decision.reason == "late"
+    assert queued.saturation is (not replay)
+    assert long.saturation is False
+
+
 def test_outputs_that_vary_add_a_margin_to_the_work_ahead_that_can_make_a_request_late() -> None:
     # 1000 tokens/s, no speeds (work in tokens), a 1 s objective: a 100-token prompt leaves 0.9 s of wait.
     state = _pool_state({"demand": {"replicaTokensPerSecond": 1000},

@@ -13,6 +13,7 @@ from policies.overflow import (
     Route,
     RouteDecision,
     expected_wait_seconds,
+    is_saturation,
     output_margin,
     route_request,
     waiting_floor,
@@ -234,6 +235,24 @@ def test_late_requests_go_to_the_open_fallback(
         late_to_fallback=True,
     )
     assert decision == expected
+
+
+@pytest.mark.parametrize(
+    ("reason", "budget", "replay", "expected"),
+    [
+        pytest.param("saturated", 1.0, True, True, id="over-the-limit"),
+        pytest.param(LATE, 1.0, True, False, id="late-the-replay-prices-it"),
+        pytest.param(LATE, 1.0, False, True, id="late-behind-a-queue-without-the-replay"),
+        pytest.param(LATE, 0.0, False, True, id="late-with-no-wait-to-spare"),
+        pytest.param(LATE, -0.5, False, False, id="late-on-any-number-of-replicas"),
+        pytest.param(LATE, None, False, False, id="no-objective"),
+    ],
+)
+def test_a_late_request_at_the_fallback_is_saturation_only_where_replicas_would_help_and_nothing_else_counts_it(
+    reason: str, budget: float | None, replay: bool, expected: bool
+) -> None:
+    decision = RouteDecision(Route.FALLBACK, reason, 1.0)
+    assert is_saturation(decision, on_time_wait_seconds=budget, replay=replay) is expected
 
 
 @pytest.mark.parametrize("waiting", [0.0, 0.5, 1.0, 1.5, 2.5, 3.0, 10.0])

@@ -405,6 +405,31 @@ def test_a_request_late_on_any_replica_goes_to_the_open_fallback_and_is_not_satu
     assert reading.overflow_tokens_per_second == 0.0
 
 
+@pytest.mark.parametrize("replay", [True, False])
+def test_a_request_late_behind_the_queue_is_saturation_only_without_the_replay(replay: bool) -> None:
+    # Two 1,500-token prompts at once on one replica (1.5 s of prefill each) and a 2 s objective: the
+    # second would start after 1.5 s and be late, although on an idle replica it would be on time.
+    replica = ReplicaModel(1000.0, 1e12, 1e12, 256)
+    wl = _workload([2.0, 2.0], [1500, 1500], [0, 0], 10.0)
+    engine = PoolEngine(
+        wl,
+        replica,
+        FallbackModel(),
+        routing=Routing.OVERFLOW,
+        max_wait_seconds=2.0,
+        price=PRICE,
+        objective_ttft_seconds=2.0,
+        late_to_fallback=True,
+        replay=replay,
+    )
+    engine.set_ready(1)
+    engine.run_until(9.0)
+    reading = engine.sample()
+    assert engine.route.tolist() == [RouteCode.GPU, RouteCode.FALLBACK]
+    assert engine.saturated.tolist() == [False, not replay]
+    assert reading.overflow_tokens_per_second == pytest.approx(0.0 if replay else 1500 / 9.0)
+
+
 def test_a_pool_without_a_fallback_queues_every_request_whatever_its_cap_action() -> None:
     workload = _week(days=1, peak_rps=3.0, seed=8)
     spec = _spec(fallback={"providers": []}, budget={"onFallbackCap": "reject"})

@@ -52,7 +52,7 @@ from controller.sim.models import (
 from controller.sim.readings import DemandReading, EngineReadings
 from controller.sim.workload import Workload
 from policies.cost import ApiPrice, api_cost_usd
-from policies.overflow import LATE, Route, Routing, route_request
+from policies.overflow import Route, Routing, is_saturation, route_request
 
 __all__ = [
     "DEFAULT_DECODE_TPS",
@@ -90,6 +90,7 @@ class PoolEngine(EngineReadings):
         objective_ttft_seconds: float | None = None,
         late_lane: bool = True,
         late_to_fallback: bool = False,
+        replay: bool = False,
         has_fallback: bool = True,
         estimate: GatewayEstimate | None = None,
     ) -> None:
@@ -105,6 +106,7 @@ class PoolEngine(EngineReadings):
         self.objective_ttft_seconds = objective_ttft_seconds if routing is Routing.OVERFLOW else None
         self.late_lane = late_lane
         self.late_to_fallback = late_to_fallback
+        self.replay = replay  # whether the controller replays the requests (`is_saturation`)
         # Routed on the gateway's own estimates of the work ahead instead of the true work (`estimates`).
         self.estimate = estimate if routing is Routing.OVERFLOW else None
         n = len(workload)
@@ -193,7 +195,7 @@ class PoolEngine(EngineReadings):
         ready, t_last = self._ready, self._t
         b1, s1, b2, s2 = one.backlog, one.served, two.backlog, two.served
         routing = self.routing
-        late_lane, late_to_fallback = self.late_lane, self.late_to_fallback
+        late_lane, late_to_fallback, replay = self.late_lane, self.late_to_fallback, self.replay
         limit = self.max_wait_seconds
         open_ = self.fallback_open
         capped = self._cap_tracking()
@@ -225,6 +227,7 @@ class PoolEngine(EngineReadings):
                 code = RouteCode.GPU
             else:
                 # Expressed in work: replica-seconds ahead at one replica-second per second each.
+                budget = None if objective is None else objective - prefill
                 decision = route_request(
                     waiting=w1,
                     ready_replicas=ready,
@@ -233,13 +236,13 @@ class PoolEngine(EngineReadings):
                     fallback_open=open_,
                     reject_when_closed=self.reject_when_closed,
                     late_waiting=w2,
-                    on_time_wait_seconds=None if objective is None else objective - prefill,
+                    on_time_wait_seconds=budget,
                     late_lane=late_lane,
                     late_to_fallback=late_to_fallback,
                 )
                 code = _ROUTE_CODES[decision.route]
                 lane = int(decision.lane)
-                saturated = decision.reason != LATE
+                saturated = is_saturation(decision, on_time_wait_seconds=budget, replay=replay)
             if code == RouteCode.GPU:
                 if lane == 0:
                     if b1 <= 0.0:

@@ -142,6 +142,7 @@ def run_policy(
         objective_ttft_seconds=spec.objective.ttft_seconds if spec.routes_late_requests else None,
         late_lane=spec.objective.defer_late_requests,
         late_to_fallback=spec.fallback.take_late_requests,
+        replay=spec.demand.replay,
         has_fallback=spec.fallback.base_url is not None,  # without one, every request queues on the GPUs
         estimate=None if settings.true_work else GatewayEstimate(spec.demand),
     )
