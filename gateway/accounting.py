@@ -44,10 +44,11 @@ class GatewayMetrics:
             series.FALLBACK_USD, "Dollars spent at the fallback providers.", [*pool, "provider"], registry=reg
         )
         self.saturation_requests = Counter(
-            series.SATURATION_REQUESTS, "Requests sent to the fallback while a replica was Ready.", pool, registry=reg
-        )
+            series.SATURATION_REQUESTS, "Requests sent to the fallback because the Ready replicas were too busy.",
+            pool, registry=reg,
+        )  # fmt: skip
         self.saturation_tokens = Counter(
-            series.SATURATION_TOKENS, "Tokens of requests sent to the fallback while a replica was Ready.",
+            series.SATURATION_TOKENS, "Tokens of requests sent to the fallback because the replicas were too busy.",
             [*pool, "kind"], registry=reg,
         )  # fmt: skip
         self.in_flight = Gauge(series.IN_FLIGHT, "Requests being served now.", [*pool, "route"], registry=reg)
