@@ -103,9 +103,9 @@ class Fallback(_Model):
     """Longest expected queue wait on the GPUs before a request overflows to the fallback."""
     take_late_requests: bool = True
     """A request that would miss `objective.ttftSeconds` on the GPUs (its wait plus its own prefill) goes to the
-    fallback while it is open, even within `maxQueueWaitSeconds` (counted as saturation only beyond it);
-    false serves it late on the GPUs (in the late lane with `deferLateRequests`) while its wait is within
-    `maxQueueWaitSeconds`."""
+    fallback while it is open, even within `maxQueueWaitSeconds` (within it, counted as saturation only in a
+    pool without `demand.replay` and only when more replicas could serve it on time); false serves it late on
+    the GPUs (in the late lane with `deferLateRequests`) while its wait is within `maxQueueWaitSeconds`."""
 
     @model_validator(mode="before")
     @classmethod
