@@ -270,7 +270,14 @@ def _pass(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArra
     choice = np.zeros((slots + 1, states), dtype=np.int64)
     gained = np.zeros((slots + 1, states))
     columns = np.arange(states)
+    to_n, to_j = columns // J, columns % J
     for s, u in store:  # u: (n, j, n' or 1, j')
+        if not u.any():  # an idle slot saves nothing, whatever the levels
+            cost = _idle_step(cost, rate * lengths[s] * counts, starts if rise[s + 1] else blocked, choice[s + 1])
+            if forced is not None:
+                cost[counts != forced[s + 1]] = math.inf
+                choice[s + 1, np.repeat(counts != forced[s + 1], J)] = 0
+            continue
         step = (cost + rate * lengths[s] * counts[:, None])[:, :, None, None] - u
         step = step + (starts if rise[s + 1] else blocked)
         if forced is not None:
@@ -279,7 +286,7 @@ def _pass(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArra
         best = np.argmin(flat, axis=0)
         choice[s + 1] = best
         cost = flat[best, columns].reshape(top + 1, J)
-        gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J)).reshape(states, states)[best, columns]
+        gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J))[best // J, best % J, to_n, to_j]
     path = np.empty(slots + 1, dtype=np.int64)
     path[-1] = int(np.argmin(cost))
     total = float(cost.reshape(-1)[path[-1]])
@@ -289,6 +296,20 @@ def _pass(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArra
         path[s - 1] = choice[s, path[s]]
     total += float(savings.api_total.sum())
     return _Solution(total, path // J, path % J, saved, savings.api_total)
+
+
+def _idle_step(cost: FloatArray, held: FloatArray, moves: FloatArray, choice: IntArray) -> FloatArray:
+    """One DP step over a slot that saves nothing: the same minimum, and the same first (n, j) of it in
+    flat order, as the full step over (n, j, n', j'), in (n, n') alone; fills `choice` (per n', j')
+    and returns the next cost (equal over j')."""
+    J = cost.shape[1]
+    first_j = np.argmin(cost, axis=1)
+    here = cost[np.arange(cost.shape[0]), first_j] + held  # least over j, then the slot's own bill
+    step = here[:, None] + moves[:, 0, :, 0]  # step[n, n']
+    best_n = np.argmin(step, axis=0)
+    nxt = step[best_n, np.arange(step.shape[1])]
+    choice[:] = np.repeat(best_n * J + first_j[best_n], J)
+    return np.repeat(nxt[:, None], J, axis=1)
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
