@@ -86,7 +86,22 @@ is priced at the fallback. Its comparable cost is therefore at least the DP's va
 and levels, which is at least the DP's minimum. Nothing here depends on how the policy decides, only
 on what the world allows. Daily budget caps are ignored (dropping a constraint can only lower the
 bound). With billing by the second and a minimum no longer than the cold start, the billing is counted
-exactly; with coarser billing it is counted by the second, a weaker bound.
+exactly; with coarser billing, see "Billing units".
+
+Billing units. A replica that lives `L` seconds is billed `max(ceil(L / unit) * unit, minimum)`, at least
+`max(L, F)` with `F = max(unit, minimum)` its billed floor, and so at least `w L + (1 - w) F` for every
+weight `w` in [0, 1] (`max(L, F)` is the convex hull of the rounded bill over the lifetimes a Ready
+replica can have, `L >= cold_start`). Summed over a run's replicas (a replica Ready at time 0 is
+counted at `w L` alone: its floor may have been paid before), the GPU bill is at least `w` times the
+lifetimes the DP counts plus `(1 - w) F` per start. So the same DP with each Ready second priced at `w
+rate` and each start at `rate (w cold_start + (1 - w) F)` is a bound for every `w`, and the bound is the
+best of those solved. Where `F` is no longer than the cold start, `max(L, F) = L` and `w = 1` is the
+best (the bill by the second). Otherwise the value is concave in `w` (a least of functions affine in
+it), and the best plan's own slope, its lifetimes less `F` per start, says on which side of `w` the
+maximum lies: from `w = 1`, `BILLING_STEPS` bisections. The window LPs' certificates bound the savings
+alone and hold at every weight, so all the weights share them. This counts what rounding each replica's
+first unit costs (a short rental at hourly billing pays an hour), not the rounding of later units: a
+weaker bound than the rounded bill where plans keep replicas for many units.
 """
 
 from __future__ import annotations
@@ -98,6 +113,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.slot_bounds import SlotBounds
+from policies.slot_dp import Solution, one_pass
 from policies.slot_savings import SlotSavings
 
 __all__ = ["Optimum", "OptimumProblem", "OptimumTooLarge", "offline_optimum", "plan_cost", "slot_grid", "too_large"]
@@ -116,6 +132,9 @@ twice (see the module docstring)."""
 WINDOW_PASSES = 8
 """Passes of window LPs at most (`policies/window_lp.py`); 0 leaves the partition bound alone. The
 default week converges in three or four."""
+BILLING_STEPS = 5
+"""Weights tried at most after `w = 1` where a started replica's billed floor exceeds the cold start
+(bisection on the side the best plan's slope points to; see "Billing units")."""
 _MAX_WORK = 400_000_000
 """Largest DP solved, in slots x states^2 (a minute or two on one core): a week at 4-second ticks with
 8 replicas fits, one at 2-second ticks does not."""
@@ -150,6 +169,10 @@ class OptimumProblem:
     """Replicas Ready at time 0 (billed from 0, no cold start)."""
     lanes: int = 2
     """FIFO lanes sharing the replicas (Ebbtide's gateway has two; plain vLLM one)."""
+    billing_unit_s: float = 1.0
+    """The provider's billing unit: a replica's time is rounded up to whole units."""
+    minimum_billed_s: float = 0.0
+    """The least a replica is billed, however short its life."""
 
     def __post_init__(self) -> None:
         n = self.arrival_s.size
@@ -163,6 +186,13 @@ class OptimumProblem:
             raise ValueError("cold start and objective must be >= 0 s")
         if self.max_replicas < 0 or not 0 <= self.initial_replicas <= max(self.max_replicas, 0):
             raise ValueError("need 0 <= initial_replicas <= max_replicas")
+        if not (self.billing_unit_s > 0 and self.minimum_billed_s >= 0):
+            raise ValueError("need a billing unit > 0 s and a minimum >= 0 s")
+
+    @property
+    def billed_floor_s(self) -> float:
+        """The least a started replica is billed: one unit, or the minimum if longer."""
+        return max(self.billing_unit_s, self.minimum_billed_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +205,9 @@ class Optimum:
     gpu_hours: float
     starts: int
     """Replicas the plan starts (each pays one cold start)."""
+    billing_weight: float
+    """The weight `w` the GPU bill was counted with: 1 (by the second), or below 1 where each started
+    replica's billed floor counts (see the module docstring, "Billing units")."""
     fallback_requests: float
     """Requests (fractionally, in proportion to their slot's unsaved dollars) left to the API."""
     slot_start_s: FloatArray
@@ -215,101 +248,79 @@ def too_large(p: OptimumProblem) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Solution:
-    total_usd: float
-    ready: IntArray
-    """Ready replicas per slot, then at the horizon."""
-    level: IntArray
-    """The level of each slot's shared stretch, then at the horizon."""
-    saved: FloatArray
-    """Each slot's bound on savings along the plan."""
-    api_total: FloatArray
+def _starts(p: OptimumProblem, ready: IntArray) -> int:
+    previous = np.concatenate(([p.initial_replicas], ready[:-1]))
+    return int(np.maximum(ready - previous, 0).sum())
 
 
-def _solve(p: OptimumProblem, forced: IntArray | None = None) -> _Solution:
-    """The DP over slots whose state is (Ready replicas, level of the shared stretch taken by the slot
-    before); with `forced`, the Ready counts are fixed to it and only the levels are chosen.
+def _weighed(p: OptimumProblem, lengths: FloatArray, ready: IntArray, weight: float) -> tuple[float, float, int]:
+    """(replica-seconds of the plan's lifetimes, the seconds its bill counts at `weight`, its starts)."""
+    starts = _starts(p, ready)
+    lived = float(lengths @ ready[:-1]) + p.cold_start_s * starts
+    return lived, weight * lived + (1.0 - weight) * p.billed_floor_s * starts, starts
 
-    Pass after pass, the window LP of every slot is solved at the combination the best plan uses
-    (`SlotBounds.tighten`), until the plan uses only combinations already solved (or `WINDOW_PASSES`
-    passes are done; every pass's value is a bound).
-    """
+
+def _best(p: OptimumProblem, forced: IntArray | None = None) -> tuple[Solution, float]:
+    """The best bound over the billing weights tried, and its weight (see "Billing units")."""
     problem = too_large(p)
     if problem:
         raise OptimumTooLarge(problem)
     bounds, rise = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
     savings = SlotSavings(p, bounds, _levels(p), exact_next=p.max_replicas <= _EXACT_NEXT)
-    store = SlotBounds(p, bounds, savings)
-    best = _pass(p, store, rise, forced)
+    store = SlotBounds(p, bounds, savings)  # certificates hold at every weight: shared by all
+    best, best_weight = _solve(p, store, rise, forced, 1.0), 1.0
+    if p.billed_floor_s <= p.cold_start_s:
+        return best, best_weight  # every replica that became Ready lived at least its floor
+    lengths = np.diff(bounds)
+    rate = p.replica_usd_per_hour / 3600.0
+
+    def line(sol: Solution, weight: float) -> tuple[float, float]:
+        """The plan's own value as `a + b w` over the weights (its savings as this pass found them)."""
+        lived, _, starts = _weighed(p, lengths, sol.ready, 1.0)
+        slope = rate * (lived - p.billed_floor_s * starts)
+        return sol.total_usd - slope * weight, slope
+
+    falling = line(best, 1.0)
+    if falling[1] >= 0:
+        return best, best_weight  # the value is concave in the weight: no lower weight is higher
+    rising: tuple[float, float] | None = None
+    low, high = 0.0, 1.0
+    for step in range(BILLING_STEPS):
+        # Halving, or the lowest weight left when the last try has found no plan that rises.
+        weight = low if rising is None and step == BILLING_STEPS - 1 else (low + high) / 2.0
+        if rising is not None:  # where the two plans' lines cross: the maximum if no third plan is lower
+            cross = (falling[0] - rising[0]) / (rising[1] - falling[1])
+            weight = cross if low < cross < high else weight
+        at = _solve(p, store, rise, forced, weight)
+        if at.total_usd > best.total_usd:
+            best, best_weight = at, weight
+        a, b = line(at, weight)
+        if b >= 0:
+            low, rising = weight, (a, b)
+        else:
+            high, falling = weight, (a, b)
+        if rising is not None and falling is not None:
+            cross = (falling[0] - rising[0]) / (rising[1] - falling[1]) if rising[1] > falling[1] else low
+            if rising[0] + rising[1] * cross <= best.total_usd + 1e-12 * (1.0 + abs(best.total_usd)):
+                break  # no weight is higher than the best found, on the lines known
+    return best, best_weight
+
+
+def _solve(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArray | None, weight: float) -> Solution:
+    """The DP over slots whose state is (Ready replicas, level of the shared stretch taken by the slot
+    before), the GPU bill counted at `weight`; with `forced`, the Ready counts are fixed to it and only
+    the levels are chosen.
+
+    Pass after pass, the window LP of every slot is solved at the combination the best plan uses
+    (`SlotBounds.tighten`), until the plan uses only combinations already solved (or `WINDOW_PASSES`
+    passes are done; every pass's value is a bound).
+    """
+    best = one_pass(p, store, rise, forced, weight)
     for _ in range(WINDOW_PASSES):
         if not store.tighten(best.ready, best.level, best.saved):
             break
-        best = _pass(p, store, rise, forced)
+        best = one_pass(p, store, rise, forced, weight)
     return best
-
-
-def _pass(p: OptimumProblem, store: SlotBounds, rise: BoolArray, forced: IntArray | None) -> _Solution:
-    """One DP over the slots with the bounds `store` holds now."""
-    savings = store.savings
-    slots = savings.slots
-    top = p.max_replicas
-    J = savings.in_share.size
-    lengths = savings.lengths
-    rate = p.replica_usd_per_hour / 3600.0
-    counts = np.arange(top + 1)
-    up = np.maximum(counts[None, :] - counts[:, None], 0)  # up[n, n']
-    starts = (rate * p.cold_start_s * up)[:, None, :, None]
-    blocked = np.where(up > 0, math.inf, 0.0)[:, None, :, None]
-    # cost[n, j]: least cost of the slots before s with n Ready in slot s, its shared stretch at level j.
-    cost = np.full((top + 1, J), math.inf)
-    cost[: p.initial_replicas + 1, 0] = 0.0  # nothing came before time 0
-    if forced is not None:
-        cost[counts != forced[0]] = math.inf
-    states = (top + 1) * J
-    choice = np.zeros((slots + 1, states), dtype=np.int64)
-    gained = np.zeros((slots + 1, states))
-    columns = np.arange(states)
-    to_n, to_j = columns // J, columns % J
-    for s, u in store:  # u: (n, j, n' or 1, j')
-        if not u.any():  # an idle slot saves nothing, whatever the levels
-            cost = _idle_step(cost, rate * lengths[s] * counts, starts if rise[s + 1] else blocked, choice[s + 1])
-            if forced is not None:
-                cost[counts != forced[s + 1]] = math.inf
-                choice[s + 1, np.repeat(counts != forced[s + 1], J)] = 0
-            continue
-        step = (cost + rate * lengths[s] * counts[:, None])[:, :, None, None] - u
-        step = step + (starts if rise[s + 1] else blocked)
-        if forced is not None:
-            step[:, :, counts != forced[s + 1], :] = math.inf
-        flat = np.broadcast_to(step, (top + 1, J, top + 1, J)).reshape(states, states)
-        best = np.argmin(flat, axis=0)
-        choice[s + 1] = best
-        cost = flat[best, columns].reshape(top + 1, J)
-        gained[s + 1] = np.broadcast_to(u, (top + 1, J, top + 1, J))[best // J, best % J, to_n, to_j]
-    path = np.empty(slots + 1, dtype=np.int64)
-    path[-1] = int(np.argmin(cost))
-    total = float(cost.reshape(-1)[path[-1]])
-    saved = np.zeros(slots)
-    for s in range(slots, 0, -1):
-        saved[s - 1] = gained[s, path[s]]
-        path[s - 1] = choice[s, path[s]]
-    total += float(savings.api_total.sum())
-    return _Solution(total, path // J, path % J, saved, savings.api_total)
-
-
-def _idle_step(cost: FloatArray, held: FloatArray, moves: FloatArray, choice: IntArray) -> FloatArray:
-    """One DP step over a slot that saves nothing: the same minimum, and the same first (n, j) of it in
-    flat order, as the full step over (n, j, n', j'), in (n, n') alone; fills `choice` (per n', j')
-    and returns the next cost (equal over j')."""
-    J = cost.shape[1]
-    first_j = np.argmin(cost, axis=1)
-    here = cost[np.arange(cost.shape[0]), first_j] + held  # least over j, then the slot's own bill
-    step = here[:, None] + moves[:, 0, :, 0]  # step[n, n']
-    best_n = np.argmin(step, axis=0)
-    nxt = step[best_n, np.arange(step.shape[1])]
-    choice[:] = np.repeat(best_n * J + first_j[best_n], J)
-    return np.repeat(nxt[:, None], J, axis=1)
 
 
 def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
@@ -322,7 +333,7 @@ def plan_cost(p: OptimumProblem, ready: IntArray) -> float:
     ready = np.asarray(ready, dtype=np.int64)
     if ready.size != bounds.size or np.any(ready < 0) or np.any(ready > p.max_replicas):
         return math.inf
-    return _solve(p, forced=ready).total_usd
+    return _best(p, forced=ready)[0].total_usd
 
 
 def offline_optimum(p: OptimumProblem) -> Optimum:
@@ -330,12 +341,10 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
     bounds, _ = slot_grid(p.horizon_s, p.step_s, p.cold_start_s)
     slots = bounds.size - 1
     lengths = np.diff(bounds)
-    best = _solve(p)
+    best, weight = _best(p)
     ready = best.ready
     rate = p.replica_usd_per_hour / 3600.0
-    previous = np.concatenate(([p.initial_replicas], ready[:-1]))
-    starts = int(np.maximum(ready - previous, 0).sum())
-    replica_seconds = float(lengths @ ready[:-1]) + p.cold_start_s * starts
+    _, replica_seconds, starts = _weighed(p, lengths, ready, weight)
     unsaved = best.api_total - best.saved
     counts = np.bincount(np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1), minlength=slots)
     share = np.divide(unsaved, best.api_total, out=np.zeros(slots), where=best.api_total > 0)
@@ -347,6 +356,7 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
         fallback_usd=fallback_usd,
         gpu_hours=replica_seconds / 3600.0 * p.gpus_per_replica,
         starts=starts,
+        billing_weight=weight,
         fallback_requests=float(np.sum(np.clip(share, 0.0, 1.0) * counts)),
         slot_start_s=bounds,
         ready=ready,

@@ -9,6 +9,7 @@ policy's SLO-priced cost is at least the bound, and the bound is at least the fl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from pathlib import Path
@@ -23,7 +24,7 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile
 from controller.sim.world import SimClock, SimCluster
 from policies.billing import gpu_cost_usd
-from policies.optimum import OptimumProblem, offline_optimum, plan_cost, slot_grid
+from policies.optimum import OptimumProblem, _best, offline_optimum, plan_cost, slot_grid
 from policies.spec import GPUPoolSpec
 from tests.test_sim_engine_reference import _Reference
 
@@ -40,7 +41,13 @@ OUTPUT_USD_PER_TOKEN = USD_PER_TOKEN
 
 
 def _problem(
-    arrivals: list[float], inputs: list[int], outputs: list[int], *, top: int, usd_per_hour: float
+    arrivals: list[float],
+    inputs: list[int],
+    outputs: list[int],
+    *,
+    top: int,
+    usd_per_hour: float,
+    minimum: float = 0.0,
 ) -> OptimumProblem:
     a = np.asarray(arrivals, dtype=np.float64)
     i = np.asarray(inputs, dtype=np.float64)
@@ -56,6 +63,7 @@ def _problem(
         objective_s=OBJECTIVE,
         max_replicas=top,
         replica_usd_per_hour=usd_per_hour,
+        minimum_billed_s=minimum,
     )
 
 
@@ -79,14 +87,17 @@ def test_the_dp_finds_the_cheapest_plan_of_its_model(seed: int) -> None:
     assert plan_cost(problem, best.ready) == pytest.approx(best.total_usd, abs=1e-9)
 
 
-def plan_world(plan: tuple[int, ...], usd_per_hour: float) -> tuple[list[tuple[float, int]], float, int]:
+def plan_world(
+    plan: tuple[int, ...], usd_per_hour: float, minimum: int = 0
+) -> tuple[list[tuple[float, int]], float, int]:
     """The simulated cluster with `plan[k]` replicas asked for at tick k: its Ready counts as (moment,
-    count) before the horizon, its GPU bill by the second, and the count Ready at the horizon."""
+    count) before the horizon, its GPU bill by the second (each replica at least `minimum` seconds),
+    and the count Ready at the horizon."""
     spec = GPUPoolSpec.model_validate(
         {
             "target": {"deployment": "vllm", "minReplicas": 0, "maxReplicas": 2},
             "coldStartSeconds": int(COLD),
-            "billing": {"gpuHourlyUsd": usd_per_hour, "granularity": "second", "minimumBilledSeconds": 0},
+            "billing": {"gpuHourlyUsd": usd_per_hour, "granularity": "second", "minimumBilledSeconds": minimum},
         }
     )
     clock = SimClock(MONDAY)
@@ -116,11 +127,13 @@ def _world_cost(
     inputs: list[int],
     outputs: list[int],
     usd_per_hour: float,
+    minimum: int = 0,
 ) -> float:
-    """GPU bill (by the second) plus the API price of every request not on time on the GPUs, in the
+    """GPU bill (by the second, at least `minimum` seconds a replica) plus the API price of every request
+    not on time on the GPUs, in the
     simulated cluster with `plan[k]` replicas asked for at tick k and requests routed as assigned
     (0: API, 1: normal lane, 2: late lane), served by the reference engine."""
-    changes, gpu_usd, after = plan_world(plan, usd_per_hour)
+    changes, gpu_usd, after = plan_world(plan, usd_per_hour, minimum)
     reference = _Reference(None, 0.0, False, 0)
     timeline = sorted([(t, 0, r) for t, r in changes] + [(t, 1, i) for i, t in enumerate(arrivals)])
     for t, kind, value in timeline:
@@ -146,11 +159,17 @@ def _world_cost(
 
 
 def _world_best(
-    arrivals: list[float], inputs: list[int], outputs: list[int], usd_per_hour: float, *, top: int = 2
+    arrivals: list[float],
+    inputs: list[int],
+    outputs: list[int],
+    usd_per_hour: float,
+    *,
+    top: int = 2,
+    minimum: int = 0,
 ) -> float:
     """The least `_world_cost` over every plan of 0..top replicas per tick and every routing."""
     return min(
-        _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour)
+        _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour, minimum)
         for plan in itertools.product(range(top + 1), repeat=int(HORIZON / STEP))
         for assignment in itertools.product(range(3), repeat=len(arrivals))
     )
@@ -163,6 +182,63 @@ def test_no_plan_and_routing_of_a_tiny_world_beats_the_bound(seed: int) -> None:
     usd_per_hour = float(rng.choice([360.0, 3600.0, 36000.0]))
     bound = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour)).total_usd
     assert bound <= _world_best(arrivals, inputs, outputs, usd_per_hour) + 1e-9
+
+
+def test_a_billed_minimum_tightens_the_bound_and_no_world_beats_it() -> None:
+    # Every replica billed at least 6 s, three cold starts: the bound counts that floor for each start
+    # (the weights of "Billing units"), above the bound by the second and below every plan and routing.
+    tighter = 0
+    for seed in range(25):
+        rng = np.random.default_rng(700 + seed)
+        arrivals, inputs, outputs = _random_case(rng)
+        usd_per_hour = float(rng.choice([360.0, 3600.0, 36000.0]))
+        floored = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour, minimum=6.0))
+        by_second = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour))
+        assert floored.total_usd >= by_second.total_usd - 1e-9
+        tighter += floored.total_usd > by_second.total_usd + 1e-9
+        best = _world_best(arrivals, inputs, outputs, usd_per_hour, minimum=6)
+        assert floored.total_usd <= best + 1e-9, f"seed {seed}: bound {floored.total_usd} above the world's {best}"
+        assert floored.gpu_usd + floored.fallback_usd == pytest.approx(floored.total_usd)
+        # What the report splits into GPU and API dollars is the DP's own value at the weight it chose.
+        problem = _problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour, minimum=6.0)
+        assert _best(problem)[0].total_usd == pytest.approx(floored.total_usd, abs=1e-9)
+    assert tighter >= 5, f"the billed minimum tightened only {tighter} of 25 cases"
+
+
+def test_a_short_rental_pays_its_billed_minimum() -> None:
+    # One request at 4 s: a replica Ready at 4 s serves it for $2 by the second (4 s of life at $0.50/s)
+    # but is billed at least 6 s, $3, as much as the API: the bound finds the world's $3, not $2.
+    arrivals, inputs, outputs = [4.0], [8], [4]
+    by_second = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=1800.0))
+    assert by_second.total_usd == pytest.approx(2.0)
+    floored = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=1800.0, minimum=6.0))
+    assert floored.total_usd == pytest.approx(3.0)
+    assert floored.billing_weight < 1.0
+    assert _world_best(arrivals, inputs, outputs, 1800.0, minimum=6) == pytest.approx(3.0)
+    # Dearer at the API ($5): the replica pays, its 6 s billed in full and no more (a start counted at
+    # its cold start as well as its floor would make it $4).
+    arrivals, inputs, outputs = [4.0], [12], [8]
+    floored = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=1800.0, minimum=6.0))
+    assert floored.total_usd == pytest.approx(3.0)
+    assert floored.fallback_usd == pytest.approx(0.0)
+    assert _world_best(arrivals, inputs, outputs, 1800.0, minimum=6) == pytest.approx(3.0)
+
+
+def test_a_minimum_within_the_cold_start_leaves_the_bound_by_the_second() -> None:
+    # Every replica that becomes Ready lives a cold start (2 s) at least: a 2 s minimum bills nothing more.
+    rng = np.random.default_rng(9)
+    arrivals, inputs, outputs = _random_case(rng)
+    plain = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=3600.0))
+    floored = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=3600.0, minimum=COLD))
+    assert floored.total_usd == plain.total_usd
+    assert floored.billing_weight == 1.0
+
+
+@pytest.mark.parametrize(("unit", "minimum"), [(0.0, 0.0), (-1.0, 0.0), (1.0, -5.0)])
+def test_a_billing_unit_must_be_positive_and_the_minimum_not_negative(unit: float, minimum: float) -> None:
+    problem = _problem([1.0], [4], [0], top=1, usd_per_hour=1.0)
+    with pytest.raises(ValueError, match="billing unit > 0 s and a minimum >= 0 s"):
+        dataclasses.replace(problem, billing_unit_s=unit, minimum_billed_s=minimum)
 
 
 def _tighter_and_below_every_world(

@@ -286,6 +286,26 @@ def test_same_seed_gives_identical_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert table.index("ebbtide") < table.index("always_on")
 
 
+def test_a_fluid_bound_above_the_optimum_is_said_to_be_no_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Billed by the hour, the fluid bound charges each clock hour for a replica's paid hour that straddles
+    # two: on the default day it comes out above the optimum's proven bound, and the table says so.
+    path = tmp_path / "hourly.json"
+    argv = ["--days", "1", "--policy", "api_only", "--no-progress", "--json", str(path)]
+    assert cli.run(simulate_args([*argv, "--set", "billing.granularity=hour"])) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(path.read_text(encoding="utf-8"))["policies"]
+    bound, optimum = figures["lower_bound"]["total_usd"], figures["offline_optimum"]["total_usd"]
+    assert bound > optimum
+    assert f"note: lower_bound (${bound:,.2f}) lies above offline_optimum (${optimum:,.2f})" in out
+    assert "billed by units of 3,600 s" in out
+    assert cli.run(simulate_args(argv)) == 0  # by the second, the fluid bound is below
+    figures = json.loads(path.read_text(encoding="utf-8"))["policies"]
+    assert figures["lower_bound"]["total_usd"] <= figures["offline_optimum"]["total_usd"]
+    assert "note: lower_bound" not in capsys.readouterr().out
+
+
 def test_a_gpu_cap_keeps_replicas_pending_and_unbilled() -> None:
     workload = _week(days=1, peak_rps=20.0, seed=2)
     spec = _spec()

@@ -56,6 +56,8 @@ def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         replica_usd_per_hour=spec.replica_usd_per_hour,
         gpus_per_replica=spec.target.gpus_per_replica,
         initial_replicas=min(settings.initial_replicas, top),
+        billing_unit_s=float(spec.billing.granularity.seconds),
+        minimum_billed_s=float(spec.billing.minimum_billed_seconds),
     )
 
 

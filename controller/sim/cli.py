@@ -31,7 +31,7 @@ from controller.sim.engine import (
     ReplicaModel,
 )
 from controller.sim.hours import by_hour, by_hour_json, render_by_hour
-from controller.sim.report import render_table, to_json
+from controller.sim.report import bound_note, render_table, to_json
 from controller.sim.runner import (
     EBBTIDE,
     OFFLINE,
@@ -350,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - began
     print(render_table(runs))
     print(f"(simulated in {elapsed:.1f} s; SLO: first token within {settings.slo_ttft_seconds:g} s)")
+    note = bound_note(runs, spec.billing.granularity.seconds)
+    if note is not None:
+        print(note)
     chosen = verdict(runs)
     if chosen is not None:
         print(render_verdict(chosen))

@@ -20,7 +20,7 @@ from typing import Any
 
 from controller.sim.runner import LOWER_BOUND, OPTIMUM, PolicyRun
 
-__all__ = ["render_table", "to_json"]
+__all__ = ["bound_note", "render_table", "to_json"]
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("policy", "<"),
@@ -83,6 +83,22 @@ def _references(runs: Mapping[str, PolicyRun]) -> tuple[float | None, float | No
         run = runs.get(name)
         found.append(run.total_usd if run is not None and run.total_usd > 0 else None)
     return found[0], found[1]
+
+
+def bound_note(runs: Mapping[str, PolicyRun], unit_seconds: int) -> str | None:
+    """A line saying why `lower_bound` lies above `offline_optimum`, when it does (None otherwise).
+
+    The fluid bound charges each billing period, aligned to the start, for a replica whose paid unit
+    straddles two (`policies/lower_bound.py`): with a unit longer than a second it is not a proven bound,
+    and on bursty load it can come out above the optimum's, which is."""
+    bound, optimum = _references(runs)
+    if bound is None or optimum is None or bound <= optimum:
+        return None
+    return (
+        f"note: lower_bound (${bound:,.2f}) lies above offline_optimum (${optimum:,.2f}): billed by units of "
+        f"{unit_seconds:,} s, it charges each unit from the start for a replica whose paid unit straddles two, "
+        "so it is no proven bound here; offline_optimum is (read ×OPT)"
+    )
 
 
 def render_table(runs: Mapping[str, PolicyRun]) -> str:
