@@ -98,10 +98,13 @@ rate` and each start at `rate (w cold_start + (1 - w) F)` is a bound for every `
 best of those solved. Where `F` is no longer than the cold start, `max(L, F) = L` and `w = 1` is the
 best (the bill by the second). Otherwise the value is concave in `w` (a least of functions affine in
 it), and the best plan's own slope, its lifetimes less `F` per start, says on which side of `w` the
-maximum lies: from `w = 1`, `BILLING_STEPS` bisections. The window LPs' certificates bound the savings
-alone and hold at every weight, so all the weights share them. This counts what rounding each replica's
-first unit costs (a short rental at hourly billing pays an hour), not the rounding of later units: a
-weaker bound than the rounded bill where plans keep replicas for many units.
+maximum lies. From `w = 1` the search tries at most `BILLING_STEPS` more weights: where the lines of
+the last plan found rising and the last found falling cross, halving the interval until both are known
+(and its low end last, if no plan has risen), and stops once the best value found reaches that
+crossing. Each weight's value is a bound whatever the search does. The window LPs' certificates bound
+the savings alone and hold at every weight, so all the weights share them. This counts what rounding
+each replica's first unit costs (a short rental at hourly billing pays an hour), not the rounding of
+later units: a weaker bound than the rounded bill where plans keep replicas for many units.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ WINDOW_PASSES = 8
 default week converges in three or four."""
 BILLING_STEPS = 5
 """Weights tried at most after `w = 1` where a started replica's billed floor exceeds the cold start
-(bisection on the side the best plan's slope points to; see "Billing units")."""
+(see "Billing units")."""
 _MAX_WORK = 400_000_000
 """Largest DP solved, in slots x states^2 (a minute or two on one core): a week at 4-second ticks with
 8 replicas fits, one at 2-second ticks does not."""
