@@ -3,7 +3,9 @@
 The plan says how many replicas should be Ready in each slot. A replica is Ready one cold start
 after it is asked for, so at each step the policy asks for the most replicas the plan wants Ready
 at any moment of the next cold start (keeping a replica through a dip shorter than a cold start,
-which costs no more than stopping and restarting it). Run through the simulator with Ebbtide's
+which costs no more than stopping and restarting it), and keeps a replica the plan no longer wants
+until its billed unit is nearly over (`policies.scaling.billing_hold`: with coarse billing that time
+is paid already; by the second it changes nothing). Run through the simulator with Ebbtide's
 gateway, it is what perfect foresight in scaling alone achieves: an achievable cost on the same
 world, so the true optimum lies between `offline_optimum` and this run's SLO-priced cost.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from policies.scaling import billing_hold
 from policies.spec import GPUPoolSpec
 from policies.types import Decision, Limits, Observation, PolicyState, Reason
 
@@ -46,4 +49,8 @@ def follow_plan(
     desired = min(plan.wanted(offset), spec.target.max_replicas)
     limits = Limits(0, spec.target.max_replicas, Reason.POOL_MIN, "the plan", Reason.POOL_MAX)
     message = f"plan: {desired} replica(s) Ready within the next {plan.cold_start_s:.0f} s"
-    return Decision(desired, True, Reason.STEADY, message, limits), state
+    reason = Reason.STEADY
+    details: list[tuple[str, float]] = []
+    if desired < obs.current_replicas:  # a replica whose billed unit is paid serves on for nothing
+        desired, reason, message = billing_hold(spec, obs, now, desired, reason, message, details)
+    return Decision(desired, True, reason, message, limits, tuple(details)), state

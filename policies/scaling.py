@@ -36,7 +36,7 @@ from policies.worth import (
     start_check,
 )
 
-__all__ = ["CostCheck", "decide", "mean_sized_replicas", "replica_worth", "schedule_limits"]
+__all__ = ["CostCheck", "billing_hold", "decide", "mean_sized_replicas", "replica_worth", "schedule_limits"]
 
 # The share of the last hour's offered tokens sent to the fallback with a replica Ready at which the
 # load counts as bursty and gets the mean's headroom. Measured on the simulator's weeks: at 2% the Azure
@@ -371,7 +371,7 @@ def _shrink(
             reason, message = Reason.IDLE_TO_ZERO, f"{message}; idle {idle:.0f} s, scaling to zero"
 
     if desired < current and not gpu_capped:
-        desired, reason, message = _billing_hold(spec, obs, now, desired, reason, message, details)
+        desired, reason, message = billing_hold(spec, obs, now, desired, reason, message, details)
     return desired, reason, message
 
 
@@ -380,7 +380,7 @@ RELEASE_MARGIN_FLOOR_SECONDS = 15.0
 is released in the last tick of its paid period rather than held into the next one."""
 
 
-def _billing_hold(
+def billing_hold(
     spec: GPUPoolSpec,
     obs: Observation,
     now: dt.datetime,

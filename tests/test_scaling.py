@@ -212,6 +212,26 @@ def test_per_second_billing_never_holds() -> None:
     assert decision.desired_replicas == 0
 
 
+@pytest.mark.parametrize(("granularity", "kept"), [("hour", 1), ("second", 0)])
+def test_the_plan_follower_keeps_a_replica_whose_hour_is_paid(granularity: str, kept: int) -> None:
+    # The plan wants no replica from now on; the one running since 20 minutes ago has 40 paid minutes
+    # left when billed by the hour (kept, it serves for nothing), none by the second.
+    import numpy as np
+
+    from policies.plan import ReplicaPlan, follow_plan
+
+    spec = make_spec(billing={"granularity": granularity, "minimumBilledSeconds": 60})
+    now = TUE_NIGHT
+    plan = ReplicaPlan(now - dt.timedelta(hours=1), np.asarray([0.0, 3000.0]), np.asarray([1, 0]), 180.0)
+    starts = (now - dt.timedelta(minutes=20),)
+    decision, _ = follow_plan(spec, obs(1, None, starts=starts), OLD_STATE, now, plan=plan)
+    assert decision.desired_replicas == kept
+    if kept:
+        assert decision.reason is Reason.BILLING_HOLD
+        assert decision.detail("paid_seconds_kept") == pytest.approx(40 * 60)
+        assert "40 paid minutes left" in decision.message
+
+
 def test_cost_aware_scale_up_overflows_small_demand_outside_windows() -> None:
     # 4 queued requests offering 100 tok/s in, 10 tok/s out: $0.00045/s of mid-tier API spend.
     # One replica costs $1.6438/h; over its 480 s horizon ($0.22) it would absorb only $0.135.
