@@ -256,11 +256,15 @@ def _starts(p: OptimumProblem, ready: IntArray) -> int:
     return int(np.maximum(ready - previous, 0).sum())
 
 
-def _weighed(p: OptimumProblem, lengths: FloatArray, ready: IntArray, weight: float) -> tuple[float, float, int]:
-    """(replica-seconds of the plan's lifetimes, the seconds its bill counts at `weight`, its starts)."""
+def _lived(p: OptimumProblem, lengths: FloatArray, ready: IntArray) -> tuple[float, int]:
+    """(replica-seconds of the plan's lifetimes, its starts)."""
     starts = _starts(p, ready)
-    lived = float(lengths @ ready[:-1]) + p.cold_start_s * starts
-    return lived, weight * lived + (1.0 - weight) * p.billed_floor_s * starts, starts
+    return float(lengths @ ready[:-1]) + p.cold_start_s * starts, starts
+
+
+def _crossing(rising: tuple[float, float], falling: tuple[float, float]) -> float:
+    """The weight where two plans' lines `a + b w` cross (one rising, one falling)."""
+    return (falling[0] - rising[0]) / (rising[1] - falling[1])
 
 
 def _best(p: OptimumProblem, forced: IntArray | None = None) -> tuple[Solution, float]:
@@ -279,7 +283,7 @@ def _best(p: OptimumProblem, forced: IntArray | None = None) -> tuple[Solution, 
 
     def line(sol: Solution, weight: float) -> tuple[float, float]:
         """The plan's own value as `a + b w` over the weights (its savings as this pass found them)."""
-        lived, _, starts = _weighed(p, lengths, sol.ready, 1.0)
+        lived, starts = _lived(p, lengths, sol.ready)
         slope = rate * (lived - p.billed_floor_s * starts)
         return sol.total_usd - slope * weight, slope
 
@@ -292,7 +296,7 @@ def _best(p: OptimumProblem, forced: IntArray | None = None) -> tuple[Solution, 
         # Halving, or the lowest weight left when the last try has found no plan that rises.
         weight = low if rising is None and step == BILLING_STEPS - 1 else (low + high) / 2.0
         if rising is not None:  # where the two plans' lines cross: the maximum if no third plan is lower
-            cross = (falling[0] - rising[0]) / (rising[1] - falling[1])
+            cross = _crossing(rising, falling)
             weight = cross if low < cross < high else weight
         at = _solve(p, store, rise, forced, weight)
         if at.total_usd > best.total_usd:
@@ -302,8 +306,8 @@ def _best(p: OptimumProblem, forced: IntArray | None = None) -> tuple[Solution, 
             low, rising = weight, (a, b)
         else:
             high, falling = weight, (a, b)
-        if rising is not None and falling is not None:
-            cross = (falling[0] - rising[0]) / (rising[1] - falling[1]) if rising[1] > falling[1] else low
+        if rising is not None:
+            cross = _crossing(rising, falling)
             if rising[0] + rising[1] * cross <= best.total_usd + 1e-12 * (1.0 + abs(best.total_usd)):
                 break  # no weight is higher than the best found, on the lines known
     return best, best_weight
@@ -347,7 +351,8 @@ def offline_optimum(p: OptimumProblem) -> Optimum:
     best, weight = _best(p)
     ready = best.ready
     rate = p.replica_usd_per_hour / 3600.0
-    _, replica_seconds, starts = _weighed(p, lengths, ready, weight)
+    lived, starts = _lived(p, lengths, ready)
+    replica_seconds = weight * lived + (1.0 - weight) * p.billed_floor_s * starts  # what the bound counts
     unsaved = best.api_total - best.saved
     counts = np.bincount(np.clip(np.searchsorted(bounds, p.arrival_s, side="right") - 1, 0, slots - 1), minlength=slots)
     share = np.divide(unsaved, best.api_total, out=np.zeros(slots), where=best.api_total > 0)
