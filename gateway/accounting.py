@@ -51,6 +51,11 @@ class GatewayMetrics:
             series.SATURATION_TOKENS, "Tokens of requests sent to the fallback because the replicas were too busy.",
             [*pool, "kind"], registry=reg,
         )  # fmt: skip
+        self.beyond_objective_tokens = Counter(
+            series.BEYOND_OBJECTIVE_TOKENS,
+            "Tokens of requests sent to the fallback because their own prefill is longer than the objective.",
+            [*pool, "kind"], registry=reg,
+        )  # fmt: skip
         self.in_flight = Gauge(series.IN_FLIGHT, "Requests being served now.", [*pool, "route"], registry=reg)
         self.held = Gauge(series.HELD, "Requests held now, waiting for a replica to become Ready.", pool, registry=reg)
         self.work_ahead = Gauge(
@@ -91,6 +96,7 @@ class PoolMetrics:
         "_tokens",
         "_usd",
         "added_latency",
+        "beyond_objective_tokens",
         "held",
         "in_flight",
         "labels",
@@ -110,6 +116,9 @@ class PoolMetrics:
         self.saturation_tokens = {
             kind: metrics.saturation_tokens.labels(namespace, name, kind.value) for kind in TokenKind
         }
+        self.beyond_objective_tokens = {
+            kind: metrics.beyond_objective_tokens.labels(namespace, name, kind.value) for kind in TokenKind
+        }
         self._tokens: dict[tuple[RouteLabel, TokenSource], tuple[Counter, Counter]] = {}
         self._usd: dict[str, Counter] = {}
 
@@ -121,12 +130,14 @@ class PoolMetrics:
         *,
         estimated: bool,
         saturated: bool = False,
+        beyond_objective: bool = False,
         provider: str | None = None,
         dollars: float = 0.0,
         arrived_at: float | None = None,
     ) -> None:
         """Count one finished request: its route, tokens (reported or estimated), saturation and spend;
-        with `arrived_at` (epoch seconds) it is also logged for the controller's replay."""
+        with `arrived_at` (epoch seconds) it is also logged for the controller's replay. `beyond_objective`:
+        a request sent away because no replica could serve it on time (its tokens are no GPU demand)."""
         self.requests[route].inc()
         if arrived_at is not None:
             self._metrics.request_log.record(*self.labels, arrived_at, prompt_tokens, completion_tokens)
@@ -148,6 +159,9 @@ class PoolMetrics:
             self.saturation_requests.inc()
             self.saturation_tokens[TokenKind.PROMPT].inc(prompt_tokens)
             self.saturation_tokens[TokenKind.COMPLETION].inc(completion_tokens)
+        if beyond_objective:
+            self.beyond_objective_tokens[TokenKind.PROMPT].inc(prompt_tokens)
+            self.beyond_objective_tokens[TokenKind.COMPLETION].inc(completion_tokens)
         if provider is not None:
             counter = self._usd.get(provider)
             if counter is None:

@@ -56,6 +56,12 @@ def _epoch(monotonic_at: float) -> float:
     return time.time() - (time.monotonic() - monotonic_at)
 
 
+def _beyond_objective(pool: PoolState, req: ClientRequest) -> bool:
+    """Whether the fallback served this request because no replica could have served it on time: its
+    prompt alone (as routing estimated it) takes longer than the objective to prefill."""
+    return pool.spec.sends_long_prompts_away and pool.spec.beyond_objective(req.prompt_tokens)
+
+
 class Dispatcher:
     """Serves requests once their pool is known."""
 
@@ -387,6 +393,7 @@ class Dispatcher:
                     dollars = usd(prompt, completion, provider.spec.input_usd_per_million,
                                   provider.spec.output_usd_per_million)  # fmt: skip
                     pool.metrics.finished(route, prompt, completion, estimated=estimated, saturated=saturated,
+                                          beyond_objective=_beyond_objective(pool, req),
                                           provider=provider.name, dollars=dollars,
                                           arrived_at=_epoch(req.arrival))  # fmt: skip
                 else:
@@ -423,7 +430,8 @@ class Dispatcher:
         dollars = usd(result.prompt_tokens, result.completion_tokens, provider.spec.input_usd_per_million,
                       provider.spec.output_usd_per_million)  # fmt: skip
         pool.metrics.finished(route, result.prompt_tokens, result.completion_tokens, estimated=result.estimated,
-                              saturated=saturated, provider=provider.name, dollars=dollars,
+                              saturated=saturated, beyond_objective=_beyond_objective(pool, req),
+                              provider=provider.name, dollars=dollars,
                               arrived_at=_epoch(req.arrival))  # fmt: skip
 
     def _refused(

@@ -114,6 +114,7 @@ class GatewayMetrics:
     tokens: Counter
     fallback_usd: Counter
     saturation_tokens: Counter
+    beyond_objective_tokens: Counter
     in_flight: Gauge
     held: Gauge
 
@@ -132,6 +133,7 @@ def gateway_registry() -> GatewayMetrics:
         tokens=counter(S.TOKENS, [*pool, "route", "kind", "source"]),
         fallback_usd=counter(S.FALLBACK_USD, [*pool, "provider"]),
         saturation_tokens=counter(S.SATURATION_TOKENS, [*pool, "kind"]),
+        beyond_objective_tokens=counter(S.BEYOND_OBJECTIVE_TOKENS, [*pool, "kind"]),
         in_flight=Gauge(S.IN_FLIGHT, "in flight", [*pool, "route"], registry=registry),
         held=Gauge(S.HELD, "held", pool, registry=registry),
     )

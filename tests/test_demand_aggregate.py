@@ -177,6 +177,32 @@ def test_offered_rates_come_from_the_gateway_when_present() -> None:
     assert sample.overflow_tokens_per_second == pytest.approx(240.0)
 
 
+def test_offered_rates_leave_out_what_no_replica_could_serve_on_time() -> None:
+    # Of 4,000 prompt and 500 completion tokens offered in 10 s, 3,000 and 100 were of prompts too long
+    # for the objective, sent away: the GPUs were offered the rest. Saturation is counted as before.
+    first = GatewayCounters({"gw": gw(prompt_tokens_total=1_000, completion_tokens_total=100)})
+    _, before = ok(aggregate({}, [], first, None, at(0)))
+    later = GatewayCounters(
+        {
+            "gw": gw(
+                prompt_tokens_total=5_000,
+                completion_tokens_total=600,
+                saturation_tokens_total=50,
+                beyond_prompt_tokens_total=3_000,
+                beyond_completion_tokens_total=100,
+            )
+        }
+    )
+    sample, _ = ok(aggregate({}, [], later, before, at(10)))
+    assert sample.input_tokens_per_second == pytest.approx(100.0)
+    assert sample.output_tokens_per_second == pytest.approx(40.0)
+    assert sample.overflow_tokens_per_second == pytest.approx(5.0)
+    # A process that restarted counts both from zero: never a negative rate.
+    reset = GatewayCounters({"gw": gw(prompt_tokens_total=200, beyond_prompt_tokens_total=150)})
+    sample, _ = ok(aggregate({}, [], reset, before, at(10)))
+    assert sample.input_tokens_per_second == pytest.approx(5.0)
+
+
 def test_gateway_rates_run_between_the_gateway_scrape_times() -> None:
     first = GatewayCounters({"gw": gw(prompt_tokens_total=100)}, at=at(-1))
     _, before = ok(aggregate({}, [], first, None, at(0)))

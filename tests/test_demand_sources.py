@@ -193,6 +193,8 @@ def test_gateway_source_reads_a_real_prometheus_client_exposition() -> None:
         m.tokens.labels("team-b", "other", "gpu", "prompt", "reported").inc(9)
         m.saturation_tokens.labels("team-a", "chat", "prompt").inc(300)
         m.saturation_tokens.labels("team-a", "chat", "completion").inc(20)
+        m.beyond_objective_tokens.labels("team-a", "chat", "prompt").inc(900)
+        m.beyond_objective_tokens.labels("team-a", "chat", "completion").inc(9)
         m.fallback_usd.labels("team-a", "chat", "mid-tier").inc(0.25)
         m.fallback_usd.labels("team-a", "chat", "backup").inc(0.5)
         m.in_flight.labels("team-a", "chat", "fallback").set(3)
@@ -212,6 +214,7 @@ def test_gateway_source_reads_a_real_prometheus_client_exposition() -> None:
     chat = gateway_counters(scrape, "team-a", "chat").instances[base]
     assert (chat.prompt_tokens_total, chat.completion_tokens_total) == (1500, 70)
     assert chat.saturation_tokens_total == 320
+    assert (chat.beyond_prompt_tokens_total, chat.beyond_completion_tokens_total) == (900, 9)
     assert chat.fallback_usd_total == pytest.approx(0.75)
     assert (chat.fallback_in_flight, chat.held) == (3, 2)
     # A pool this process never served reads as zeros: the read itself succeeded.

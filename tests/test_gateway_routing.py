@@ -39,10 +39,10 @@ def paid() -> Iterator[BackgroundProvider]:
         yield p
 
 
-def _route(gw: Any, timeout: float = 60.0, **kwargs: Any) -> str:
+def _route(gw: Any, timeout: float = 60.0, messages: Any = MESSAGES, **kwargs: Any) -> str:
     client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=timeout)
     raw = client.chat.completions.with_raw_response.create(
-        model="chat-model", messages=MESSAGES, max_tokens=4, **kwargs
+        model="chat-model", messages=messages, max_tokens=4, **kwargs
     )
     raw.parse()
     return str(raw.headers["x-ebbtide-route"])
@@ -151,6 +151,36 @@ def test_a_request_late_on_the_gpus_goes_to_the_open_fallback_and_is_not_saturat
             text = scrape_text(gw)
             assert metric(text, "ebbtide_gateway_saturation_requests_total") == 0, "more replicas would not help"
             assert len(paid.requests) == 1 and len(seen) == before, "sent once, to the provider only"
+
+
+@pytest.mark.parametrize("take_late", [True, False])
+def test_a_prompt_longer_than_the_objective_is_counted_apart_only_when_the_fallback_takes_it(
+    paid: BackgroundProvider, take_late: bool
+) -> None:
+    # At 100 tokens/s a prompt of ~1,000 tokens takes ~10 s to prefill: late for a 1 s objective on any
+    # number of replicas. "hi" (~25 tokens of body) is on time on the idle replica.
+    long_prompt = [{"role": "user", "content": "tide " * 800}]
+    spec = {"demand": {"replicaTokensPerSecond": 100},
+            "fallback": {"maxQueueWaitSeconds": 30, "takeLateRequests": take_late},
+            "objective": {"ttftSeconds": 1.0}}  # fmt: skip
+    with AppThread(recording_replica([], StandinConfig(output_tokens=2))) as replica:
+        pool = make_pool(providers=[provider("paid", paid.base_url)], spec=spec)
+        with gateway_for([(pool, [replica.address])]) as gw:
+            time.sleep(0.5)  # a scrape round: the replica is routable
+            assert _route(gw) == "gpu"
+            assert _route(gw, messages=long_prompt) == ("fallback" if take_late else "gpu-late")
+            text = scrape_text(gw)
+    beyond = metric(text, "ebbtide_gateway_beyond_objective_tokens_total", kind="prompt")
+    if take_late:
+        # Every prompt token the fallback served is of that request, and none of the GPU's request.
+        assert beyond > 0
+        assert beyond == metric(text, "ebbtide_gateway_tokens_total", route="fallback", kind="prompt")
+        assert metric(text, "ebbtide_gateway_beyond_objective_tokens_total", kind="completion") == metric(
+            text, "ebbtide_gateway_tokens_total", route="fallback", kind="completion"
+        )
+        assert metric(text, "ebbtide_gateway_saturation_requests_total") == 0
+    else:
+        assert beyond == 0, "served on the GPUs (late lane): it is demand for them"
 
 
 def test_late_lane_priority_reaches_vllm_and_the_start_check_sees_it_accepted() -> None:

@@ -423,6 +423,32 @@ def test_a_request_late_on_any_replica_goes_to_the_open_fallback_and_is_not_satu
         assert engine.ttft[0] > 2.0
     assert engine.saturated.tolist() == [False, False]
     assert reading.overflow_tokens_per_second == 0.0
+    # Sent away as late on any replica, the long prompt is no demand for the GPUs (9 s observed so far).
+    offered = 500 if take_late else 3500
+    assert reading.input_tokens_per_second == pytest.approx(offered / 9.0)
+    assert engine.routed_tokens()[3:] == ((3000, 0) if take_late else (0, 0))
+
+
+@pytest.mark.parametrize("take_late", [True, False])
+def test_prompts_too_long_for_the_objective_start_no_replica_while_the_fallback_takes_them(take_late: bool) -> None:
+    # Two hours of one 30,000-token prompt every 5 s (6,000 tok/s offered, a replica's worth): 3 s of
+    # prefill at 10,000 tok/s each, late for the 2 s objective on any number of replicas. Sent to the
+    # fallback, they buy no GPU; kept on the GPUs (the late lane) they are demand, and a replica serves them.
+    spec = _spec(
+        schedule={"timezone": "UTC"},
+        demand={"replicaTokensPerSecond": 6000, "replicaPrefillTokensPerSecond": 10000,
+                "replicaDecodeTokensPerSecond": 2500},
+        fallback={**_spec().fallback.model_dump(by_alias=True, exclude_none=True), "takeLateRequests": take_late},
+    )  # fmt: skip
+    arrivals = [float(t) for t in range(0, 7200, 5)]
+    workload = _workload(arrivals, [30_000] * len(arrivals), [10] * len(arrivals), 7200.0)
+    run = run_policy("ebbtide", workload, spec, RunSettings(tick_seconds=15.0), progress=False)
+    if take_late:
+        assert run.gpu_hours == 0.0
+        assert run.fallback_requests == len(arrivals)
+    else:
+        assert run.gpu_hours > 1.0
+        assert run.fallback_requests < len(arrivals)
 
 
 @pytest.mark.parametrize("replay", [True, False])

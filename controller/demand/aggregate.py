@@ -51,6 +51,10 @@ class GatewaySeries:
     """TOKENS{kind=completion}, every route."""
     saturation_tokens_total: float = 0.0
     """SATURATION_TOKENS, both kinds: tokens sent to the fallback while a replica was Ready."""
+    beyond_prompt_tokens_total: float = 0.0
+    """BEYOND_OBJECTIVE_TOKENS{kind=prompt}: prompt tokens of requests no replica serves on time, sent away."""
+    beyond_completion_tokens_total: float = 0.0
+    """BEYOND_OBJECTIVE_TOKENS{kind=completion}."""
     fallback_usd_total: float = 0.0
     """FALLBACK_USD over providers."""
     fallback_in_flight: float = 0.0
@@ -162,12 +166,26 @@ def _engine_rates(
 def _gateway_rates(
     gateway: GatewayCounters, previous: Mapping[str, GatewaySeries], interval: float
 ) -> tuple[float, float, float]:
-    """Offered prompt, offered completion and saturation token rates over the interval."""
+    """Offered prompt, offered completion and saturation token rates over the interval.
+
+    The offered rates leave out the requests the gateway sent away because no replica could serve them
+    on time (BEYOND_OBJECTIVE_TOKENS): they are no demand for the GPUs, and priced as if a replica could
+    absorb them they started replicas that served nothing of them (measured: the Mooncake traces at the
+    seed's volume, where 70% of the tokens are in such prompts).
+    """
     prompt = completion = saturation = 0.0
     for name, now in gateway.instances.items():
         was = previous.get(name)
-        prompt += counter_increase(now.prompt_tokens_total, was.prompt_tokens_total if was else None)
-        completion += counter_increase(now.completion_tokens_total, was.completion_tokens_total if was else None)
+        prompt += max(
+            counter_increase(now.prompt_tokens_total, was.prompt_tokens_total if was else None)
+            - counter_increase(now.beyond_prompt_tokens_total, was.beyond_prompt_tokens_total if was else None),
+            0.0,
+        )
+        completion += max(
+            counter_increase(now.completion_tokens_total, was.completion_tokens_total if was else None)
+            - counter_increase(now.beyond_completion_tokens_total, was.beyond_completion_tokens_total if was else None),
+            0.0,
+        )
         saturation += counter_increase(now.saturation_tokens_total, was.saturation_tokens_total if was else None)
     return prompt / interval, completion / interval, saturation / interval
 

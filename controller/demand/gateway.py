@@ -48,6 +48,9 @@ def _field(name: str, labels: Mapping[str, str]) -> str | None:
         return {"prompt": "prompt_tokens_total", "completion": "completion_tokens_total"}.get(kind or "")
     if name == S.SATURATION_TOKENS:
         return "saturation_tokens_total"
+    if name == S.BEYOND_OBJECTIVE_TOKENS:
+        kind = labels.get("kind")
+        return {"prompt": "beyond_prompt_tokens_total", "completion": "beyond_completion_tokens_total"}.get(kind or "")
     if name == S.FALLBACK_USD:
         return "fallback_usd_total"
     if name == S.IN_FLIGHT:

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 __all__ = [
     "ADDED_LATENCY",
+    "BEYOND_OBJECTIVE_TOKENS",
     "FALLBACK_USD",
     "HELD",
     "IN_FLIGHT",
@@ -70,6 +71,10 @@ SATURATION_REQUESTS = "ebbtide_gateway_saturation_requests_total"
 full (`policies.overflow.is_saturation`: not a late request the replay prices)."""
 SATURATION_TOKENS = "ebbtide_gateway_saturation_tokens_total"
 """Counter {namespace, pool, kind}: tokens of those requests (the policy's overflow token rate)."""
+BEYOND_OBJECTIVE_TOKENS = "ebbtide_gateway_beyond_objective_tokens_total"
+"""Counter {namespace, pool, kind}: tokens of requests sent to the fallback because their own prefill is
+longer than the objective (late on any number of replicas, with `fallback.takeLateRequests`). They are
+counted in TOKENS too; the controller takes them out of the offered load the GPUs are sized and priced on."""
 IN_FLIGHT = "ebbtide_gateway_in_flight"
 """Gauge {namespace, pool, route}: requests being served now, route gpu or fallback."""
 HELD = "ebbtide_gateway_held"

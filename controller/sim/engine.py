@@ -136,6 +136,16 @@ class PoolEngine(EngineReadings):
         self._sat_in = np.zeros(n + 1, dtype=np.int64)
         self._sat_out = np.zeros(n + 1, dtype=np.int64)
         self._sat_upto = 0
+        # Prompts whose own prefill, as the gateway sees it, is longer than the objective: sent to the open
+        # fallback they are late on any number of replicas, and the gateway counts their tokens apart
+        # (`ebbtide_gateway_beyond_objective_tokens_total`), as no demand for the GPUs.
+        self.beyond = np.zeros(n, dtype=np.bool_)
+        if self.objective_ttft_seconds is not None and late_to_fallback and self.has_fallback:
+            speeds = self.estimate.demand if self.estimate is not None else None
+            seen = self.prefill if speeds is None else workload.input_tokens * speeds.prefill_seconds(1.0)
+            self.beyond = np.asarray(seen > self.objective_ttft_seconds, dtype=np.bool_)
+        self._beyond_in = np.zeros(n + 1, dtype=np.int64)
+        self._beyond_out = np.zeros(n + 1, dtype=np.int64)
 
     @property
     def now(self) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.sim.lanes import REL_EPS, EndTimes, Lane, curve_time, invert, reached
-from controller.sim.models import FloatArray, ReplicaModel
+from controller.sim.models import FloatArray, ReplicaModel, RouteCode
 from controller.sim.workload import Workload
 
 __all__ = ["DemandReading", "EngineReadings"]
@@ -56,6 +56,10 @@ class EngineReadings:
     _sat_in: npt.NDArray[np.int64]
     _sat_out: npt.NDArray[np.int64]
     _sat_upto: int
+    beyond: npt.NDArray[np.bool_]
+    route: npt.NDArray[np.int8]
+    _beyond_in: npt.NDArray[np.int64]
+    _beyond_out: npt.NDArray[np.int64]
 
     def sample(self) -> DemandReading:
         """Settle start times up to now and read waiting, running, overflow and offered token rates."""
@@ -73,30 +77,52 @@ class EngineReadings:
         # Over what has been observed: in the first minute the window is as long as the run so far.
         window = min(self.rate_window_seconds, max(now, 1.0))
         overflow_tokens = float(self._sat_in[hi] - self._sat_in[lo]) + float(self._sat_out[hi] - self._sat_out[lo])
+        # Offered to the GPUs: every request but those sent away as late on any number of replicas.
+        offered_in = float(self._cum_in[hi] - self._cum_in[lo]) - float(self._beyond_in[hi] - self._beyond_in[lo])
+        offered_out = float(self._cum_out[hi] - self._cum_out[lo]) - float(self._beyond_out[hi] - self._beyond_out[lo])
         return DemandReading(
             waiting=float(pending + excess),
             running=float(running - excess),
             overflow_in_flight=float(overflow),
-            input_tokens_per_second=float(self._cum_in[hi] - self._cum_in[lo]) / window,
-            output_tokens_per_second=float(self._cum_out[hi] - self._cum_out[lo]) / window,
+            input_tokens_per_second=offered_in / window,
+            output_tokens_per_second=offered_out / window,
             overflow_tokens_per_second=overflow_tokens / window,
         )
 
-    def routed_tokens(self) -> tuple[int, int, int]:
-        """Prompt, completion and saturated-overflow tokens of every request routed so far.
+    def routed_tokens(self) -> tuple[int, int, int, int, int]:
+        """Prompt, completion and saturated-overflow tokens of every request routed so far, and the prompt
+        and completion tokens of those sent away as beyond the objective.
 
         What a gateway's cumulative counters hold: every request that has arrived before `now` (the
         engine routes each one on arrival), read from the running sums (integers: exact).
         """
         hi = self._next
         self._count_saturated(hi)
-        return int(self._cum_in[hi]), int(self._cum_out[hi]), int(self._sat_in[hi]) + int(self._sat_out[hi])
+        return (
+            int(self._cum_in[hi]),
+            int(self._cum_out[hi]),
+            int(self._sat_in[hi]) + int(self._sat_out[hi]),
+            int(self._beyond_in[hi]),
+            int(self._beyond_out[hi]),
+        )
 
     def _count_saturated(self, hi: int) -> None:
-        """Extend the running sums of saturated overflow tokens to the first `hi` requests."""
+        """Extend the running sums of saturated overflow tokens, and of the tokens sent away as beyond the
+        objective, to the first `hi` requests."""
         lo = self._sat_upto
         if hi <= lo:
             return
+        beyond = self.beyond[lo:hi] & (self.route[lo:hi] == RouteCode.FALLBACK)
+        if beyond.any():
+            self._beyond_in[lo + 1 : hi + 1] = self._beyond_in[lo] + np.cumsum(
+                self.workload.input_tokens[lo:hi] * beyond
+            )
+            self._beyond_out[lo + 1 : hi + 1] = self._beyond_out[lo] + np.cumsum(
+                self.workload.output_tokens[lo:hi] * beyond
+            )
+        else:
+            self._beyond_in[lo + 1 : hi + 1] = self._beyond_in[lo]
+            self._beyond_out[lo + 1 : hi + 1] = self._beyond_out[lo]
         sent_away = self.saturated[lo:hi]
         if sent_away.any():
             self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * sent_away)

@@ -169,11 +169,13 @@ class SimMetrics:
 
     def _gateway(self, held: float, in_flight: float) -> GatewayCounters:
         """The simulated gateway's counters: tokens of every request that has arrived (offered load)."""
-        prompt, completion, saturation = self.engine.routed_tokens()
+        prompt, completion, saturation, beyond_prompt, beyond_completion = self.engine.routed_tokens()
         series = GatewaySeries(
             prompt_tokens_total=float(prompt),
             completion_tokens_total=float(completion),
             saturation_tokens_total=float(saturation),
+            beyond_prompt_tokens_total=float(beyond_prompt),
+            beyond_completion_tokens_total=float(beyond_completion),
             fallback_usd_total=self.engine.fallback_usd_day,
             fallback_in_flight=in_flight,
             held=held,

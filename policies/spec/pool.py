@@ -59,6 +59,17 @@ class GPUPoolSpec(_Model):
             self.fallback.take_late_requests and bool(self.fallback.providers)
         )
 
+    @property
+    def sends_long_prompts_away(self) -> bool:
+        """Whether a prompt whose own prefill is longer than the objective goes to the fallback whatever
+        the replicas (`fallback.takeLateRequests` with a provider): its tokens are no demand for the GPUs."""
+        return self.fallback.take_late_requests and bool(self.fallback.providers)
+
+    def beyond_objective(self, prompt_tokens: float) -> bool:
+        """Whether a request with this prompt is late on any number of replicas: its own prefill, at the
+        pool's replica speeds, is longer than `objective.ttftSeconds`."""
+        return self.demand.prefill_seconds(prompt_tokens) > self.objective.ttft_seconds
+
     @model_validator(mode="after")
     def _unique_models(self) -> GPUPoolSpec:
         repeated = sorted({m for m in self.models if self.models.count(m) > 1})
