@@ -250,7 +250,9 @@ def _doc(name: str) -> str:
         DEMAND_REPLICAS: "Replicas the demand alone calls for, before schedule, cost and limits",
         REPLAY_REPLICAS: "Replicas that would have cost least through the last hour, replayed",
         QUEUE: "vLLM waiting + running, plus requests in flight at the fallback",
-        OFFERED_TOKENS: "Offered prompt + completion tokens per second, all routes",
+        OFFERED_TOKENS: (
+            "Offered prompt + completion tokens per second, all routes (less prompts too long for the objective)"
+        ),
         SCHEDULE_FLOOR: "Replicas the schedule requires now (window minimum, pre-warm, keepWarm)",
         WINDOW_OPEN: "1 while the window is the pool's active one",
         GPU_HOURS_TODAY: "GPU-hours billed today, in the pool's timezone",
