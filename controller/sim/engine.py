@@ -141,8 +141,10 @@ class PoolEngine(EngineReadings):
         # (`ebbtide_gateway_beyond_objective_tokens_total`), as no demand for the GPUs.
         self.beyond = np.zeros(n, dtype=np.bool_)
         if self.objective_ttft_seconds is not None and late_to_fallback and self.has_fallback:
-            speeds = self.estimate.demand if self.estimate is not None else None
-            seen = self.prefill if speeds is None else workload.input_tokens * speeds.prefill_seconds(1.0)
+            # The prefill the routing below weighs: the gateway's estimate, or the true one with `--true-work`.
+            seen = self.prefill
+            if self.estimate is not None:
+                seen = self.estimate.demand.prefill_seconds(workload.input_tokens)  # type: ignore[arg-type,assignment]
             self.beyond = np.asarray(seen > self.objective_ttft_seconds, dtype=np.bool_)
         self._beyond_in = np.zeros(n + 1, dtype=np.int64)
         self._beyond_out = np.zeros(n + 1, dtype=np.int64)
