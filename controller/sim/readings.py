@@ -113,26 +113,25 @@ class EngineReadings:
         if hi <= lo:
             return
         beyond = self.beyond[lo:hi] & (self.route[lo:hi] == RouteCode.FALLBACK)
-        if beyond.any():
-            self._beyond_in[lo + 1 : hi + 1] = self._beyond_in[lo] + np.cumsum(
-                self.workload.input_tokens[lo:hi] * beyond
-            )
-            self._beyond_out[lo + 1 : hi + 1] = self._beyond_out[lo] + np.cumsum(
-                self.workload.output_tokens[lo:hi] * beyond
-            )
-        else:
-            self._beyond_in[lo + 1 : hi + 1] = self._beyond_in[lo]
-            self._beyond_out[lo + 1 : hi + 1] = self._beyond_out[lo]
-        sent_away = self.saturated[lo:hi]
-        if sent_away.any():
-            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * sent_away)
-            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo] + np.cumsum(
-                self.workload.output_tokens[lo:hi] * sent_away
-            )
-        else:
-            self._sat_in[lo + 1 : hi + 1] = self._sat_in[lo]
-            self._sat_out[lo + 1 : hi + 1] = self._sat_out[lo]
+        self._extend(self._beyond_in, self._beyond_out, beyond, lo, hi)
+        self._extend(self._sat_in, self._sat_out, self.saturated[lo:hi], lo, hi)
         self._sat_upto = hi
+
+    def _extend(
+        self,
+        sums_in: npt.NDArray[np.int64],
+        sums_out: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.bool_],
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Extend one pair of running token sums over requests `lo..hi - 1`, counting those in `mask`."""
+        if mask.any():
+            sums_in[lo + 1 : hi + 1] = sums_in[lo] + np.cumsum(self.workload.input_tokens[lo:hi] * mask)
+            sums_out[lo + 1 : hi + 1] = sums_out[lo] + np.cumsum(self.workload.output_tokens[lo:hi] * mask)
+        else:
+            sums_in[lo + 1 : hi + 1] = sums_in[lo]
+            sums_out[lo + 1 : hi + 1] = sums_out[lo]
 
     def _settle_started(self, now: float) -> None:
         """Give every GPU request whose prefill is done by `now` its start, TTFT and finish time.

@@ -55,9 +55,7 @@ class GPUPoolSpec(_Model):
         """Whether the gateway tells requests that would miss the objective from those that make it: to
         defer them to the late lane (`objective.deferLateRequests`) or send them to the fallback
         (`fallback.takeLateRequests`, with a fallback)."""
-        return self.objective.defer_late_requests or (
-            self.fallback.take_late_requests and bool(self.fallback.providers)
-        )
+        return self.objective.defer_late_requests or self.sends_long_prompts_away
 
     @property
     def sends_long_prompts_away(self) -> bool:
