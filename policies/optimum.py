@@ -3,7 +3,8 @@
 The constrained problem is the simulated world's own (`controller/sim`): whole replicas, each billed
 from the moment it gets its GPU (its cold start included) until it is removed; a Ready replica serving
 `work = prompt / prefill_tps + output / decode_tps` replica-seconds per second, in the engine's FIFO
-lanes (one lane for plain vLLM, two preemptive lanes for Ebbtide's gateway); at most `max_replicas`
+lanes (one lane for plain vLLM, and for Ebbtide's gateway where its late requests go to a fallback that
+is always open; two preemptive lanes where it can queue them in its late lane); at most `max_replicas`
 replicas; replicas started and stopped only at the control loop's ticks. A request counts as served
 on the GPUs only if its first token comes within the objective `T`; any other request is priced at
 the fallback's per-token rate (what sending it to the API instead would have cost). The optimum is the
@@ -171,7 +172,8 @@ class OptimumProblem:
     initial_replicas: int = 0
     """Replicas Ready at time 0 (billed from 0, no cold start)."""
     lanes: int = 2
-    """FIFO lanes sharing the replicas (Ebbtide's gateway has two; plain vLLM one)."""
+    """FIFO lanes a request can be on time in, sharing the replicas: plain vLLM has one, Ebbtide's gateway
+    two where its late lane can be reached (`controller.sim.bounds.serving_lanes`)."""
     billing_unit_s: float = 1.0
     """The provider's billing unit: a replica's time is rounded up to whole units."""
     minimum_billed_s: float = 0.0

@@ -19,6 +19,7 @@ import pytest
 
 from controller.ports import PoolRef
 from controller.sim.engine import ReplicaModel
+from controller.sim.bounds import serving_lanes
 from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_one
 from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile
@@ -48,6 +49,7 @@ def _problem(
     top: int,
     usd_per_hour: float,
     minimum: float = 0.0,
+    lanes: int = 2,
 ) -> OptimumProblem:
     a = np.asarray(arrivals, dtype=np.float64)
     i = np.asarray(inputs, dtype=np.float64)
@@ -64,6 +66,7 @@ def _problem(
         max_replicas=top,
         replica_usd_per_hour=usd_per_hour,
         minimum_billed_s=minimum,
+        lanes=lanes,
     )
 
 
@@ -166,12 +169,14 @@ def _world_best(
     *,
     top: int = 2,
     minimum: int = 0,
+    lanes: int = 2,
 ) -> float:
-    """The least `_world_cost` over every plan of 0..top replicas per tick and every routing."""
+    """The least `_world_cost` over every plan of 0..top replicas per tick and every routing (to the API
+    or to one of `lanes` lanes)."""
     return min(
         _world_cost(plan, assignment, arrivals, inputs, outputs, usd_per_hour, minimum)
         for plan in itertools.product(range(top + 1), repeat=int(HORIZON / STEP))
-        for assignment in itertools.product(range(3), repeat=len(arrivals))
+        for assignment in itertools.product(range(lanes + 1), repeat=len(arrivals))
     )
 
 
@@ -182,6 +187,44 @@ def test_no_plan_and_routing_of_a_tiny_world_beats_the_bound(seed: int) -> None:
     usd_per_hour = float(rng.choice([360.0, 3600.0, 36000.0]))
     bound = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour)).total_usd
     assert bound <= _world_best(arrivals, inputs, outputs, usd_per_hour) + 1e-9
+
+
+def test_one_lane_tightens_the_bound_and_no_one_lane_world_beats_it() -> None:
+    # Where the late lane cannot be reached, every on-time request shares one FIFO lane: only its last
+    # request's decode is exempt from a group's capacity, not each of two lanes' last. The one-lane bound
+    # is at least the two-lane one and at most every plan and routing to the API or the one lane.
+    tighter = 0
+    cases = [(*_random_case(np.random.default_rng(2100 + seed)), 360.0) for seed in range(10)]
+    cases += _boundary_cases(2200, 30)
+    for seed, (arrivals, inputs, outputs, usd_per_hour) in enumerate(cases):
+        one = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour, lanes=1))
+        two = offline_optimum(_problem(arrivals, inputs, outputs, top=2, usd_per_hour=usd_per_hour))
+        assert one.total_usd >= two.total_usd - 1e-9
+        tighter += one.total_usd > two.total_usd + 1e-9
+        best = _world_best(arrivals, inputs, outputs, usd_per_hour, lanes=1)
+        assert one.total_usd <= best + 1e-9, f"case {seed}: bound {one.total_usd} above the world's {best}"
+    assert tighter >= 3, f"one lane tightened only {tighter} of {len(cases)} cases"
+
+
+@pytest.mark.parametrize(
+    ("settings", "lanes"),
+    [
+        ({}, 1),  # late requests to a fallback that is always open
+        ({"fallback": {"takeLateRequests": False}}, 2),  # late requests in the late lane
+        ({"budget": {"maxFallbackUsdPerDay": 50}}, 2),  # the cap closes the fallback: the late lane again
+        ({"fallback": {"providers": []}}, 2),  # no fallback: every request queues on the GPUs
+        ({"objective": {"deferLateRequests": False}}, 1),  # no late lane at all
+        ({"objective": {"deferLateRequests": False}, "fallback": {"takeLateRequests": False}}, 1),
+    ],
+)
+def test_the_bound_counts_the_late_lane_only_where_a_request_can_reach_it(
+    settings: dict[str, dict[str, object]], lanes: int
+) -> None:
+    spec = _spec("second", 180, 4, 2.0)
+    raw = spec.model_dump(by_alias=True, exclude_none=True)
+    for key, values in settings.items():
+        raw[key] = {**raw.get(key, {}), **values}
+    assert serving_lanes(GPUPoolSpec.model_validate(raw)) == lanes
 
 
 def test_a_billed_minimum_tightens_the_bound_and_no_world_beats_it() -> None:

@@ -23,7 +23,7 @@ from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile, peak_rps_for_monthly_tokens
 
 PINNED = {
-    "report": "2bae538fb3327dd9",
+    "report": "a9ad1f130d2cb19b",
     "ebbtide": "b0de5045ab7ef23c",
     "always_on": "928c575cef5d31d3",
     "api_only": "719d8fb559a43d3a",

@@ -17,7 +17,7 @@ from policies.lower_bound import lower_bound
 from policies.optimum import Optimum, OptimumProblem, offline_optimum
 from policies.spec import GPUPoolSpec
 
-__all__ = ["lower_bound_run", "optimum_problem", "optimum_run"]
+__all__ = ["lower_bound_run", "optimum_problem", "optimum_run", "serving_lanes"]
 
 
 def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> PolicyRun:
@@ -33,6 +33,22 @@ def lower_bound_run(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         price=spec.fallback.price,
     )
     return _bound_row(LOWER_BOUND, workload, settings, bound)
+
+
+def serving_lanes(spec: GPUPoolSpec) -> int:
+    """The FIFO lanes a request can be on time in, in the simulated world of every policy of the report.
+
+    Plain vLLM (the baselines) has one lane. Ebbtide's gateway adds the late lane only where a request
+    that would miss the objective can be queued there: with `objective.deferLateRequests`, unless it goes
+    to a fallback that is always open instead (`fallback.takeLateRequests` with a provider and no daily
+    fallback cap, which would close it). A request queues in the late lane only when its expected first
+    token is late, but the estimate can err, so a late-lane request may yet be on time: where that lane
+    is reachable the bound counts two lanes.
+    """
+    if not spec.objective.defer_late_requests:
+        return 1
+    always_open = spec.fallback.base_url is not None and spec.budget.max_fallback_usd_per_day is None
+    return 1 if spec.fallback.take_late_requests and always_open else 2
 
 
 def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings) -> OptimumProblem:
@@ -56,6 +72,7 @@ def optimum_problem(workload: Workload, spec: GPUPoolSpec, settings: RunSettings
         replica_usd_per_hour=spec.replica_usd_per_hour,
         gpus_per_replica=spec.target.gpus_per_replica,
         initial_replicas=min(settings.initial_replicas, top),
+        lanes=serving_lanes(spec),
         billing_unit_s=float(spec.billing.granularity.seconds),
         minimum_billed_s=float(spec.billing.minimum_billed_seconds),
     )
