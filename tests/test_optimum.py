@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from controller.ports import PoolRef
-from controller.sim.engine import ReplicaModel
 from controller.sim.bounds import serving_lanes
+from controller.sim.engine import ReplicaModel
 from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_one
 from controller.sim.traces import read_trace
 from controller.sim.workload import build_week, load_profile
