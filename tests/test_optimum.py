@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from controller.ports import PoolRef
-from controller.sim.bounds import serving_lanes
 from controller.sim.engine import ReplicaModel
 from controller.sim.runner import OFFLINE, POLICY_NAMES, RunSettings, lower_bound_run, optimum_run, run_one
 from controller.sim.traces import read_trace
@@ -204,27 +203,6 @@ def test_one_lane_tightens_the_bound_and_no_one_lane_world_beats_it() -> None:
         best = _world_best(arrivals, inputs, outputs, usd_per_hour, lanes=1)
         assert one.total_usd <= best + 1e-9, f"case {seed}: bound {one.total_usd} above the world's {best}"
     assert tighter >= 3, f"one lane tightened only {tighter} of {len(cases)} cases"
-
-
-@pytest.mark.parametrize(
-    ("settings", "lanes"),
-    [
-        ({}, 1),  # late requests to a fallback that is always open
-        ({"fallback": {"takeLateRequests": False}}, 2),  # late requests in the late lane
-        ({"budget": {"maxFallbackUsdPerDay": 50}}, 2),  # the cap closes the fallback: the late lane again
-        ({"fallback": {"providers": []}}, 2),  # no fallback: every request queues on the GPUs
-        ({"objective": {"deferLateRequests": False}}, 1),  # no late lane at all
-        ({"objective": {"deferLateRequests": False}, "fallback": {"takeLateRequests": False}}, 1),
-    ],
-)
-def test_the_bound_counts_the_late_lane_only_where_a_request_can_reach_it(
-    settings: dict[str, dict[str, object]], lanes: int
-) -> None:
-    spec = _spec("second", 180, 4, 2.0)
-    raw = spec.model_dump(by_alias=True, exclude_none=True)
-    for key, values in settings.items():
-        raw[key] = {**raw.get(key, {}), **values}
-    assert serving_lanes(GPUPoolSpec.model_validate(raw)) == lanes
 
 
 def test_a_billed_minimum_tightens_the_bound_and_no_world_beats_it() -> None:
