@@ -96,9 +96,20 @@ def test_a_window_is_prewarmed_one_cold_start_ahead_and_ready_when_it_opens(
             (opens - dt.datetime.now(dt.UTC)).total_seconds() + 5,
             f"the window open in the status\n{controller.tail()}",
         )
-        status = pool_status(api, namespace, "office")
-        assert status["desiredReplicas"] == 1 and status["readyReplicas"] == 1, status
+        # The Deployment counts the pod Ready a moment after the pod itself is: the status written at the
+        # opening can still read 0 Ready, and the next one (within a tick) reads 1.
+        status = eventually(
+            lambda: _with_one_ready(pool_status(api, namespace, "office")),
+            35,
+            f"one replica Ready in the status\n{controller.tail()}",
+        )
+        assert status["desiredReplicas"] == 1, status
         assert status["nextChange"]["what"] == "window 'office' closes"
+
+
+def _with_one_ready(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's status once it reports one replica Ready, else None (to wait for)."""
+    return status if status.get("readyReplicas") == 1 else None
 
 
 def test_a_window_within_one_cold_start_of_the_last_keeps_its_replica(
